@@ -1,0 +1,53 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xkd_cli.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# Keep the suite quiet and deterministic on 2-core CI machines.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+class Result:
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+    def json(self):
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    monkeypatch.setenv("XKD_RUNS_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def xkd(capsys):
+    """Run the real CLI in-process: ``xkd("sft", "--task", ...)`` → Result(code, stdout, stderr)."""
+    def run(*args):
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+    return run
+
+
+def run_xkd_process(*args, env=None):
+    """The installed console script in a subprocess (exit codes and stderr exactly as a user sees them)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "xkd_cli", *map(str, args)], capture_output=True, text=True,
+                          env=full_env, timeout=300)

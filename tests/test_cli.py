@@ -1,0 +1,175 @@
+"""The CLI end to end: real commands, real tiny models, real files, and every error path."""
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from conftest import FIXTURES, run_xkd_process
+
+TINY = ["--max-steps", "3", "--batch-size", "4", "--max-input-len", "64", "--max-output-len", "16"]
+EVAL = ["--limit", "6", "--max-new-tokens", "8", "--batch-size", "4"]
+
+
+@pytest.mark.parametrize("command", [[], ["sft"], ["eval"]])
+def test_help(xkd, command):
+    result = xkd(*command, "--help")
+    assert result.code == 0
+    assert "Usage" in result.out
+    if command:
+        assert "Examples" in result.out and "--recipe" in result.out and "--json" in result.out
+
+
+def test_sft_then_eval_end_to_end(xkd, runs):
+    result = xkd("sft", "--model", "tiny-t5-small", "--task", "synth-sum", "--name", "student", "--role", "student",
+                 *TINY, "--json")
+    assert result.code == 0, result.err
+    info = result.json()
+    run = runs / "synth-sum" / "student"
+    assert info["path"] == str(run) and info["steps"] == 3
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "completed" and record["kind"] == "sft" and record["role"] == "student"
+    assert record["seed"] == 42 and record["environment"]["torch"] and record["duration_s"] > 0
+    assert json.loads((run / "config.json").read_text())["max_steps"] == 3
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 3 and log[-1]["loss"] > 0
+    assert (run / "model" / "model.safetensors").is_file()
+    # Loadable with plain transformers, no xkd code.
+    AutoModelForSeq2SeqLM.from_pretrained(run / "model")
+    AutoTokenizer.from_pretrained(run / "model")
+
+    result = xkd("eval", "--model", "student", "--task", "synth-sum", *EVAL, "--json")
+    assert result.code == 0, result.err
+    info = result.json()
+    out_dir = run / "eval" / "validation-greedy"
+    rows = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {"id", "prompt", "reference", "prediction"} <= set(rows[0])
+    assert set(info["metrics"]) >= {"rouge1", "rouge2", "rougeL"} and info["headline"] == "rouge2"
+    assert json.loads((out_dir / "metrics.json").read_text())["metrics"] == info["metrics"]
+
+    # A re-run generates nothing new and reports the same numbers.
+    before = (out_dir / "predictions.jsonl").read_bytes()
+    again = xkd("eval", "--model", "student", "--task", "synth-sum", *EVAL, "--json")
+    assert again.code == 0 and again.json()["metrics"] == info["metrics"]
+    assert (out_dir / "predictions.jsonl").read_bytes() == before
+
+    # An interrupted eval (two rows kept, the third torn mid-write) resumes to the same result, no duplicates.
+    lines = before.decode().splitlines(keepends=True)
+    (out_dir / "predictions.jsonl").write_text("".join(lines[:2]) + lines[2][:15])
+    resumed = xkd("eval", "--model", "student", "--task", "synth-sum", *EVAL, "--json")
+    assert resumed.code == 0, resumed.err
+    rows = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(json.loads(line)["id"] for line in lines)
+    assert resumed.json()["metrics"] == info["metrics"]
+
+    # Other decoding settings are refused instead of mixed into the same file...
+    changed = xkd("eval", "--model", "student", "--task", "synth-sum", "--limit", "6", "--max-new-tokens", "5")
+    assert changed.code == 2 and "max_new_tokens" in changed.err and "--overwrite" in changed.err
+    # ...and sampling goes to its own directory, with SelfBLEU.
+    sampled = xkd("eval", "--model", "student", "--task", "synth-sum", *EVAL, "--temperature", "1.0",
+                  "--top-p", "0.95", "--num-samples", "3", "--json")
+    assert sampled.code == 0, sampled.err
+    assert "self_bleu" in sampled.json()["metrics"]
+    rows = [json.loads(line) for line in (run / "eval" / "validation-t1-p0.95-n3" / "predictions.jsonl").read_text().splitlines()]
+    assert all(len(r["predictions"]) == 3 for r in rows)
+
+
+def test_table_output_for_people(xkd, runs):
+    result = xkd("sft", "--model", "tiny-gpt-small", "--task", "synth-mt", *TINY)
+    assert result.code == 0, result.err
+    assert "final loss" in result.out and "sft-tiny-gpt-small" in result.out
+    result = xkd("eval", "--model", "sft-tiny-gpt-small", "--task", "synth-mt", *EVAL)
+    assert result.code == 0, result.err
+    assert "bleu" in result.out and "signature" in result.out
+
+
+@pytest.mark.parametrize("task,data", [("xsum", "xsum"), ("wmt", "wmt"), ("gsm8k", "gsm8k")])
+@pytest.mark.parametrize("model,auto", [("tiny-t5-small", AutoModelForSeq2SeqLM), ("tiny-gpt-small", AutoModelForCausalLM)])
+def test_real_schemas_through_local_files(xkd, runs, task, data, model, auto):
+    result = xkd("sft", "--model", model, "--task", task, "--data", FIXTURES / data, "--name", "m", *TINY,
+                 "--max-input-len", "128", "--json")
+    assert result.code == 0, result.err
+    auto.from_pretrained(runs / task / "m" / "model")
+    result = xkd("eval", "--model", "m", "--task", task, "--data", FIXTURES / data, "--limit", "3",
+                 "--max-new-tokens", "6", "--max-input-len", "128", "--json")
+    assert result.code == 0, result.err
+    headline = result.json()["headline"]
+    assert headline in result.json()["metrics"]
+
+
+def test_recipe_then_flags(xkd, runs, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: synth-gsm\nmodel: tiny-t5-small\nmax_steps: 50\nbatch_size: 2\nname: from-recipe\n")
+    result = xkd("sft", "--recipe", recipe, "--max-steps", "2", "--max-input-len", "48", "--max-output-len", "8", "--json")
+    assert result.code == 0, result.err
+    config = json.loads((runs / "synth-gsm" / "from-recipe" / "config.json").read_text())
+    assert (config["max_steps"], config["batch_size"], config["model"]) == (2, 2, "tiny-t5-small")
+
+
+def bad(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--task", "xsumm"], ["unknown task 'xsumm'", "xsum", "synth-sum"]),
+    (["--model", "tiny-t5-medium"], ["tiny-t5-small"]),
+    (["--data", "/nonexistent/data.jsonl", "--task", "xsum"], ["/nonexistent/data.jsonl"]),
+    (["--lr", "-1"], ["--lr"]),
+    (["--train-fraction", "1.5"], ["--train-fraction"]),
+    (["--batch-size", "0"], ["--batch-size"]),
+    (["--dtype", "float8"], ["--dtype"]),
+])
+def test_bad_input_exits_2_with_one_line(xkd, runs, args, words):
+    result = xkd("sft", "--task", "synth-sum", "--model", "tiny-t5-small", *TINY, *args)  # the last flag wins
+    assert result.code == 2
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1
+    for word in words:
+        assert word in result.err
+    assert not (runs / "synth-sum").exists() or not any((runs / "synth-sum").iterdir())
+
+
+@pytest.mark.parametrize("content,words", [
+    ('{"document": "a", "summary": "b", "id": "1"}\n{"document": "a", "summary"\n', ["line 2"]),
+    ('{"document": "a", "id": "1"}\n', ["summary"]),
+    ("", ["no rows"]),
+])
+def test_bad_data_files(xkd, runs, tmp_path, content, words):
+    data = bad(tmp_path, "train.jsonl", content)
+    result = xkd("sft", "--model", "tiny-t5-small", "--task", "xsum", "--data", data, *TINY)
+    assert result.code == 2, result.err
+    for word in words:
+        assert word in result.err
+
+
+def test_existing_run_is_refused_and_untouched(xkd, runs):
+    assert xkd("sft", "--model", "tiny-t5-small", "--task", "synth-sum", "--name", "keep", *TINY).code == 0
+    model_file = runs / "synth-sum" / "keep" / "model" / "model.safetensors"
+    before = model_file.read_bytes()
+    result = xkd("sft", "--model", "tiny-t5-small", "--task", "synth-sum", "--name", "keep", *TINY, "--seed", "7")
+    assert result.code == 2 and "already exists" in result.err and "--overwrite" in result.err
+    assert model_file.read_bytes() == before
+    result = xkd("sft", "--model", "tiny-t5-small", "--task", "synth-sum", "--name", "keep", *TINY, "--seed", "7",
+                 "--overwrite")
+    assert result.code == 0
+    assert model_file.read_bytes() != before
+
+
+def test_unknown_recipe_key(xkd, runs, tmp_path):
+    recipe = bad(tmp_path, "r.yaml", "task: synth-sum\nmodel: tiny-t5-small\nlearning_rate: 0.1\n")
+    result = xkd("sft", "--recipe", recipe)
+    assert result.code == 2 and "learning_rate" in result.err
+
+
+def test_eval_of_unknown_run(xkd, runs):
+    result = xkd("eval", "--model", "no-such-run", "--task", "synth-sum")
+    assert result.code == 2 and "no-such-run" in result.err
+
+
+def test_process_exit_code_and_debug_traceback(runs):
+    proc = run_xkd_process("sft", "--task", "nope", "--model", "tiny-t5-small")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown task 'nope'") and "Traceback" not in proc.stderr
+    proc = run_xkd_process("sft", "--task", "nope", "--model", "tiny-t5-small", env={"XKD_DEBUG": "1"})
+    assert proc.returncode == 2 and "Traceback" in proc.stderr

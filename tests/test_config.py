@@ -1,0 +1,62 @@
+"""Config merging: defaults → recipe → flags, unknown keys, types, ranges."""
+
+import pytest
+
+from xkd_cli.config import TrainingConfig, build_config, config_hash, load_recipe
+from xkd_cli.errors import XKDError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_layers_override_in_order(tmp_path):
+    recipe = write(tmp_path, "lr: 0.01\nmax-steps: 50\nseed: 7\n")
+    cfg = build_config(TrainingConfig, defaults={"task": "synth-sum", "lr": 0.1, "max_steps": 10, "batch_size": 4},
+                       recipe=recipe, flags={"seed": 3, "max_steps": None})
+    assert (cfg.lr, cfg.max_steps, cfg.seed, cfg.batch_size) == (0.01, 50, 3, 4)
+
+
+def test_false_and_zero_flags_override_recipe(tmp_path):
+    recipe = write(tmp_path, "task: synth-sum\neval_every: 100\nweight_decay: 0.1\n")
+    cfg = build_config(TrainingConfig, recipe=recipe, flags={"eval_every": 0, "weight_decay": 0.0})
+    assert cfg.eval_every == 0 and cfg.weight_decay == 0.0
+
+
+def test_unknown_recipe_key_is_named_with_suggestion(tmp_path):
+    recipe = write(tmp_path, "task: synth-sum\nlearning_rat: 0.1\n")
+    with pytest.raises(XKDError, match=r"unknown key 'learning_rat'.*"):
+        build_config(TrainingConfig, recipe=recipe)
+
+
+def test_wrong_type_is_named(tmp_path):
+    recipe = write(tmp_path, "task: synth-sum\nmax_steps: lots\n")
+    with pytest.raises(XKDError, match="max_steps"):
+        build_config(TrainingConfig, recipe=recipe)
+
+
+def test_all_range_problems_reported_at_once():
+    with pytest.raises(XKDError) as info:
+        build_config(TrainingConfig, flags={"task": "x", "lr": -1.0, "train_fraction": 1.5, "batch_size": 0})
+    message = str(info.value)
+    assert "--lr" in message and "--train-fraction" in message and "--batch-size" in message
+
+
+@pytest.mark.parametrize("text,match", [("- a\n- b\n", "mapping"), ("a: [1\n", "not valid YAML")])
+def test_bad_recipe_files(tmp_path, text, match):
+    with pytest.raises(XKDError, match=match):
+        load_recipe(write(tmp_path, text))
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(XKDError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_hash_ignores_listed_keys():
+    a = TrainingConfig(task="t", seed=1, log_every=5)
+    b = TrainingConfig(task="t", seed=1, log_every=50)
+    assert config_hash(a, ignore=("log_every",)) == config_hash(b, ignore=("log_every",))
+    assert config_hash(a) != config_hash(b)

@@ -1,0 +1,108 @@
+"""Tests for xkd_cli.reward.RewardHead (q_φ)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from xkd_cli.errors import XKDError
+from xkd_cli.losses import experiential_sum
+from xkd_cli.reward import RewardHead
+
+
+def test_zero_init_gives_the_prior():
+    head = RewardHead(6)
+    assert torch.count_nonzero(head.proj.weight) == 0 and torch.count_nonzero(head.proj.bias) == 0
+    hidden = torch.randn(2, 5, 6)
+    mu, log_sigma = head(hidden)
+    assert mu.shape == log_sigma.shape == (2, 5)
+    assert torch.equal(mu, torch.zeros(2, 5)) and torch.equal(log_sigma, torch.zeros(2, 5))
+
+
+def test_float32_output_for_half_hidden_states():
+    head = RewardHead(4)
+    with torch.no_grad():
+        head.proj.weight.normal_()
+    hidden = torch.randn(2, 3, 4).to(torch.bfloat16)
+    mu, log_sigma = head(hidden)
+    assert mu.dtype == log_sigma.dtype == torch.float32
+    expected = hidden.float() @ head.proj.weight[0]
+    torch.testing.assert_close(mu, expected)
+
+
+def test_log_sigma_clamp_and_its_gradient():
+    head = RewardHead(3)
+    hidden = torch.zeros(1, 3, 3)
+    for bias, expected, grad in [(10.0, 5.0, 0.0), (-10.0, -5.0, 0.0), (0.0, 0.0, 1.0), (4.0, 4.0, 1.0)]:
+        with torch.no_grad():
+            head.proj.bias.copy_(torch.tensor([0.0, bias]))
+        head.zero_grad()
+        _, log_sigma = head(hidden)
+        assert torch.equal(log_sigma, torch.full((1, 3), expected))
+        log_sigma.sum().backward()
+        assert head.proj.bias.grad[1].item() == 3 * grad  # identity inside the range, 0 outside
+
+
+def test_position_flag():
+    hidden = torch.arange(2 * 4 * 2, dtype=torch.float32).view(2, 4, 2)
+    current, nxt = RewardHead(2, "current"), RewardHead(2, "next")
+    for head in (current, nxt):
+        with torch.no_grad():
+            head.proj.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))  # μ = h[..., 0]
+            head.proj.bias.copy_(torch.tensor([0.5, 0.0]))
+    mu_cur, _ = current(hidden)
+    mu_next, _ = nxt(hidden)
+    torch.testing.assert_close(mu_cur, hidden[..., 0] + 0.5)  # h_t
+    torch.testing.assert_close(mu_next[:, :-1], hidden[:, 1:, 0] + 0.5)  # h_{t+1}
+    torch.testing.assert_close(mu_next[:, -1], torch.full((2,), 0.5))  # zero input after the last
+    with pytest.raises(XKDError, match="current, next"):
+        RewardHead(2, "previous")
+
+
+def test_gradient_reaches_the_backbone_and_is_zero_at_init_with_lambda_zero():
+    hidden = torch.randn(2, 4, 3, requires_grad=True)
+    logits = torch.randn(2, 4, 7, requires_grad=True)
+    labels = torch.randint(0, 7, (2, 4))
+    head = RewardHead(3)
+    mu, log_sigma = head(hidden)
+    experiential_sum(logits, labels, mu, log_sigma, lam=0.0).total.backward()
+    for g in (hidden.grad, head.proj.weight.grad, head.proj.bias.grad):
+        assert torch.equal(g, torch.zeros_like(g))
+    # away from the init (λ > 0) the head and the backbone both learn
+    hidden.grad = None
+    head.zero_grad()
+    mu, log_sigma = head(hidden)
+    experiential_sum(logits, labels, mu, log_sigma, lam=0.5).total.backward()
+    assert head.proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        head.proj.weight.normal_()
+    hidden.grad = None
+    mu, log_sigma = head(hidden)
+    experiential_sum(logits, labels, mu, log_sigma, lam=0.5).total.backward()
+    assert hidden.grad.abs().sum() > 0
+
+
+def test_save_load_round_trip(tmp_path):
+    head = RewardHead(5, position="next", log_sigma_bound=3.0)
+    with torch.no_grad():
+        head.proj.weight.normal_()
+        head.proj.bias.normal_()
+    path = tmp_path / "reward_head.safetensors"
+    head.save(path)
+    loaded = RewardHead.load(path)
+    assert (loaded.hidden_size, loaded.position, loaded.log_sigma_bound) == (5, "next", 3.0)
+    for a, b in zip(head.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    hidden = torch.randn(2, 3, 5)
+    for a, b in zip(head(hidden), loaded(hidden)):
+        assert torch.equal(a, b)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(XKDError, match="does not exist"):
+        RewardHead.load(tmp_path / "missing.safetensors")
+    other = tmp_path / "model.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(other))
+    with pytest.raises(XKDError, match="not an xkd reward head"):
+        RewardHead.load(other)

@@ -1,0 +1,172 @@
+"""The ``xkd`` command line: thin commands that parse flags, build a config and call the engine."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from . import __version__
+from .config import build_config, load_recipe
+from .errors import XKDError, debug_enabled
+from .presets import eval_defaults, sft_defaults
+from .ui import emit, out, table
+from .workspace import runs_root
+
+app = typer.Typer(
+    name="xkd",
+    help="Experiential knowledge distillation (X-KD) for language models: fine-tune, distil, evaluate.\n\n"
+         "Every command takes --recipe FILE.yaml (values merge as defaults → recipe → flags) and --json.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Options shared by every command, declared once.
+Task = Annotated[Optional[str], typer.Option("--task", "-t", help="Task name: xsum, wmt, gsm8k, synth-sum, synth-mt, synth-gsm.")]
+Data = Annotated[Optional[str], typer.Option(help="Local data file or directory in the task's Hugging Face schema (JSONL/JSON/CSV/Parquet).")]
+Recipe = Annotated[Optional[Path], typer.Option(help="YAML file of option values (flags override it).")]
+RunsDir = Annotated[Optional[Path], typer.Option(help="Runs directory [env XKD_RUNS_DIR, default ./runs].")]
+Name = Annotated[Optional[str], typer.Option(help="Run name (a directory under <runs-dir>/<task>/).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run / results of the same name.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed.")]
+Dtype = Annotated[Optional[str], typer.Option(help="Model dtype: float32, bfloat16, float16, auto.")]
+Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Run name, local path, Hugging Face id (t5-small … t5-xl aliases) or built-in tiny model.")]
+MaxInputLen = Annotated[Optional[int], typer.Option(help="Maximum prompt length in tokens.")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Batch size.")]
+
+
+def _recipe_value(recipe: Path | None, key: str, flag: Any) -> Any:
+    return flag if flag is not None else load_recipe(recipe).get(key)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"xkd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    pass
+
+
+@app.command(epilog="Examples:\n\n  xkd sft --model tiny-t5-large --task synth-sum --role teacher\n\n"
+                    "  xkd sft --model t5-large --task xsum\n\n"
+                    "  xkd sft --model tiny-gpt-small --task xsum --data ./xsum.jsonl --max-steps 100\n\n"
+                    "  xkd sft --recipe recipes/sft-t5-large-xsum.yaml --max-steps 10 --json")
+def sft(
+    model: Model = None, task: Task = None, name: Name = None, data: Data = None, recipe: Recipe = None,
+    role: Annotated[Optional[str], typer.Option(help="Record the run as the task's 'teacher' or 'student' (distill picks them up).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
+    batch_size: BatchSize = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW).")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warm-up steps, then linear decay.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option()] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping (0 = off).")] = None,
+    max_input_len: MaxInputLen = None,
+    max_output_len: Annotated[Optional[int], typer.Option(help="Maximum target length in tokens.")] = None,
+    seed: Seed = None,
+    train_fraction: Annotated[Optional[float], typer.Option(help="Keep the first fraction of the training set.")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (0 = never).")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(help="Examples per in-training evaluation.")] = None,
+    log_every: Annotated[Optional[int], typer.Option(help="Write a log line every N steps.")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Override the model's dropout rate.")] = None,
+    dtype: Dtype = None, device: Device = None,
+    runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
+) -> None:
+    """Fine-tune a model on a task (the teacher and student starting points)."""
+    from .sft import SFTConfig, run_sft
+
+    flags = dict(model=model, task=task, name=name, data=data, role=role, max_steps=max_steps, batch_size=batch_size,
+                 grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, weight_decay=weight_decay,
+                 max_grad_norm=max_grad_norm, max_input_len=max_input_len, max_output_len=max_output_len, seed=seed,
+                 train_fraction=train_fraction, eval_every=eval_every, eval_limit=eval_limit, log_every=log_every,
+                 dropout=dropout, dtype=dtype, device=device)
+    task_name = _recipe_value(recipe, "task", task)
+    defaults = sft_defaults(task_name, _recipe_value(recipe, "model", model)) if task_name else {}
+    cfg = build_config(SFTConfig, defaults=defaults, recipe=recipe, flags=flags)
+    result = run_sft(cfg, runs_root=runs_root(runs_dir), overwrite=overwrite)
+    emit(result, as_json=json, render=_render_training)
+
+
+def _render_training(result: dict) -> None:
+    rows = [("run", result["path"]), ("model", result["model"]), ("steps", result["steps"]),
+            ("final loss", result["final_loss"]), ("tokens/s", result["tokens_per_s"]),
+            ("time (s)", result["train_seconds"])]
+    if result.get("final_eval"):
+        rows += [(f"eval {k}", v) for k, v in result["final_eval"].items() if k != "step"]
+    out.print(table(f"{result['task']} · {result['run']}", ["", "value"], rows))
+
+
+@app.command(name="eval", epilog="Examples:\n\n  xkd eval --model sft-tiny-t5-large --task synth-sum\n\n"
+                                 "  xkd eval --model ./my-model --task xsum --data ./xsum --limit 100\n\n"
+                                 "  xkd eval --model teacher --task synth-mt --temperature 1.0 --top-p 0.95 --num-samples 4 --json")
+def eval_(
+    model: Model = None, task: Task = None, name: Name = None, data: Data = None, recipe: Recipe = None,
+    split: Annotated[Optional[str], typer.Option(help="train, validation or test [default: the task's eval split].")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N examples only.")] = None,
+    batch_size: BatchSize = None,
+    max_input_len: MaxInputLen = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Maximum generated tokens.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="0 = greedy (default); > 0 samples.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass.")] = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="Samples per input (SelfBLEU is reported when > 1).")] = None,
+    use_stemmer: Annotated[Optional[bool], typer.Option("--use-stemmer/--no-stemmer", help="Porter stemming in ROUGE.")] = None,
+    seed: Seed = None, dtype: Dtype = None, device: Device = None,
+    runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
+) -> None:
+    """Generate on the task's evaluation split and score it (ROUGE, BLEU or accuracy)."""
+    from .evaluate import EvalConfig, run_eval
+
+    flags = dict(model=model, task=task, name=name, data=data, split=split, limit=limit, batch_size=batch_size,
+                 max_input_len=max_input_len, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                 num_samples=num_samples, use_stemmer=use_stemmer, seed=seed, dtype=dtype, device=device)
+    task_name = _recipe_value(recipe, "task", task)
+    cfg = build_config(EvalConfig, defaults=eval_defaults(task_name) if task_name else {}, recipe=recipe, flags=flags)
+    result = run_eval(cfg, runs_root=runs_root(runs_dir), overwrite=overwrite)
+    emit(result, as_json=json, render=_render_eval)
+
+
+def _render_eval(result: dict) -> None:
+    metrics = result["metrics"]
+    rows = [(("* " if key == result["headline"] else "") + key, value) for key, value in metrics.items()
+            if not key.endswith("signature")]
+    out.print(table(f"{result['task']} · {result['run']} · {result['split']} · {result['decoding']} · "
+                    f"{result['examples']} examples", ["metric", "value"], rows))
+    for key, value in metrics.items():
+        if key.endswith("signature"):
+            out.print(f"{key}: {value}")
+    out.print(f"predictions: {result['predictions']}")
+
+
+def _quiet_libraries() -> None:
+    """transformers' own load/save progress bars and notices would drown ours."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2 (traceback with XKD_DEBUG=1)."""
+    _quiet_libraries()
+    try:
+        app(args=argv, standalone_mode=True)
+    except XKDError as exc:
+        if debug_enabled():
+            traceback.print_exc()
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)

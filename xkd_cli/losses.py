@@ -1,0 +1,583 @@
+"""Token-level losses for distillation: pure functions of tensors (no I/O, no models).
+
+Conventions (METHOD.md, "Notation for one batch")
+-------------------------------------------------
+* ``student_logits`` / ``teacher_logits`` are ``B x T x V`` in any dtype; every loss is computed in
+  float32.  ``labels`` is ``B x T`` and aligned with the logits: ``labels[:, t]`` is the token that
+  ``logits[:, t]`` predicts, ``-100`` (:data:`IGNORE_INDEX`) marks a position that does not count.
+* Every loss returns a **sum over counted positions together with their count** (:class:`TokenSum`,
+  :class:`ExperientialParts`), never a mean.  The trainer divides the sums of all micro-batches of
+  one optimizer step by the number of counted positions of that whole step (:func:`valid_mask`,
+  :func:`td_mask` count them from the labels before any forward pass), so gradient accumulation and
+  data parallelism give exactly the loss of one big batch.
+* Teacher logits are constants: they are detached.  Gradients flow to the student logits (and to
+  ``mu`` / ``log_sigma`` of the reward head).
+* ``vocab_size``: when the logits are wider than the tokenizer (T5 pads its embedding to 32128
+  while the tokenizer has 32100 entries) pass the tokenizer size; the logits are sliced to
+  ``[..., :vocab_size]`` before any softmax.  Teacher and student logits of different widths
+  without ``vocab_size`` are a ``ValueError``, never a silent truncation.
+* Memory: only valid positions are gathered, in chunks of ``chunk_size`` rows (default ``None``:
+  ``CHUNK_ELEMENTS // V`` rows, i.e. 16 MiB per float32 ``N x V`` intermediate); each chunk is
+  processed under activation checkpointing when a gradient is needed, so only the float32
+  intermediates of one chunk are alive at a time (forward and backward) instead of several float32
+  copies of the whole ``B x T x V`` tensor.  Between forward and backward nothing but references to
+  the logits is kept.  The backward adds the logits' gradient (one ``B x T x V`` in the logits'
+  dtype) and a transient tensor of that size per chunk.  Chunked and unchunked results agree.
+
+Public API
+----------
+``IGNORE_INDEX``, ``CHUNK_ELEMENTS``
+``TokenSum(total, tokens)``                     sum over positions + count; ``.mean(denominator=None)``
+``valid_mask(labels)`` / ``td_mask(labels)``   ``B x T`` / ``B x (T-1)`` bool masks of counted positions
+``token_logprobs(logits, labels, ...)``         ``B x T`` float32 log p(y_t), 0 where ignored
+``nll_sum(student_logits, labels, ...)``        NLL of the labels (sft / seqkd, Eq. 1/18)
+``DIVERGENCES``                                 Registry name -> row function ``(s, t, beta) -> N``
+                                                on float32 ``N x V`` logits: jsd, fkl, rkl, mix, tvd
+``divergence_sum(name, student_logits, teacher_logits, labels, ...)``
+``experiential_sum(student_logits, labels, mu, log_sigma, ...)`` -> ``ExperientialParts(total, tokens,
+stats)`` (F_ex, Eq. 20; ``.mean(denominator=None)``, ``.summary()``)
+``summarize_stats(stats, tokens)``              means / stds of the experiential statistics
+``hparam_problems(...)`` / ``check_hparams(...)`` range checks (XKDError with the fix)
+MiniLLM baseline: ``minillm_rewards``, ``minillm_advantages``, ``masked_whiten``,
+``teacher_mixed_logprobs``, ``mixed_sampling_weights``, ``ppo_clip_sum``; its single-step term
+Σ_v p_S log(p_S / p_T) is ``divergence_sum("rkl", ...)`` (unweighted, as in MiniLLM's ``_reg_loss``).
+
+Divergences (all per position, summed over positions; p_T teacher, p_S student)
+-------------------------------------------------------------------------------
+* ``fkl``  KL(p_T ‖ p_S)                                   (Eq. 2/3, supervised KD)
+* ``rkl``  KL(p_S ‖ p_T)
+* ``jsd``  generalized JSD(β) (Eq. 5, GKD/TRL): M = β·p_T + (1-β)·p_S built in log space,
+  β·KL(p_T ‖ M) + (1-β)·KL(p_S ‖ M); β = 0 is ``fkl`` and β = 1 is ``rkl`` (the limits of
+  JSD_β/β and JSD_β/(1-β)).
+* ``mix``  Appendix A.3's D_β = β·KL(π ‖ B) + (1-β)·KL(B ‖ π) = β·fkl + (1-β)·rkl.
+* ``tvd``  0.5·Σ_v |p_T - p_S|.
+
+Zero probabilities (``-inf`` logits, e.g. from top-k or a masked vocabulary) follow 0·log(0/q) = 0
+exactly; no ``-inf`` ever meets a ``0`` (no NaN, forward or backward).  A KL(p ‖ q) with q = 0 < p
+is +inf; for the reverse direction (KL(p_S ‖ p_T), i.e. ``rkl``, ``mix``'s reverse half and
+``jsd`` at β = 1) the student distribution is therefore restricted to the teacher's support and
+renormalised there, as MiniLLM does by applying the same ``-inf`` mask to both logits.  With a
+teacher of full support (the normal case) this changes nothing, bit for bit.
+
+The experiential term (METHOD.md "The experiential term"; Eq. 14, 16, 20, 28)
+-----------------------------------------------------------------------------
+Q[b,t] = τ'·P[b,t,y_t] − logsumexp_v τ'·P[b,t,v] with P = softmax(student logits)   (Eq. 28)
+δ[b,t] = Q[b,t] − γ·Q[b,t+1] on m_td[b,t] = m[b,t] & m[b,t+1]                       (Eq. 16)
+KL_t = 0.5·(σ² + μ² − 1) − log σ       (KL(N(μ,σ²) ‖ N(0,1)), the Gaussian prior of Table 7)
+log q_t = −0.5·log 2π − log σ − (δ_t − μ)² / (2σ²)
+F_ex = Σ m_td·(KL_t − λ·log q_t)                                                       (Eq. 20)
+With λ = 0 and the head at its zero init (μ = 0, log σ = 0) the value and every gradient of F_ex
+are exactly 0, so adding it leaves the baseline's gradients bit for bit unchanged.
+
+Hyperparameter checks
+---------------------
+Each public function checks its own hyperparameters and raises :class:`~xkd_cli.errors.XKDError`.
+The CLI can collect every problem at once with :func:`hparam_problems` (a list of one-line
+messages) or raise them together with :func:`check_hparams`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from .errors import XKDError
+from .registry import Registry
+
+IGNORE_INDEX = -100
+CHUNK_ELEMENTS = 2**22  # default chunk: this many float32 entries per N x V intermediate
+NEG_INF = float("-inf")
+LOG_2PI = math.log(2 * math.pi)
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+class TokenSum(NamedTuple):
+    """A loss summed over counted positions, and how many positions it sums over."""
+
+    total: Tensor  # scalar float32, differentiable
+    tokens: Tensor  # scalar int64
+
+    def mean(self, denominator: Tensor | int | None = None) -> Tensor:
+        """``total / denominator`` (default: this batch's own count); 0 when nothing counts."""
+        return _safe_div(self.total, self.tokens if denominator is None else denominator)
+
+
+def _safe_div(total: Tensor, denominator: Tensor | int) -> Tensor:
+    return total / torch.as_tensor(denominator, device=total.device).clamp_min(1)
+
+
+@dataclass(frozen=True)
+class ExperientialParts:
+    """F_ex of one batch (Eq. 20), as sums over the TD positions (``m_td``).
+
+    ``total``   Σ m_td·(KL_t − λ·log q_t), scalar float32, differentiable.
+    ``tokens``  number of TD positions, scalar int64 (== ``td_mask(labels).sum()``).
+    ``stats``   detached float32 scalar sums over the TD positions, so micro-batches add up:
+                ``kl`` (Σ KL_t), ``logq`` (Σ log q_t), ``delta``, ``delta_sq``, ``mu``, ``mu_sq``,
+                ``sigma``, ``sigma_sq`` (first and second moments).  See :func:`summarize_stats`.
+    """
+
+    total: Tensor
+    tokens: Tensor
+    stats: dict[str, Tensor]
+
+    def mean(self, denominator: Tensor | int | None = None) -> Tensor:
+        """``total / denominator`` (default: this batch's TD count); 0 when nothing counts."""
+        return _safe_div(self.total, self.tokens if denominator is None else denominator)
+
+    def summary(self) -> dict[str, float]:
+        return summarize_stats(self.stats, self.tokens)
+
+
+def summarize_stats(stats: dict[str, Tensor | float], tokens: Tensor | int) -> dict[str, float]:
+    """Means of ``kl`` / ``logq`` and mean/std of ``delta`` / ``mu`` / ``sigma`` from summed moments
+    (possibly added over several micro-batches).  Everything is 0.0 when ``tokens`` is 0."""
+    n = float(tokens)
+    if n == 0:
+        keys = ("kl", "logq", "delta_mean", "delta_std", "mu_mean", "mu_std", "sigma_mean", "sigma_std")
+        return dict.fromkeys(keys, 0.0)
+    out = {"kl": float(stats["kl"]) / n, "logq": float(stats["logq"]) / n}
+    for name in ("delta", "mu", "sigma"):
+        mean = float(stats[name]) / n
+        out[f"{name}_mean"] = mean
+        out[f"{name}_std"] = math.sqrt(max(float(stats[f"{name}_sq"]) / n - mean * mean, 0.0))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Masks and hyperparameters
+# --------------------------------------------------------------------------------------------
+
+
+def valid_mask(labels: Tensor) -> Tensor:
+    """``B x T`` bool: the positions every token loss counts."""
+    return labels != IGNORE_INDEX
+
+
+def td_mask(labels: Tensor) -> Tensor:
+    """``B x (T-1)`` bool: m_td[b,t] = m[b,t] & m[b,t+1] (Eq. 16 needs the next action)."""
+    m = valid_mask(labels)
+    return m[:, :-1] & m[:, 1:]
+
+
+def hparam_problems(
+    *,
+    beta: float | None = None,
+    temperature: float | None = None,
+    lam: float | None = None,
+    gamma: float | None = None,
+    tau: float | None = None,
+    chunk_size: int | None = None,
+    mix: float | None = None,
+    clip: float | None = None,
+    discount: float | None = None,
+) -> list[str]:
+    """One line per out-of-range hyperparameter (those given as None are not checked)."""
+    checks = [  # (name, value, ok, requirement)
+        ("beta", beta, lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1] (0 = forward KL, 1 = reverse KL)"),
+        ("temperature", temperature, lambda v: v > 0.0, "must be > 0 (1.0 leaves the logits as they are)"),
+        ("lambda", lam, lambda v: v >= 0.0, "(experiential weight) must be >= 0 (paper: 0.001; 0 = baseline)"),
+        ("gamma", gamma, lambda v: 0.0 <= v <= 1.0, "(TD discount) must lie in [0, 1] (paper: 1.0)"),
+        ("tau", tau, lambda v: v > 0.0, "(Boltzmann temperature tau') must be > 0 (paper: 1.0)"),
+        ("chunk_size", chunk_size, lambda v: v >= 1 and float(v).is_integer(), "must be a positive integer"),
+        ("mix", mix, lambda v: 0.0 <= v <= 1.0, "(teacher-mixed sampling) must lie in [0, 1] (MiniLLM: 0.2)"),
+        ("clip", clip, lambda v: 0.0 <= v < 1.0, "(PPO clip range) must lie in [0, 1) (MiniLLM: 0.2)"),
+        ("discount", discount, lambda v: 0.0 <= v <= 1.0, "(return discount) must lie in [0, 1] (MiniLLM: 0.95)"),
+    ]
+    problems = []
+    for name, value, ok, requirement in checks:
+        if value is None:
+            continue
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+            problems.append(f"{name} {requirement}, got {value!r}")
+    return problems
+
+
+def check_hparams(**hparams: float | int | None) -> None:
+    """Raise one :class:`XKDError` naming every out-of-range hyperparameter (see :func:`hparam_problems`)."""
+    problems = hparam_problems(**hparams)
+    if problems:
+        raise XKDError("; ".join(problems) + ".")
+
+
+# --------------------------------------------------------------------------------------------
+# Chunked evaluation over valid positions
+# --------------------------------------------------------------------------------------------
+
+RowFn = Callable[[Sequence[Tensor], Tensor], Tensor]  # (float32 N x V rows per logits tensor, N targets) -> N
+
+
+def _shared_vocab(logits: Sequence[Tensor], vocab_size: int | None) -> int:
+    widths = sorted({x.shape[-1] for x in logits})
+    if vocab_size is None:
+        if len(widths) > 1:
+            raise ValueError(
+                f"teacher and student logits have different vocabulary sizes {widths}; pass vocab_size="
+                "<the shared tokenizer size> to slice both (a different tokenizer is not supported)"
+            )
+        return widths[0]
+    if not 1 <= vocab_size <= widths[0]:
+        raise ValueError(f"vocab_size={vocab_size} must lie in [1, {widths[0]}] (the narrowest logits)")
+    return vocab_size
+
+
+def _map_valid_rows(
+    row_fn: RowFn,
+    logits: Sequence[Tensor],
+    labels: Tensor,
+    *,
+    vocab_size: int | None,
+    chunk_size: int | None,
+    uses_targets: bool,
+) -> tuple[Tensor, Tensor]:
+    """Apply ``row_fn`` to the valid positions of ``logits`` in float32 chunks of ``chunk_size`` rows
+    (None: ``CHUNK_ELEMENTS // V``).
+
+    Returns the per-position values (``N`` float32, N = number of valid positions) and the flat
+    indices ``b*T + t`` of those positions.  With no valid position ``row_fn`` still runs once on
+    ``0 x V`` rows, so the (zero) result stays connected to the logits and backward gives zeros.
+    """
+    check_hparams(chunk_size=chunk_size)
+    shape = labels.shape
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be B x T, got shape {tuple(shape)}")
+    for x in logits:
+        if x.shape[:-1] != shape:
+            raise ValueError(f"logits of shape {tuple(x.shape)} do not match labels of shape {tuple(shape)}")
+    vocab = _shared_vocab(logits, vocab_size)
+    flat_labels = labels.reshape(-1)  # BT
+    idx = valid_mask(flat_labels).nonzero().squeeze(1)  # N
+    targets = flat_labels.index_select(0, idx)  # N
+    if uses_targets and targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
+        raise ValueError(
+            f"labels hold token ids outside [0, {vocab}): ids {int(targets.min())}..{int(targets.max())}; "
+            "labels must be ids of the (shared) tokenizer or -100"
+        )
+    # Views, not copies: reshaping a sliced tensor such as logits[:, :-1] would copy all of it.
+    sliced = [x[..., :vocab] for x in logits]  # B x T x V each
+    steps = shape[-1]
+
+    def chunk_fn(chunk: Tensor, chunk_targets: Tensor, *xs: Tensor) -> Tensor:
+        rows = [x[chunk // steps, chunk % steps].float() for x in xs]  # N x V float32 each
+        return row_fn(rows, chunk_targets)
+
+    # Checkpointing keeps only the inputs (references to the logits) between forward and backward
+    # and recomputes one chunk at a time, so float32 intermediates never exist for all rows at once.
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in logits)
+    outs = []
+    per_chunk = chunk_size if chunk_size is not None else max(1, CHUNK_ELEMENTS // vocab)
+    for chunk, chunk_targets in zip(idx.split(per_chunk), targets.split(per_chunk)):
+        if needs_grad:
+            out = checkpoint(chunk_fn, chunk, chunk_targets, *sliced, use_reentrant=False, preserve_rng_state=False)
+            outs.append(out)
+        else:
+            outs.append(chunk_fn(chunk, chunk_targets, *sliced))
+    return torch.cat(outs), idx
+
+
+def _scatter(values: Tensor, idx: Tensor, shape: torch.Size) -> Tensor:
+    """Place per-position ``values`` (N) at flat ``idx`` of a zero ``B x T`` float32 tensor (differentiable)."""
+    return values.new_zeros(shape.numel()).index_copy(0, idx, values).view(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Likelihood
+# --------------------------------------------------------------------------------------------
+
+
+def token_logprobs(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    temperature: float = 1.0,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """``B x T`` float32 log p(y_t) under softmax(logits / temperature); 0 at ignored positions.
+    Differentiable w.r.t. ``logits`` (detach the result for rewards / old log-probs)."""
+    check_hparams(temperature=temperature)
+
+    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+        return (rows[0] / temperature).log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)  # N
+
+    values, idx = _map_valid_rows(
+        row_fn, [logits], labels, vocab_size=vocab_size, chunk_size=chunk_size, uses_targets=True
+    )
+    return _scatter(values, idx, labels.shape)
+
+
+def nll_sum(
+    student_logits: Tensor,
+    labels: Tensor,
+    *,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+) -> TokenSum:
+    """Σ −log p_S(y_t) over valid positions (sft on ground truth, seqkd on teacher samples; Eq. 1/18)."""
+    logp = token_logprobs(student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size)  # B x T
+    return TokenSum(-logp.sum(), valid_mask(labels).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# Divergences between teacher and student token distributions
+# --------------------------------------------------------------------------------------------
+
+DivergenceFn = Callable[[Tensor, Tensor, float], Tensor]  # (student N x V, teacher N x V float32 logits, beta) -> N
+
+
+def _kl(logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(p ‖ q) per row from ``N x V`` log-probabilities, with 0·log(0/q) = 0 (xlogy convention).
+
+    Entries with p_v = 0 are zeroed in both inputs before any arithmetic, so ``-inf`` never meets
+    ``0`` (their term is exp(0)·(0 − 0) = 0 and masked_fill gives them zero gradient).
+    """
+    outside = logp == NEG_INF  # N x V
+    logp = logp.masked_fill(outside, 0.0)
+    logq = logq.masked_fill(outside, 0.0)
+    return (logp.exp() * (logp - logq)).sum(-1)  # N
+
+
+def _log_softmax_on_support(logits: Tensor, support_logits: Tensor) -> Tensor:
+    """log_softmax of ``logits`` restricted to the entries where ``support_logits`` is not -inf
+    (identical to ``logits.log_softmax(-1)`` when there is no such entry)."""
+    return logits.masked_fill(support_logits == NEG_INF, NEG_INF).log_softmax(-1)
+
+
+def forward_kl(s: Tensor, t: Tensor, beta: float = 0.5) -> Tensor:
+    """KL(p_T ‖ p_S) per row (Eq. 3); ``beta`` is unused."""
+    return _kl(t.log_softmax(-1), s.log_softmax(-1))
+
+
+def reverse_kl(s: Tensor, t: Tensor, beta: float = 0.5) -> Tensor:
+    """KL(p_S ‖ p_T) per row; the student is restricted to the teacher's support; ``beta`` is unused."""
+    return _kl(_log_softmax_on_support(s, t), t.log_softmax(-1))
+
+
+def generalized_jsd(s: Tensor, t: Tensor, beta: float) -> Tensor:
+    """JSD_β per row (Eq. 5, GKD): β·KL(p_T ‖ M) + (1−β)·KL(p_S ‖ M), M = β·p_T + (1−β)·p_S.
+    β = 0 and β = 1 are the limits JSD_β/β → KL(p_T ‖ p_S) and JSD_β/(1−β) → KL(p_S ‖ p_T)."""
+    if beta == 0.0:
+        return forward_kl(s, t)
+    if beta == 1.0:
+        return reverse_kl(s, t)
+    ls, lt = s.log_softmax(-1), t.log_softmax(-1)  # N x V each
+    # log M = logaddexp(log β + log p_T, log(1−β) + log p_S).  Where both are -inf M is 0 and no KL
+    # term uses it; fill those entries with 0 first because logaddexp's backward at (-inf, -inf) is NaN.
+    both_zero = (ls == NEG_INF) & (lt == NEG_INF)
+    log_m = torch.logaddexp(  # N x V
+        lt.masked_fill(both_zero, 0.0) + math.log(beta), ls.masked_fill(both_zero, 0.0) + math.log1p(-beta)
+    )
+    return beta * _kl(lt, log_m) + (1.0 - beta) * _kl(ls, log_m)
+
+
+def beta_mix_kl(s: Tensor, t: Tensor, beta: float) -> Tensor:
+    """Appendix A.3's D_β = β·KL(π ‖ B) + (1−β)·KL(B ‖ π), π = teacher, B = student (per row)."""
+    if beta == 1.0:
+        return forward_kl(s, t)
+    if beta == 0.0:
+        return reverse_kl(s, t)
+    return beta * forward_kl(s, t) + (1.0 - beta) * reverse_kl(s, t)
+
+
+def total_variation(s: Tensor, t: Tensor, beta: float = 0.5) -> Tensor:
+    """0.5·Σ_v |p_T − p_S| per row; ``beta`` is unused."""
+    return 0.5 * (t.softmax(-1) - s.softmax(-1)).abs().sum(-1)
+
+
+DIVERGENCES: Registry[DivergenceFn] = Registry("divergence")
+DIVERGENCES.register("jsd", generalized_jsd)
+DIVERGENCES.register("fkl", forward_kl)
+DIVERGENCES.register("rkl", reverse_kl)
+DIVERGENCES.register("mix", beta_mix_kl)
+DIVERGENCES.register("tvd", total_variation)
+
+
+def divergence_sum(
+    name: str,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+) -> TokenSum:
+    """Σ over valid positions of D_name(p_T ‖ p_S), both distributions softmax(logits / temperature).
+
+    ``labels`` only select the positions (their ids are not used).  The teacher is detached.
+    """
+    fn = DIVERGENCES.get(name)
+    check_hparams(beta=beta, temperature=temperature)
+
+    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+        s, t = rows  # N x V float32 each
+        return fn(s / temperature, t / temperature, beta)  # N
+
+    values, _ = _map_valid_rows(
+        row_fn, [student_logits, teacher_logits.detach()], labels,
+        vocab_size=vocab_size, chunk_size=chunk_size, uses_targets=False,
+    )
+    return TokenSum(values.sum(), valid_mask(labels).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# The experiential term F_ex (Eq. 14, 16, 20, 28)
+# --------------------------------------------------------------------------------------------
+
+
+def experiential_sum(
+    student_logits: Tensor,
+    labels: Tensor,
+    mu: Tensor,
+    log_sigma: Tensor,
+    *,
+    lam: float = 0.001,
+    gamma: float = 1.0,
+    tau: float = 1.0,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+) -> ExperientialParts:
+    """F_ex of one batch (Eq. 20) from the student logits and the reward head's ``mu``, ``log_sigma``
+    (``B x T`` each, the outputs of :class:`xkd_cli.reward.RewardHead`).  See the module docstring."""
+    check_hparams(lam=lam, gamma=gamma, tau=tau)
+    if mu.shape != labels.shape or log_sigma.shape != labels.shape:
+        raise ValueError(
+            f"mu {tuple(mu.shape)} and log_sigma {tuple(log_sigma.shape)} must have the labels' shape {tuple(labels.shape)}"
+        )
+
+    def q_rows(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+        # Eq. 28: Q(s_t, y_t) = log softmax_v(τ'·P_v)[y_t] — a softmax over probabilities, not logits.
+        scaled = tau * rows[0].softmax(-1)  # N x V
+        return scaled.gather(-1, targets[:, None]).squeeze(-1) - scaled.logsumexp(-1)  # N
+
+    q_values, idx = _map_valid_rows(
+        q_rows, [student_logits], labels, vocab_size=vocab_size, chunk_size=chunk_size, uses_targets=True
+    )
+    q = _scatter(q_values, idx, labels.shape)  # B x T, 0 at ignored positions (never read: m_td)
+
+    m_td = td_mask(labels)  # B x (T-1)
+    delta = q[:, :-1] - gamma * q[:, 1:]  # B x (T-1), Eq. 16; gradients flow through both Q terms
+    mu = mu[:, :-1].float()  # B x (T-1)
+    log_sigma = log_sigma[:, :-1].float()  # B x (T-1)
+    sigma_sq = torch.exp(2.0 * log_sigma)
+    # KL(N(μ, σ²) ‖ N(0, 1)); at μ = 0, log σ = 0 both it and its gradient (μ, σ² − 1) are exactly 0.
+    kl = 0.5 * (sigma_sq + mu * mu - 1.0) - log_sigma
+    # log q_φ(δ_t) under N(μ, σ²); it enters only through λ·log q, so λ = 0 gives exact zero gradients.
+    log_q = -0.5 * LOG_2PI - log_sigma - (delta - mu) ** 2 / (2.0 * sigma_sq)
+    per_position = kl - lam * log_q  # Eq. 20
+
+    def masked_sum(x: Tensor) -> Tensor:
+        return torch.where(m_td, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum()
+
+    with torch.no_grad():
+        sigma = log_sigma.exp()
+        stats = {
+            "kl": masked_sum(kl), "logq": masked_sum(log_q),
+            "delta": masked_sum(delta), "delta_sq": masked_sum(delta * delta),
+            "mu": masked_sum(mu), "mu_sq": masked_sum(mu * mu),
+            "sigma": masked_sum(sigma), "sigma_sq": masked_sum(sigma * sigma),
+        }
+    return ExperientialParts(total=masked_sum(per_position), tokens=m_td.sum(), stats=stats)
+
+
+# --------------------------------------------------------------------------------------------
+# MiniLLM baseline (Gu et al., 2024; microsoft/LMOps minillm/losses.py and sampler.py)
+# --------------------------------------------------------------------------------------------
+
+
+def minillm_rewards(teacher_logprobs: Tensor, old_logprobs: Tensor, labels: Tensor) -> Tensor:
+    """Per-token reward r_t = log p_T(y_t) − log p_old(y_t) (``B x T``, detached, 0 where ignored).
+    ``old_logprobs`` are the student's at sampling time (MiniLLM's ``t_rewards + ent_rewards``)."""
+    r = teacher_logprobs.detach().float() - old_logprobs.detach().float()
+    return torch.where(valid_mask(labels), r, torch.zeros_like(r))
+
+
+def minillm_advantages(rewards: Tensor, labels: Tensor, *, discount: float = 0.95) -> Tensor:
+    """Length-normalised discounted return A_t = (Σ_{k≥t} discount^{k−t} r_k) / (#valid positions ≥ t)
+    (``B x T``, detached, 0 where ignored), as MiniLLM's ``_get_advantages_and_returns``.
+    MiniLLM additionally whitens the result over the batch by default: see :func:`masked_whiten`."""
+    check_hparams(discount=discount)
+    m = valid_mask(labels)
+    r = torch.where(m, rewards.detach().float(), torch.zeros((), device=rewards.device))  # B x T
+    returns = torch.zeros_like(r)
+    running = torch.zeros_like(r[:, 0])  # B
+    for t in reversed(range(r.shape[1])):
+        running = r[:, t] + discount * running
+        returns[:, t] = running
+    remaining = m.flip(1).cumsum(1).flip(1).clamp_min(1)  # B x T, valid positions from t to the end
+    return torch.where(m, returns / remaining, torch.zeros_like(returns))
+
+
+def masked_whiten(values: Tensor, labels: Tensor, eps: float = 1e-8) -> Tensor:
+    """(x − mean) / sqrt(var + eps) over the valid positions (0 elsewhere).  MiniLLM whitens its
+    advantages like this (over all positions, padding included); note it couples the examples of a
+    batch, so a whitened loss is not invariant to how a step is split into micro-batches."""
+    m = valid_mask(labels)
+    x = values.detach().float()
+    n = m.sum().clamp_min(1)
+    mean = torch.where(m, x, 0.0).sum() / n
+    var = torch.where(m, (x - mean) ** 2, 0.0).sum() / n
+    return torch.where(m, (x - mean) * torch.rsqrt(var + eps), torch.zeros_like(x))
+
+
+def _log_mixture(ls: Tensor, lt: Tensor, mix: float) -> Tensor:
+    """log((1 − mix)·p_S + mix·p_T) from log-probabilities (exact at mix = 0 and mix = 1)."""
+    if mix == 0.0:
+        return ls
+    if mix == 1.0:
+        return lt
+    return torch.logaddexp(ls + math.log1p(-mix), lt + math.log(mix))
+
+
+def teacher_mixed_logprobs(student_logits: Tensor, teacher_logits: Tensor, *, mix: float = 0.2) -> Tensor:
+    """log((1 − mix)·p_S + mix·p_T) over the last dimension (float32): MiniLLM's teacher-mixed
+    sampling distribution (sample the next token from its exp).  Shapes ``... x V``; no gradient."""
+    check_hparams(mix=mix)
+    ls = student_logits.detach().float().log_softmax(-1)  # ... x V
+    lt = teacher_logits.detach().float().log_softmax(-1)  # ... x V
+    return _log_mixture(ls, lt, mix)
+
+
+def mixed_sampling_weights(
+    student_logprobs: Tensor, teacher_logprobs: Tensor, labels: Tensor, *, mix: float = 0.2
+) -> Tensor:
+    """Importance weight of teacher-mixed samples w_t = p_S(y_t) / ((1 − mix)·p_S(y_t) + mix·p_T(y_t))
+    from the sampled tokens' log-probs (``B x T``, detached, 1 where ignored).  As in MiniLLM's
+    sampler the weight itself is not clipped; :func:`ppo_clip_sum` clips the product ratio·w."""
+    check_hparams(mix=mix)
+    ls, lt = student_logprobs.detach().float(), teacher_logprobs.detach().float()  # B x T each
+    log_w = ls - _log_mixture(ls, lt, mix)
+    return torch.where(valid_mask(labels), log_w.exp(), torch.ones_like(log_w))
+
+
+def ppo_clip_sum(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    labels: Tensor,
+    *,
+    weights: Tensor | None = None,
+    clip: float = 0.2,
+) -> TokenSum:
+    """Σ over valid positions of max(−A·ρ, −A·clip(ρ, 1 − clip, 1 + clip)), ρ = exp(log p − log p_old)·w
+    (MiniLLM's ``_pg_loss``; ``w`` from :func:`mixed_sampling_weights`, 1 if None).  Gradients flow
+    through ``logprobs`` only."""
+    check_hparams(clip=clip)
+    m = valid_mask(labels)
+    log_ratio = torch.where(m, logprobs.float() - old_logprobs.detach().float(), 0.0)  # B x T
+    ratio = log_ratio.exp()
+    if weights is not None:
+        ratio = ratio * weights.detach().float()
+    adv = advantages.detach().float()
+    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip, 1.0 + clip))  # B x T
+    return TokenSum(torch.where(m, loss, 0.0).sum(), m.sum())

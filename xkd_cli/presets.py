@@ -1,0 +1,55 @@
+"""Per-task defaults: the paper's Appendix C for the real tasks, CPU-sized ones for the bundled tasks.
+
+Defaults are the first layer of a job's config (defaults → recipe → flags); the same numbers ship as
+recipes under ``recipes/`` so they can be read and copied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Table 4 (T5-small/base SFT) and Table 7 (distillation): steps, batch, LR, warmup, input/output length.
+PAPER_SMALL = {
+    "xsum": dict(max_steps=20_000, batch_size=32, lr=2e-3, warmup_steps=2_000, max_input_len=1024, max_output_len=64),
+    "wmt": dict(max_steps=100_000, batch_size=32, lr=2e-3, warmup_steps=2_000, max_input_len=64, max_output_len=64),
+    "gsm8k": dict(max_steps=10_000, batch_size=32, lr=3e-3, warmup_steps=2_000, max_input_len=512, max_output_len=64),
+}
+# Table 5 (T5-large SFT): 0.4x the steps, 0.05x / 0.05x / 0.1x the LR.
+PAPER_LARGE = {
+    "xsum": dict(PAPER_SMALL["xsum"], max_steps=8_000, lr=1e-4),
+    "wmt": dict(PAPER_SMALL["wmt"], max_steps=40_000, lr=1e-4),
+    "gsm8k": dict(PAPER_SMALL["gsm8k"], max_steps=10_000, lr=3e-4),
+}
+# Table 6 (T5-xl SFT, QLoRA in the paper): batch 4, no warm-up.
+PAPER_XL = {
+    "xsum": dict(PAPER_SMALL["xsum"], max_steps=1_000, batch_size=4, lr=5e-5, warmup_steps=0),
+    "wmt": dict(PAPER_SMALL["wmt"], max_steps=5_000, batch_size=4, lr=5e-5, warmup_steps=0),
+    "gsm8k": dict(PAPER_SMALL["gsm8k"], max_steps=1_000, batch_size=4, lr=1e-4, warmup_steps=0),
+}
+# Bundled tasks: a few CPU minutes for the tiny models.
+BUNDLED = {
+    "synth-sum": dict(max_steps=600, batch_size=16, lr=2e-3, warmup_steps=60, max_input_len=256, max_output_len=48),
+    "synth-mt": dict(max_steps=600, batch_size=16, lr=2e-3, warmup_steps=60, max_input_len=96, max_output_len=64),
+    "synth-gsm": dict(max_steps=600, batch_size=16, lr=2e-3, warmup_steps=60, max_input_len=160, max_output_len=128),
+}
+
+
+def model_scale(model: str | None) -> str:
+    """'large' / 'xl' / 'small' from a model reference, for picking the paper's table."""
+    name = (model or "").lower()
+    if "xl" in name.split("/")[-1].replace("xxl", "xl"):
+        return "xl"
+    return "large" if "large" in name else "small"
+
+
+def sft_defaults(task: str, model: str | None) -> dict[str, Any]:
+    if task in BUNDLED:
+        return dict(BUNDLED[task])
+    table = {"small": PAPER_SMALL, "large": PAPER_LARGE, "xl": PAPER_XL}[model_scale(model)]
+    return dict(table.get(task, PAPER_SMALL.get(task, {})))
+
+
+def eval_defaults(task: str) -> dict[str, Any]:
+    lengths = BUNDLED.get(task) or PAPER_SMALL.get(task) or {}
+    return {k: v for k, v in (("max_input_len", lengths.get("max_input_len")),
+                               ("max_new_tokens", lengths.get("max_output_len"))) if v is not None}

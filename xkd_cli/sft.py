@@ -1,0 +1,146 @@
+"""Supervised fine-tuning: the ground-truth data source with the NLL objective."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import losses
+from .batches import Batch, encode_prompts, encode_targets, forward, make_batch, special_ids
+from .config import TrainingConfig, to_dict
+from .errors import XKDError
+from .evaluate import keep_prompt_end, quick_eval
+from .models import LoadedModel, count_parameters, load_model, save_model
+from .tasks import Example, Task, get_task
+from .train import IndexStream, Schedule, resolve_device, seed_everything, set_dropout, train
+from .workspace import Run, check_new_run, create_run, slug
+
+ROLES = ("teacher", "student")
+
+
+@dataclass(frozen=True)
+class SFTConfig(TrainingConfig):
+    model: str = ""
+    role: str | None = None
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if not self.model:
+            found.append("--model is required (a built-in name such as tiny-t5-small, a run name, a path or a hub id)")
+        if self.role is not None and self.role not in ROLES:
+            found.append(f"--role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        return found
+
+    def run_name(self) -> str:
+        return self.name or f"sft-{slug(self.model)}"
+
+
+class EncodedSet:
+    """A task split tokenised once: prompt and target ids per example, ready for ``make_batch``."""
+
+    def __init__(self, examples: Sequence[Example], loaded: LoadedModel, *, max_input_len: int, max_output_len: int,
+                 keep_end: bool = False, targets: Sequence[str] | None = None):
+        tok = loaded.tokenizer
+        self.examples = list(examples)
+        self.is_encoder_decoder = loaded.is_encoder_decoder
+        self.pad_id, self.eos_id, self.start_id = special_ids(tok, loaded.model.config)
+        self.prompts = encode_prompts(tok, [e.prompt for e in self.examples], is_encoder_decoder=self.is_encoder_decoder,
+                                      max_len=max_input_len, keep_end=keep_end)
+        texts = targets if targets is not None else [e.reference for e in self.examples]
+        self.targets = encode_targets(tok, texts, max_len=max_output_len)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def batch(self, indices: Sequence[int], targets: Sequence[Sequence[int]] | None = None) -> Batch:
+        return make_batch([self.prompts[i] for i in indices],
+                          targets if targets is not None else [self.targets[i] for i in indices],
+                          is_encoder_decoder=self.is_encoder_decoder, pad_id=self.pad_id,
+                          decoder_start_id=self.start_id, ids=[self.examples[i].id for i in indices])
+
+
+class NLLObjective:
+    """Token-level negative log-likelihood of the batch's targets (SFT, SeqKD)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def counts(self, batch: Batch) -> dict[str, int]:
+        return {"tokens": batch.tokens}
+
+    def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
+        logits, _ = forward(self.model, batch)
+        return {"nll": (losses.nll_sum(logits, batch.labels).total, "tokens")}
+
+
+def load_split(task: Task, split: str, cfg: TrainingConfig, **kw: Any) -> list[Example]:
+    examples = task.load(split, cfg.data, **kw)
+    if not examples:
+        raise XKDError(f"the {split} split of task '{task.name}' is empty. Check --data.")
+    return examples
+
+
+def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: bool, loaded: LoadedModel,
+                 task: Task, train_set: EncodedSet, eval_examples: Sequence[Example], objective,
+                 draw: Callable[[IndexStream], Batch], extra_params: Sequence[torch.nn.Parameter] = (),
+                 record: dict[str, Any] | None = None, save_extra: Callable[[Run], None] | None = None,
+                 name: str) -> dict[str, Any]:
+    """Create the run, train, save the model (and whatever ``save_extra`` adds), finish the record."""
+    device = resolve_device(cfg.device)
+    model = loaded.model.to(device)
+    set_dropout(model, cfg.dropout)
+    run = create_run(runs_root, task.name, name, kind=kind, config=to_dict(cfg), seed=cfg.seed, overwrite=overwrite,
+                     extra={"model_parameters": count_parameters(model), **(record or {})})
+    started = time.time()
+    run.log(f"{kind} started: {len(train_set)} training examples on {device}")
+    seed_everything(cfg.seed)
+    stream = IndexStream(len(train_set), cfg.seed)
+    schedule = Schedule(max_steps=cfg.max_steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
+                        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, log_every=cfg.log_every,
+                        eval_every=cfg.eval_every)
+
+    def evaluate(step: int) -> dict:
+        return quick_eval(loaded, task, eval_examples, max_input_len=cfg.max_input_len,
+                          max_new_tokens=cfg.max_output_len, batch_size=max(cfg.batch_size, 16))
+
+    try:
+        result = train(model=model, objective=objective, draw=lambda: draw(stream), schedule=schedule,
+                       params=list(model.parameters()) + list(extra_params), device=device,
+                       log_path=run.path / "train_log.jsonl",
+                       evaluate=evaluate if cfg.eval_every and eval_examples else None,
+                       description=f"{kind} {task.name}/{name}")
+    except BaseException as exc:
+        run.update_record(status="failed", error=str(exc) or type(exc).__name__)
+        raise
+    save_model(loaded, run.model_dir)
+    if save_extra is not None:
+        save_extra(run)
+    final_eval = result["evals"][-1] if result["evals"] else None
+    run.finish(started, train_seconds=round(result["train_seconds"], 3), final_loss=result["last"].get("loss"),
+               final_eval=final_eval)
+    run.log(f"{kind} finished in {result['train_seconds']:.1f}s")
+    return {"task": task.name, "run": name, "path": str(run.path), "model": str(run.model_dir),
+            "steps": cfg.max_steps, "final_loss": result["last"].get("loss"),
+            "train_seconds": round(result["train_seconds"], 2),
+            "tokens_per_s": round(result["last"].get("tokens_per_s", 0.0), 1),
+            "final_eval": final_eval, "evals": result["evals"]}
+
+
+def run_sft(cfg: SFTConfig, *, runs_root: Path, overwrite: bool = False) -> dict[str, Any]:
+    task = get_task(cfg.task)
+    check_new_run(runs_root, task.name, cfg.run_name(), overwrite)
+    train_examples = load_split(task, "train", cfg, train_fraction=cfg.train_fraction)
+    eval_examples = load_split(task, task.eval_split, cfg, limit=cfg.eval_limit) if cfg.eval_every else []
+    loaded = load_model(cfg.model, task=task.name, runs_dir=runs_root, dtype=cfg.dtype, device="cpu")
+    train_set = EncodedSet(train_examples, loaded, max_input_len=cfg.max_input_len,
+                           max_output_len=cfg.max_output_len, keep_end=keep_prompt_end(task))
+    objective = NLLObjective(loaded.model)
+    return run_training(cfg, kind="sft", runs_root=runs_root, overwrite=overwrite, loaded=loaded, task=task,
+                        train_set=train_set, eval_examples=eval_examples, objective=objective,
+                        draw=lambda stream: train_set.batch(stream.take(cfg.batch_size)),
+                        record={"role": cfg.role, "base_model": cfg.model, "model_source": loaded.source},
+                        name=cfg.run_name())

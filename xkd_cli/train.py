@@ -1,0 +1,181 @@
+"""The one training loop every method uses: it draws micro-batches from a data source and asks an
+objective for loss terms; methods differ only in the source and the objective they hand it.
+
+Each term is a *sum* over tokens together with the name of the count that normalises it. The loop
+counts those tokens over all micro-batches of an optimizer step first, so a step of ``batch × accum``
+gives exactly the loss and gradient of one batch of ``batch · accum`` (per-token normalisation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+import numpy as np
+import torch
+
+from .batches import Batch
+from .errors import XKDError
+from .ui import progress
+
+
+class Objective(Protocol):
+    def counts(self, batch: Batch) -> dict[str, int]:
+        """Normalisers this objective needs, computable before any forward pass (e.g. valid tokens)."""
+
+    def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
+        """Loss terms of one micro-batch: name → (sum over positions, name of its normaliser)."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    max_steps: int
+    lr: float
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    log_every: int = 10
+    eval_every: int = 0
+    optimizer: str = "adamw"  # "sgd" makes the update a plain multiple of the gradient (tests, ablations)
+
+
+class TrainingDiverged(XKDError):
+    """The loss became NaN or infinite: not bad input, so a different exit code."""
+
+    exit_code = 1
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class IndexStream:
+    """Example indices in a fresh seeded shuffle each epoch; a micro-batch takes the next ``size`` indices,
+    so ``batch 8`` and ``batch 4 × accum 2`` see the same examples in the same order."""
+
+    def __init__(self, n: int, seed: int):
+        if n <= 0:
+            raise XKDError("the training set is empty. Check --data / --train-fraction.")
+        self.n, self.seed = n, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=generator).tolist()
+
+    def take(self, size: int) -> list[int]:
+        out = []
+        while len(out) < size:
+            if self.position == self.n:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._shuffle()
+            step = min(size - len(out), self.n - self.position)
+            out.extend(self._order[self.position:self.position + step])
+            self.position += step
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._order = self._shuffle()
+
+
+def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the peak LR, then linear decay to 0 at ``total`` (the paper's "linear" schedule)."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Batch], schedule: Schedule,
+          params: Iterable[torch.nn.Parameter], device: torch.device, log_path=None,
+          evaluate: Callable[[int], dict] | None = None, description: str = "train") -> dict:
+    """Run ``schedule.max_steps`` optimizer steps; return the last step's log and every evaluation."""
+    params = [p for p in params if p.requires_grad]
+    optimizer = (torch.optim.SGD if schedule.optimizer == "sgd" else torch.optim.AdamW)(
+        params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    scheduler = linear_schedule(optimizer, schedule.warmup_steps, schedule.max_steps)
+    model.train()
+    log_file = open(log_path, "a", encoding="utf-8") if log_path else None
+    last: dict = {}
+    evals: list[dict] = []
+    started = time.perf_counter()
+    tokens_seen = 0
+    try:
+        with progress() as bar:
+            task_id = bar.add_task(description, total=schedule.max_steps, info="")
+            for step in range(1, schedule.max_steps + 1):
+                batches = [draw().to(device) for _ in range(schedule.grad_accum)]
+                totals: dict[str, int] = {}
+                for batch in batches:
+                    for key, value in objective.counts(batch).items():
+                        totals[key] = totals.get(key, 0) + value
+                optimizer.zero_grad(set_to_none=True)
+                sums: dict[str, torch.Tensor] = {}
+                for batch in batches:
+                    terms = objective.terms(batch)
+                    loss = sum(value / max(totals[key], 1) for value, key in terms.values())
+                    loss.backward()
+                    for name, (value, key) in terms.items():
+                        sums[name] = sums.get(name, 0.0) + value.detach() / max(totals[key], 1)
+                values = {name: float(v) for name, v in sums.items()}
+                loss_value = sum(values.values())
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"loss became {loss_value} at step {step} ({values}). Lower --lr or check the data; "
+                        "nothing was saved from this step.")
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, schedule.max_grad_norm) \
+                    if schedule.max_grad_norm > 0 else None
+                optimizer.step()
+                scheduler.step()
+                tokens_seen += totals.get("tokens", 0)
+                elapsed = time.perf_counter() - started
+                last = {"step": step, "loss": loss_value, **values,
+                        "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": None if grad_norm is None else float(grad_norm),
+                        "tokens": totals.get("tokens", 0), "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
+                        "elapsed_s": elapsed}
+                if evaluate is not None and schedule.eval_every and (step % schedule.eval_every == 0
+                                                                      or step == schedule.max_steps):
+                    result = {"step": step, **evaluate(step)}
+                    evals.append(result)
+                    last["eval"] = result
+                    model.train()
+                if log_file and (step % schedule.log_every == 0 or step == schedule.max_steps or "eval" in last):
+                    log_file.write(json.dumps(last) + "\n")
+                    log_file.flush()
+                bar.update(task_id, advance=1, info=f"loss {loss_value:.4f}")
+    finally:
+        if log_file:
+            log_file.close()
+    return {"last": last, "evals": evals, "train_seconds": time.perf_counter() - started}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise XKDError(f"--device {name} asked for a GPU but torch sees none. Use --device cpu (or auto).")
+    return torch.device(name)
+
+
+def set_dropout(model: torch.nn.Module, p: float | None) -> None:
+    """Override every dropout probability (``None`` keeps the model's own)."""
+    if p is None:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p

@@ -1,0 +1,54 @@
+"""Terminal output: progress bars and messages on stderr, results on stdout (a table, or JSON with ``--json``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Iterable
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+
+console = Console(stderr=True)  # progress, notes, errors
+out = Console()  # results
+
+
+def progress() -> Progress:
+    """A progress bar with count, elapsed time and ETA; ``task.fields['info']`` shows live numbers."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+        console=console, transient=False, disable=not console.is_terminal and not _force_progress(),
+    )
+
+
+def _force_progress() -> bool:
+    import os
+
+    return os.environ.get("XKD_PROGRESS", "") == "1"
+
+
+def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
+    out = Table(title=title, title_justify="left")
+    for column in columns:
+        out.add_column(str(column), overflow="fold")
+    for row in rows:
+        out.add_row(*[fmt(v) for v in row])
+    return out
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-3 and value != 0 else f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def emit(result: dict[str, Any], *, as_json: bool, render) -> None:
+    """Print ``result`` as JSON on stdout, or let ``render`` draw it for people."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+    else:
+        render(result)
