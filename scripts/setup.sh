@@ -7,7 +7,7 @@ PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-    .venv/bin/pip install --quiet "torch>=2.1,<3"
+    .venv/bin/pip install --quiet "torch>=2.6,<3"
   else
     .venv/bin/pip install --quiet "torch==2.13.0"
   fi

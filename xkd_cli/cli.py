@@ -5,16 +5,18 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from . import __version__
-from .config import build_config, load_recipe
+from .config import build_config
 from .errors import XKDError, debug_enabled
-from .presets import eval_defaults, sft_defaults
+from .presets import distill_defaults, eval_defaults, sft_defaults
 from .ui import emit, out, table
-from .workspace import runs_root
+from .options import (BatchSize, Data, Device, Dtype, Json, MaxInputLen, Model, Name, Overwrite, Recipe,
+                      RunsDir, Seed, Task, recipe_value)
+from .workspace import default_task, runs_root
 
 app = typer.Typer(
     name="xkd",
@@ -23,26 +25,6 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-# Options shared by every command, declared once.
-Task = Annotated[Optional[str], typer.Option("--task", "-t", help="Task name: xsum, wmt, gsm8k, synth-sum, synth-mt, synth-gsm.")]
-Data = Annotated[Optional[str], typer.Option(help="Local data file or directory in the task's Hugging Face schema (JSONL/JSON/CSV/Parquet).")]
-Recipe = Annotated[Optional[Path], typer.Option(help="YAML file of option values (flags override it).")]
-RunsDir = Annotated[Optional[Path], typer.Option(help="Runs directory [env XKD_RUNS_DIR, default ./runs].")]
-Name = Annotated[Optional[str], typer.Option(help="Run name (a directory under <runs-dir>/<task>/).")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run / results of the same name.")]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-Seed = Annotated[Optional[int], typer.Option(help="Random seed.")]
-Dtype = Annotated[Optional[str], typer.Option(help="Model dtype: float32, bfloat16, float16, auto.")]
-Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
-Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Run name, local path, Hugging Face id (t5-small … t5-xl aliases) or built-in tiny model.")]
-MaxInputLen = Annotated[Optional[int], typer.Option(help="Maximum prompt length in tokens.")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Batch size.")]
-
-
-def _recipe_value(recipe: Path | None, key: str, flag: Any) -> Any:
-    return flag if flag is not None else load_recipe(recipe).get(key)
-
 
 def _version(value: bool) -> None:
     if value:
@@ -89,10 +71,71 @@ def sft(
                  max_grad_norm=max_grad_norm, max_input_len=max_input_len, max_output_len=max_output_len, seed=seed,
                  train_fraction=train_fraction, eval_every=eval_every, eval_limit=eval_limit, log_every=log_every,
                  dropout=dropout, dtype=dtype, device=device)
-    task_name = _recipe_value(recipe, "task", task)
-    defaults = sft_defaults(task_name, _recipe_value(recipe, "model", model)) if task_name else {}
+    task_name = recipe_value(recipe, "task", task)
+    defaults = sft_defaults(task_name, recipe_value(recipe, "model", model)) if task_name else {}
     cfg = build_config(SFTConfig, defaults=defaults, recipe=recipe, flags=flags)
     result = run_sft(cfg, runs_root=runs_root(runs_dir), overwrite=overwrite)
+    emit(result, as_json=json, render=_render_training)
+
+
+@app.command(epilog="Examples:\n\n  xkd distill --method gxkd --lam 0.001\n\n"
+                    "  xkd distill --task synth-sum --method gkd --alpha 0.5 --beta 0.5\n\n"
+                    "  xkd distill --task synth-mt --method seqxkd --teacher-data teacher-samples\n\n"
+                    "  xkd distill --task xsum --method sxkd --teacher my-t5-large --student my-t5-small --divergence fkl")
+def distill(
+    method: Annotated[Optional[str], typer.Option(help="seqkd, seqxkd, skd, sxkd, gkd, gxkd or minillm.")] = None,
+    task: Task = None,
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher model [default: the task's SFT run with --role teacher].")] = None,
+    student: Annotated[Optional[str], typer.Option(help="Student model [default: the task's SFT run with --role student].")] = None,
+    teacher_data: Annotated[Optional[str], typer.Option(help="gen-teacher run or samples JSONL for seqkd/seqxkd [default: latest].")] = None,
+    name: Name = None, data: Data = None, recipe: Recipe = None,
+    lam: Annotated[Optional[float], typer.Option(help="Experiential weight λ (0 = the baseline).")] = None,
+    gamma: Annotated[Optional[float], typer.Option(help="TD discount γ.")] = None,
+    tau: Annotated[Optional[float], typer.Option(help="τ′ of the Q-value decoder (Eq. 28).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="On-policy (student sample) probability α for gkd/gxkd.")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="β of the generalized JSD / β-mix.")] = None,
+    divergence: Annotated[Optional[str], typer.Option(help="jsd, fkl, rkl, mix or tvd [default: fkl for skd/sxkd, jsd for gkd/gxkd].")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Student sampling temperature.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Student sampling top-p.")] = None,
+    reward_position: Annotated[Optional[str], typer.Option(help="Reward head input: 'current' (h_t) or 'next' (h_t+1).")] = None,
+    mix: Annotated[Optional[float], typer.Option(help="MiniLLM teacher-mixed sampling weight.")] = None,
+    teacher_dtype: Annotated[Optional[str], typer.Option(help="Teacher dtype [default: --dtype].")] = None,
+    teacher_device: Annotated[Optional[str], typer.Option(help="Teacher device [default: --device].")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
+    batch_size: BatchSize = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW).")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warm-up steps, then linear decay.")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option()] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping (0 = off).")] = None,
+    max_input_len: MaxInputLen = None,
+    max_output_len: Annotated[Optional[int], typer.Option(help="Maximum target / sample length in tokens.")] = None,
+    seed: Seed = None,
+    train_fraction: Annotated[Optional[float], typer.Option(help="Keep the first fraction of the training set.")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (0 = never).")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(help="Examples per in-training evaluation.")] = None,
+    log_every: Annotated[Optional[int], typer.Option(help="Write a log line every N steps.")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Override the student's dropout rate.")] = None,
+    dtype: Dtype = None, device: Device = None,
+    runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
+) -> None:
+    """Distil a teacher into a student with one of the seven methods (X-KD and its baselines)."""
+    from .distill import DistillConfig, run_distill
+
+    flags = dict(method=method, task=task, teacher=teacher, student=student, teacher_data=teacher_data, name=name,
+                 data=data, lam=lam, gamma=gamma, tau=tau, alpha=alpha, beta=beta, divergence=divergence,
+                 temperature=temperature, top_p=top_p, reward_position=reward_position, mix=mix,
+                 teacher_dtype=teacher_dtype, teacher_device=teacher_device, max_steps=max_steps,
+                 batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
+                 weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_input_len=max_input_len,
+                 max_output_len=max_output_len, seed=seed, train_fraction=train_fraction, eval_every=eval_every,
+                 eval_limit=eval_limit, log_every=log_every, dropout=dropout, dtype=dtype, device=device)
+    root = runs_root(runs_dir)
+    task_name = recipe_value(recipe, "task", task) or default_task(root)
+    flags["task"] = task_name
+    defaults = distill_defaults(task_name, recipe_value(recipe, "student", student))
+    cfg = build_config(DistillConfig, defaults=defaults, recipe=recipe, flags=flags)
+    result = run_distill(cfg, runs_root=root, overwrite=overwrite)
     emit(result, as_json=json, render=_render_training)
 
 
@@ -128,7 +171,7 @@ def eval_(
     flags = dict(model=model, task=task, name=name, data=data, split=split, limit=limit, batch_size=batch_size,
                  max_input_len=max_input_len, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                  num_samples=num_samples, use_stemmer=use_stemmer, seed=seed, dtype=dtype, device=device)
-    task_name = _recipe_value(recipe, "task", task)
+    task_name = recipe_value(recipe, "task", task)
     cfg = build_config(EvalConfig, defaults=eval_defaults(task_name) if task_name else {}, recipe=recipe, flags=flags)
     result = run_eval(cfg, runs_root=runs_root(runs_dir), overwrite=overwrite)
     emit(result, as_json=json, render=_render_eval)
@@ -170,3 +213,6 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+
+from . import gen_teacher  # noqa: E402
+gen_teacher.register(app)

@@ -30,9 +30,12 @@ class Sampling:
 
 @torch.no_grad()
 def generate_ids(model, prompts: Sequence[Sequence[int]], sampling: Sampling, *, is_encoder_decoder: bool,
-                 pad_id: int, eos_id: int) -> list[list[list[int]]]:
+                 pad_id: int, eos_id: int, vocab_size: int | None = None,
+                 logits_processor=None) -> list[list[list[int]]]:
     """For each prompt, ``num_samples`` continuations as token ids ending with eos when the model stopped
-    (no eos when it ran out of ``max_new_tokens``). One ``generate`` call, KV cache on."""
+    (no eos when it ran out of ``max_new_tokens``). One ``generate`` call, KV cache on. Ids at or past
+    ``vocab_size`` (T5's embedding padding) are never produced; ``logits_processor`` reshapes the
+    next-token scores (MiniLLM's teacher mixing)."""
     device = next(model.parameters()).device
     mask = pad_rows([[1] * len(p) for p in prompts], 0, left=not is_encoder_decoder).to(device)
     input_ids = pad_rows(prompts, pad_id, left=not is_encoder_decoder).to(device)
@@ -43,6 +46,13 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], sampling: Sampling, *,
     else:
         # top_k=0 switches off transformers' default top-k of 50: the paper samples with top-p only.
         kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    rows_in_model = model.get_output_embeddings().weight.shape[0]
+    if vocab_size is not None and vocab_size < rows_in_model:
+        kwargs["suppress_tokens"] = list(range(vocab_size, rows_in_model))
+    if logits_processor is not None:
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList([logits_processor])
     was_training = model.training
     model.eval()
     try:

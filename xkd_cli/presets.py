@@ -53,3 +53,17 @@ def eval_defaults(task: str) -> dict[str, Any]:
     lengths = BUNDLED.get(task) or PAPER_SMALL.get(task) or {}
     return {k: v for k, v in (("max_input_len", lengths.get("max_input_len")),
                                ("max_new_tokens", lengths.get("max_output_len"))) if v is not None}
+
+
+# Table 7 (distillation to T5-small/base): as Table 4 but GSM8K's LR is 0.001. Table 8 (to T5-large) = Table 5.
+PAPER_DISTILL = {**PAPER_SMALL, "gsm8k": dict(PAPER_SMALL["gsm8k"], lr=1e-3)}
+# Bundled tasks: distillation continues from the SFT'd student, so it starts from a good model.
+BUNDLED_DISTILL = {task: dict(values, max_steps=300, lr=1e-3, warmup_steps=30) for task, values in BUNDLED.items()}
+
+
+def distill_defaults(task: str, student: str | None) -> dict[str, Any]:
+    if task in BUNDLED_DISTILL:
+        return dict(BUNDLED_DISTILL[task])
+    if model_scale(student) == "large":
+        return dict(PAPER_LARGE.get(task, {}))
+    return dict(PAPER_DISTILL.get(task, {}))

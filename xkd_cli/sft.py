@@ -88,7 +88,7 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
                  task: Task, train_set: EncodedSet, eval_examples: Sequence[Example], objective,
                  draw: Callable[[IndexStream], Batch], extra_params: Sequence[torch.nn.Parameter] = (),
                  record: dict[str, Any] | None = None, save_extra: Callable[[Run], None] | None = None,
-                 name: str) -> dict[str, Any]:
+                 step_metrics: Callable[[], dict] | None = None, name: str) -> dict[str, Any]:
     """Create the run, train, save the model (and whatever ``save_extra`` adds), finish the record."""
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)
@@ -109,9 +109,9 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
 
     try:
         result = train(model=model, objective=objective, draw=lambda: draw(stream), schedule=schedule,
-                       params=list(model.parameters()) + list(extra_params), device=device,
+                       params=model.parameters(), extra_params=extra_params, device=device,
                        log_path=run.path / "train_log.jsonl",
-                       evaluate=evaluate if cfg.eval_every and eval_examples else None,
+                       evaluate=evaluate if cfg.eval_every and eval_examples else None, step_metrics=step_metrics,
                        description=f"{kind} {task.name}/{name}")
     except BaseException as exc:
         run.update_record(status="failed", error=str(exc) or type(exc).__name__)

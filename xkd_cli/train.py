@@ -101,15 +101,20 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -
 
 
 def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Batch], schedule: Schedule,
-          params: Iterable[torch.nn.Parameter], device: torch.device, log_path=None,
-          evaluate: Callable[[int], dict] | None = None, description: str = "train") -> dict:
+          params: Iterable[torch.nn.Parameter], device: torch.device, extra_params: Iterable[torch.nn.Parameter] = (),
+          log_path=None,
+          evaluate: Callable[[int], dict] | None = None, step_metrics: Callable[[], dict] | None = None,
+          description: str = "train") -> dict:
     """Run ``schedule.max_steps`` optimizer steps; return the last step's log and every evaluation."""
-    params = [p for p in params if p.requires_grad]
+    groups = [[p for p in group if p.requires_grad] for group in (params, extra_params)]
+    groups = [group for group in groups if group]
+    params = [p for group in groups for p in group]
     optimizer = (torch.optim.SGD if schedule.optimizer == "sgd" else torch.optim.AdamW)(
         params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     scheduler = linear_schedule(optimizer, schedule.warmup_steps, schedule.max_steps)
     model.train()
     log_file = open(log_path, "a", encoding="utf-8") if log_path else None
+    board = tensorboard_writer(log_path)
     last: dict = {}
     evals: list[dict] = []
     started = time.perf_counter()
@@ -137,13 +142,15 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                     raise TrainingDiverged(
                         f"loss became {loss_value} at step {step} ({values}). Lower --lr or check the data; "
                         "nothing was saved from this step.")
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, schedule.max_grad_norm) \
-                    if schedule.max_grad_norm > 0 else None
+                grad_norm = clip_gradients(groups, schedule.max_grad_norm) if schedule.max_grad_norm > 0 else None
                 optimizer.step()
                 scheduler.step()
                 tokens_seen += totals.get("tokens", 0)
                 elapsed = time.perf_counter() - started
-                last = {"step": step, "loss": loss_value, **values,
+                extra = dict(getattr(objective, "step_metrics", dict)())
+                if step_metrics is not None:
+                    extra.update(step_metrics())
+                last = {"step": step, "loss": loss_value, **values, **extra,
                         "lr": scheduler.get_last_lr()[0],
                         "grad_norm": None if grad_norm is None else float(grad_norm),
                         "tokens": totals.get("tokens", 0), "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
@@ -154,14 +161,43 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                     evals.append(result)
                     last["eval"] = result
                     model.train()
-                if log_file and (step % schedule.log_every == 0 or step == schedule.max_steps or "eval" in last):
-                    log_file.write(json.dumps(last) + "\n")
-                    log_file.flush()
+                if step % schedule.log_every == 0 or step == schedule.max_steps or "eval" in last:
+                    if log_file:
+                        log_file.write(json.dumps(last) + "\n")
+                        log_file.flush()
+                    if board is not None:
+                        flat = {**last, **{f"eval/{k}": v for k, v in last.get("eval", {}).items()}}
+                        for key, value in flat.items():
+                            if isinstance(value, (int, float)) and key != "step":
+                                board.add_scalar(key, value, step)
                 bar.update(task_id, advance=1, info=f"loss {loss_value:.4f}")
     finally:
         if log_file:
             log_file.close()
+        if board is not None:
+            board.close()
     return {"last": last, "evals": evals, "train_seconds": time.perf_counter() - started}
+
+
+def clip_gradients(groups: list[list[torch.nn.Parameter]], max_norm: float) -> torch.Tensor:
+    """Clip by the global norm of all groups, computed group by group: a group whose gradient is exactly
+    zero (the reward head at its prior when λ = 0) then leaves the norm bit for bit what it is without it
+    (sqrt(x² + 0) == x in IEEE arithmetic), so an X-variant with λ = 0 follows its baseline exactly."""
+    norms = [torch.nn.utils.get_total_norm([p.grad for p in group if p.grad is not None]) for group in groups]
+    total = norms[0] if len(norms) == 1 else torch.stack(norms).square().sum().sqrt()
+    torch.nn.utils.clip_grads_with_norm_([p for group in groups for p in group], max_norm, total)
+    return total
+
+
+def tensorboard_writer(log_path):
+    """A TensorBoard writer beside the JSONL log when the tensorboard package is installed."""
+    if not log_path:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(log_path.parent / "tensorboard"))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -171,3 +171,12 @@ def find_runs(root: Path, task: str, **match: Any) -> list[Run]:
         if record.get("status") == "completed" and all(record.get(k) == v for k, v in match.items()):
             found.append((record.get("finished", ""), Run(path, task, path.name)))
     return [run for _, run in sorted(found, key=lambda item: item[0])]
+
+
+def default_task(root: Path) -> str:
+    """The task when --task is not given: the only task that has runs in the workspace."""
+    tasks = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if len(tasks) == 1:
+        return tasks[0]
+    where = f"the workspace {root} holds runs for {', '.join(tasks)}" if tasks else f"the workspace {root} is empty"
+    raise XKDError(f"--task is required: {where}. Pass --task NAME.")

@@ -1,0 +1,368 @@
+"""Distillation: every method is a data source composed with an objective, on the one training loop.
+
+| method  | data                                   | loss                          |
+|---------|----------------------------------------|-------------------------------|
+| seqkd   | teacher samples (gen-teacher)          | NLL                           |
+| seqxkd  | teacher samples                        | NLL + F_ex (Algorithm 2)      |
+| skd     | ground truth                           | divergence (fkl)              |
+| sxkd    | ground truth                           | divergence + F_ex (Eq. 22)    |
+| gkd     | ground truth / student samples (α)     | divergence (jsd β)            |
+| gxkd    | ground truth / student samples (α)     | divergence + F_ex (Alg. 1)    |
+| minillm | teacher-mixed student samples          | PPO reverse-KL policy gradient + single-step reverse KL |
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import losses
+from .batches import Batch, forward
+from .config import TrainingConfig, in_range
+from .errors import XKDError
+from .generate import Sampling, generate_ids
+from .models import LoadedModel, check_same_tokenizer, load_model
+from .registry import Registry, unknown_name_message
+from .reward import POSITIONS, RewardHead
+from .sft import EncodedSet, load_split, run_training
+from .evaluate import keep_prompt_end
+from .tasks import Example, get_task
+from .train import IndexStream, resolve_device
+from .workspace import Run, check_new_run, find_runs
+
+REWARD_HEAD_FILE = "reward_head.safetensors"
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    paper_name: str
+    data: str            # "teacher-samples" | "ground-truth" | "mixed" | "student-mixed"
+    loss: str            # "nll" | "divergence" | "minillm"
+    experiential: bool
+    default_divergence: str | None = None
+
+    @property
+    def needs_teacher_model(self) -> bool:
+        return self.loss != "nll"
+
+
+METHODS: Registry[Method] = Registry("method")
+for _m in (
+    Method("seqkd", "SeqKD", "teacher-samples", "nll", False),
+    Method("seqxkd", "SeqXKD", "teacher-samples", "nll", True),
+    Method("skd", "SKD", "ground-truth", "divergence", False, "fkl"),
+    Method("sxkd", "S-XKD", "ground-truth", "divergence", True, "fkl"),
+    Method("gkd", "GKD", "mixed", "divergence", False, "jsd"),
+    Method("gxkd", "G-XKD", "mixed", "divergence", True, "jsd"),
+    Method("minillm", "MiniLLM", "student-mixed", "minillm", False),
+):
+    METHODS.register(_m.name, _m)
+
+
+@dataclass(frozen=True)
+class DistillConfig(TrainingConfig):
+    method: str = "gxkd"
+    teacher: str | None = None
+    student: str | None = None
+    teacher_data: str | None = None
+    lam: float = 0.001
+    gamma: float = 1.0
+    tau: float = 1.0
+    alpha: float = 0.5
+    beta: float = 0.5
+    divergence: str | None = None
+    temperature: float = 1.0
+    top_p: float = 0.95
+    reward_position: str = "current"
+    mix: float = 0.2
+    teacher_dtype: str | None = None
+    teacher_device: str | None = None
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if self.method not in METHODS:
+            found.append(unknown_name_message("method", self.method, METHODS.names()).rstrip("."))
+        if self.divergence is not None and self.divergence not in losses.DIVERGENCES:
+            found.append(unknown_name_message("divergence", self.divergence, losses.DIVERGENCES.names()).rstrip("."))
+        if self.reward_position not in POSITIONS:
+            found.append(f"--reward-position must be one of {', '.join(POSITIONS)}, got {self.reward_position!r}")
+        in_range(found, "lam", self.lam, 0)
+        in_range(found, "gamma", self.gamma, 0, 1)
+        in_range(found, "tau", self.tau, 0, lo_open=True)
+        for name in ("alpha", "beta", "mix"):
+            in_range(found, name, getattr(self, name), 0, 1)
+        in_range(found, "temperature", self.temperature, 0, lo_open=True)
+        in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
+        return found
+
+    @property
+    def spec(self) -> Method:
+        return METHODS.get(self.method)
+
+    @property
+    def divergence_name(self) -> str | None:
+        return self.divergence or self.spec.default_divergence
+
+    def run_name(self) -> str:
+        return self.name or self.method
+
+
+# -- data sources ---------------------------------------------------------------------------------------
+
+
+class StudentSampler:
+    """Fresh samples from the current student for a batch's prompts (KV-cached ``generate``); the time it
+    takes is kept apart from training time."""
+
+    def __init__(self, student: LoadedModel, data: EncodedSet, sampling: Sampling, vocab_size: int):
+        self.student, self.data, self.sampling, self.vocab_size = student, data, sampling, vocab_size
+        self.seconds = 0.0
+        self.sequences = 0
+
+    def __call__(self, indices: Sequence[int], *, processor=None) -> list[list[int]]:
+        started = time.perf_counter()
+        rows = generate_ids(self.student.model, [self.data.prompts[i] for i in indices], self.sampling,
+                            is_encoder_decoder=self.data.is_encoder_decoder, pad_id=self.data.pad_id,
+                            eos_id=self.data.eos_id, vocab_size=self.vocab_size, logits_processor=processor)
+        self.seconds += time.perf_counter() - started
+        self.sequences += len(indices)
+        # An empty continuation still needs one target (eos) so the row counts as a sequence.
+        return [r[0] if r[0] else [self.data.eos_id] for r in rows]
+
+
+class MixedSource:
+    """Algorithm 1's data: with probability α the student's own samples, otherwise the dataset's targets.
+    The coin has its own seeded generator, so α = 0 never samples and draws no model randomness."""
+
+    def __init__(self, data: EncodedSet, batch_size: int, alpha: float, sampler: StudentSampler | None, seed: int):
+        self.data, self.batch_size, self.alpha, self.sampler = data, batch_size, alpha, sampler
+        self.coin = random.Random(seed)
+        self.on_policy_batches = 0
+
+    def __call__(self, stream: IndexStream) -> Batch:
+        indices = stream.take(self.batch_size)
+        if self.alpha > 0 and self.coin.random() < self.alpha:
+            self.on_policy_batches += 1
+            return self.data.batch(indices, targets=self.sampler(indices))
+        return self.data.batch(indices)
+
+
+# -- objectives -------------------------------------------------------------------------------------------
+
+
+class KDObjective:
+    """A token-level KD loss (NLL of the batch's targets, or a divergence to the teacher) plus, for the
+    X-variants, the experiential term F_ex computed from the student's own probabilities."""
+
+    def __init__(self, student: LoadedModel, teacher: LoadedModel | None, cfg: DistillConfig, vocab_size: int,
+                 head: RewardHead | None):
+        self.student, self.teacher, self.cfg, self.vocab_size, self.head = student, teacher, cfg, vocab_size, head
+        self.divergence = cfg.divergence_name if cfg.spec.loss == "divergence" else None
+        self._stats: dict[str, float] = {}
+        self._td_tokens = 0
+
+    def counts(self, batch: Batch) -> dict[str, int]:
+        counts = {"tokens": batch.tokens}
+        if self.head is not None:
+            counts["td_tokens"] = int(losses.td_mask(batch.labels).sum())
+        return counts
+
+    def teacher_logits(self, batch: Batch) -> torch.Tensor:
+        teacher_device = next(self.teacher.model.parameters()).device
+        with torch.no_grad():
+            logits, _ = forward(self.teacher.model, batch.to(teacher_device))
+        logits = logits.to(batch.labels.device)
+        counted = logits[losses.valid_mask(batch.labels)]
+        if torch.isnan(counted).any() or torch.isposinf(counted).any():
+            raise XKDError("the teacher produced non-finite logits at a counted position. Check the teacher "
+                           "model and --teacher-dtype (float16 can overflow; try bfloat16 or float32).")
+        return logits
+
+    def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
+        logits, hidden = forward(self.student.model, batch, hidden=self.head is not None)
+        if self.divergence is None:
+            kd = losses.nll_sum(logits, batch.labels, vocab_size=self.vocab_size)
+            out = {"kd": (kd.total, "tokens")}
+        else:
+            kd = losses.divergence_sum(self.divergence, logits, self.teacher_logits(batch), batch.labels,
+                                       beta=self.cfg.beta, vocab_size=self.vocab_size)
+            out = {"kd": (kd.total, "tokens")}
+        if self.head is not None:
+            mu, log_sigma = self.head(hidden)
+            ex = losses.experiential_sum(logits, batch.labels, mu, log_sigma, lam=self.cfg.lam, gamma=self.cfg.gamma,
+                                         tau=self.cfg.tau, vocab_size=self.vocab_size)
+            out["ex"] = (ex.total, "td_tokens")
+            for key, value in ex.stats.items():
+                self._stats[key] = self._stats.get(key, 0.0) + float(value)
+            self._td_tokens += int(ex.tokens)
+        return out
+
+    def step_metrics(self) -> dict[str, float]:
+        """Experiential statistics of the last optimizer step (means and spreads of δ, μ, σ; KL and log q)."""
+        if self.head is None:
+            return {}
+        summary = losses.summarize_stats({k: torch.tensor(v) for k, v in self._stats.items()}, self._td_tokens)
+        self._stats, self._td_tokens = {}, 0
+        return {f"ex_{k}": v for k, v in summary.items()}
+
+
+class TeacherMixer:
+    """A ``generate`` logits processor that turns the student's next-token scores into MiniLLM's
+    teacher-mixed distribution log((1 − mix)·p_S + mix·p_T). The teacher re-reads the prefix each step
+    (no cache of its own); the student keeps its KV cache."""
+
+    def __init__(self, teacher: LoadedModel, prompts: list[list[int]], data: EncodedSet, mix: float, temperature: float,
+                 vocab_size: int):
+        from .batches import pad_rows
+
+        self.teacher, self.mix, self.temperature, self.vocab_size = teacher, mix, temperature, vocab_size
+        self.is_encoder_decoder = data.is_encoder_decoder
+        device = next(teacher.model.parameters()).device
+        left = not data.is_encoder_decoder
+        self.input_ids = pad_rows(prompts, data.pad_id, left=left).to(device)
+        self.mask = pad_rows([[1] * len(p) for p in prompts], 0, left=left).to(device)
+        self.encoder_outputs = None
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        model = self.teacher.model
+        device = self.input_ids.device
+        if self.is_encoder_decoder:
+            if self.encoder_outputs is None:
+                self.encoder_outputs = model.get_encoder()(input_ids=self.input_ids, attention_mask=self.mask)
+            out = model(encoder_outputs=self.encoder_outputs, attention_mask=self.mask,
+                        decoder_input_ids=input_ids.to(device), use_cache=False)
+        else:
+            generated = input_ids.shape[1] - self.input_ids.shape[1]
+            mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], generated))], dim=1)
+            out = model(input_ids=input_ids.to(device), attention_mask=mask,
+                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=1)
+        teacher = out.logits[:, -1, : self.vocab_size].float().to(scores.device) / self.temperature
+        student = scores[:, : self.vocab_size].float() / self.temperature
+        mixed = losses.teacher_mixed_logprobs(student, teacher, mix=self.mix)
+        full = torch.full_like(scores, float("-inf"), dtype=torch.float32)
+        full[:, : self.vocab_size] = mixed
+        return full
+
+
+class MiniLLMObjective:
+    """MiniLLM (Gu et al.): reverse KL by policy gradient on teacher-mixed student samples. Reward
+    r_t = log p_T(y_t) − log p_old(y_t), length-normalised discounted return (0.95), PPO-clipped ratio
+    (0.2) with the mixed-sampling importance weight, plus the single-step reverse KL."""
+
+    discount = 0.95
+    clip = 0.2
+
+    def __init__(self, student: LoadedModel, teacher: LoadedModel, cfg: DistillConfig, vocab_size: int):
+        self.student, self.teacher, self.cfg, self.vocab_size = student, teacher, cfg, vocab_size
+        self.kd = KDObjective(student, teacher, cfg, vocab_size, None)
+
+    def counts(self, batch: Batch) -> dict[str, int]:
+        return {"tokens": batch.tokens}
+
+    def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
+        teacher_logits = self.kd.teacher_logits(batch)
+        logits, _ = forward(self.student.model, batch)
+        logp = losses.token_logprobs(logits, batch.labels, vocab_size=self.vocab_size)  # B x T
+        old = logp.detach()  # one policy update per sample batch: the sampling policy is the current one
+        teacher_logp = losses.token_logprobs(teacher_logits, batch.labels, vocab_size=self.vocab_size)
+        rewards = losses.minillm_rewards(teacher_logp, old, batch.labels)
+        advantages = losses.minillm_advantages(rewards, batch.labels, discount=self.discount)
+        weights = losses.mixed_sampling_weights(old, teacher_logp, batch.labels, mix=self.cfg.mix)
+        pg = losses.ppo_clip_sum(logp, old, advantages, batch.labels, weights=weights, clip=self.clip)
+        reg = losses.divergence_sum("rkl", logits, teacher_logits, batch.labels, vocab_size=self.vocab_size)
+        return {"pg": (pg.total, "tokens"), "rkl": (reg.total, "tokens")}
+
+
+# -- the job ----------------------------------------------------------------------------------------------
+
+
+def default_model_run(root: Path, task: str, role: str, flag: str) -> str:
+    found = find_runs(root, task, kind="sft", role=role)
+    if not found:
+        raise XKDError(f"no SFT'd {role} for task '{task}' in {root}: run `xkd sft --task {task} --role {role} "
+                       f"--model ...` first, or pass {flag}.")
+    return found[-1].name
+
+
+def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False) -> dict[str, Any]:
+    method = cfg.spec
+    task = get_task(cfg.task)
+    name = cfg.run_name()
+    check_new_run(runs_root, task.name, name, overwrite)
+    student_ref = cfg.student or default_model_run(runs_root, task.name, "student", "--student")
+    black_box = not method.needs_teacher_model
+
+    teacher_data = None
+    if method.data == "teacher-samples":
+        from .gen_teacher import load_teacher_data
+
+        teacher_data = load_teacher_data(cfg.teacher_data, task=task.name, runs_root=runs_root)
+    teacher_ref = None
+    if not black_box:
+        teacher_ref = cfg.teacher or default_model_run(runs_root, task.name, "teacher", "--teacher")
+
+    student = load_model(student_ref, task=task.name, runs_dir=runs_root, dtype=cfg.dtype, device="cpu")
+    teacher = None
+    if teacher_ref is not None:
+        teacher = load_model(teacher_ref, task=task.name, runs_dir=runs_root, dtype=cfg.teacher_dtype or cfg.dtype,
+                             device=str(resolve_device(cfg.teacher_device or cfg.device)), for_training=False)
+        vocab_size = check_same_tokenizer(teacher.tokenizer, student.tokenizer, teacher_ref, student_ref)
+    else:
+        vocab_size = len(student.tokenizer)
+
+    keep_end = keep_prompt_end(task)
+    if teacher_data is not None:
+        examples = [Example(f"{r['id']}#{r['sample']}", r["prompt"], r["response"], r.get("source", ""))
+                    for r in teacher_data.rows]
+    else:
+        examples = load_split(task, "train", cfg, train_fraction=cfg.train_fraction)
+    eval_examples = load_split(task, task.eval_split, cfg, limit=cfg.eval_limit) if cfg.eval_every else []
+    data = EncodedSet(examples, student, max_input_len=cfg.max_input_len, max_output_len=cfg.max_output_len,
+                      keep_end=keep_end)
+
+    head = None
+    if method.experiential:
+        hidden_size = student.model.get_output_embeddings().in_features
+        head = RewardHead(hidden_size, position=cfg.reward_position).to(resolve_device(cfg.device))
+
+    sampling = Sampling(max_new_tokens=cfg.max_output_len, temperature=cfg.temperature, top_p=cfg.top_p)
+    sampler = StudentSampler(student, data, sampling, vocab_size)
+    if method.loss == "minillm":
+        objective = MiniLLMObjective(student, teacher, cfg, vocab_size)
+
+        def draw(stream: IndexStream) -> Batch:
+            indices = stream.take(cfg.batch_size)
+            mixer = TeacherMixer(teacher, [data.prompts[i] for i in indices], data, cfg.mix, cfg.temperature,
+                                 vocab_size)
+            return data.batch(indices, targets=sampler(indices, processor=mixer))
+    else:
+        objective = KDObjective(student, teacher, cfg, vocab_size, head)
+        alpha = cfg.alpha if method.data == "mixed" else 0.0
+        draw = MixedSource(data, cfg.batch_size, alpha, sampler, cfg.seed)
+
+    def save_head(run: Run) -> None:
+        if head is not None:
+            head.save(run.path / REWARD_HEAD_FILE)
+
+    record = {"method": method.name, "paper_name": method.paper_name, "student": student_ref, "teacher": teacher_ref,
+              "teacher_data": str(teacher_data.path) if teacher_data is not None else None,
+              "divergence": cfg.divergence_name if method.loss == "divergence" else None,
+              "base_model": student_ref}
+    result = run_training(cfg, kind="distill", runs_root=runs_root, overwrite=overwrite, loaded=student, task=task,
+                          train_set=data, eval_examples=eval_examples, objective=objective, draw=draw,
+                          extra_params=list(head.parameters()) if head is not None else [], record=record,
+                          save_extra=save_head, name=name,
+                          step_metrics=lambda: {"generation_s": round(sampler.seconds, 3),
+                                                "student_samples": sampler.sequences})
+    result.update(method=method.name, teacher=teacher_ref, student=student_ref,
+                  generation_seconds=round(sampler.seconds, 2))
+    if head is not None:
+        result["reward_head"] = str(Path(result["path"]) / REWARD_HEAD_FILE)
+    return result
