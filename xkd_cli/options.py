@@ -12,7 +12,7 @@ from .config import load_recipe
 Task = Annotated[Optional[str], typer.Option("--task", "-t", help="Task name: xsum, wmt, gsm8k, synth-sum, synth-mt, synth-gsm.")]
 Data = Annotated[Optional[str], typer.Option(help="Local data file or directory in the task's Hugging Face schema (JSONL/JSON/CSV/Parquet).")]
 Recipe = Annotated[Optional[Path], typer.Option(help="YAML file of option values (flags override it).")]
-RunsDir = Annotated[Optional[Path], typer.Option(help="Runs directory [env XKD_RUNS_DIR, default ./runs].")]
+RunsDir = Annotated[Optional[Path], typer.Option(help="Runs directory (env XKD_RUNS_DIR, default ./runs).")]
 Name = Annotated[Optional[str], typer.Option(help="Run name (a directory under <runs-dir>/<task>/).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run / results of the same name.")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]

@@ -28,9 +28,9 @@ PAPER_XL = {
 }
 # Bundled tasks: a few CPU minutes for the tiny models.
 BUNDLED = {
-    "synth-sum": dict(max_steps=600, batch_size=16, lr=2e-3, warmup_steps=60, max_input_len=256, max_output_len=48),
-    "synth-mt": dict(max_steps=600, batch_size=16, lr=2e-3, warmup_steps=60, max_input_len=96, max_output_len=64),
-    "synth-gsm": dict(max_steps=600, batch_size=16, lr=2e-3, warmup_steps=60, max_input_len=160, max_output_len=128),
+    "synth-sum": dict(max_steps=600, batch_size=16, lr=1e-3, warmup_steps=60, max_input_len=160, max_output_len=48),
+    "synth-mt": dict(max_steps=600, batch_size=16, lr=1e-3, warmup_steps=60, max_input_len=48, max_output_len=64),
+    "synth-gsm": dict(max_steps=600, batch_size=16, lr=1e-3, warmup_steps=60, max_input_len=64, max_output_len=80),
 }
 
 

@@ -1,0 +1,24 @@
+"""Every shipped recipe is valid, and the SFT recipes say what the built-in defaults say."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xkd_cli.config import build_config
+from xkd_cli.presets import sft_defaults
+from xkd_cli.sft import SFTConfig
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("sft-*.yaml"))
+
+
+def test_there_are_recipes():
+    assert len(RECIPES) >= 15
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_sft_recipe_is_valid_and_matches_presets(path):
+    cfg = build_config(SFTConfig, recipe=path)
+    values = yaml.safe_load(path.read_text())
+    for key, value in sft_defaults(cfg.task, cfg.model).items():
+        assert values[key] == value, f"{path.name}: {key} differs from presets.sft_defaults"
