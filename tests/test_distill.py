@@ -214,3 +214,18 @@ def test_seqxkd_with_lambda_zero_is_seqkd(xkd, runs):
 def test_sequence_level_without_teacher_samples(xkd, runs):
     result = xkd("distill", "--method", "seqkd", "--student", "tiny-t5-small", *SHORT)
     assert result.code == 2 and "gen-teacher" in result.err
+
+
+def test_non_finite_teacher_stops_with_the_step(xkd, runs, tmp_path):
+    """A teacher whose logits are NaN stops training at step 1 with a one-line message; no model is saved."""
+    broken = build_tiny_model("tiny-t5-base")
+    with torch.no_grad():
+        broken.model.lm_head.weight.fill_(float("nan")) if not broken.model.config.tie_word_embeddings else \
+            broken.model.shared.weight.fill_(float("nan"))
+    broken.model.save_pretrained(tmp_path / "nan-teacher")
+    broken.tokenizer.save_pretrained(tmp_path / "nan-teacher")
+    result = xkd("distill", "--method", "skd", "--teacher", tmp_path / "nan-teacher", "--student", "tiny-t5-small",
+                 *SHORT, "--name", "nan")
+    assert result.code != 0 and "step 1" in result.err and "non-finite" in result.err
+    assert not (runs / "synth-mt" / "nan" / "model").exists()
+    assert json.loads((runs / "synth-mt" / "nan" / "run.json").read_text())["status"] == "failed"

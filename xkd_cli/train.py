@@ -123,19 +123,22 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
         with progress() as bar:
             task_id = bar.add_task(description, total=schedule.max_steps, info="")
             for step in range(1, schedule.max_steps + 1):
-                batches = [draw().to(device) for _ in range(schedule.grad_accum)]
-                totals: dict[str, int] = {}
-                for batch in batches:
-                    for key, value in objective.counts(batch).items():
-                        totals[key] = totals.get(key, 0) + value
-                optimizer.zero_grad(set_to_none=True)
-                sums: dict[str, torch.Tensor] = {}
-                for batch in batches:
-                    terms = objective.terms(batch)
-                    loss = sum(value / max(totals[key], 1) for value, key in terms.values())
-                    loss.backward()
-                    for name, (value, key) in terms.items():
-                        sums[name] = sums.get(name, 0.0) + value.detach() / max(totals[key], 1)
+                try:
+                    batches = [draw().to(device) for _ in range(schedule.grad_accum)]
+                    totals: dict[str, int] = {}
+                    for batch in batches:
+                        for key, value in objective.counts(batch).items():
+                            totals[key] = totals.get(key, 0) + value
+                    optimizer.zero_grad(set_to_none=True)
+                    sums: dict[str, torch.Tensor] = {}
+                    for batch in batches:
+                        terms = objective.terms(batch)
+                        loss = sum(value / max(totals[key], 1) for value, key in terms.values())
+                        loss.backward()
+                        for name, (value, key) in terms.items():
+                            sums[name] = sums.get(name, 0.0) + value.detach() / max(totals[key], 1)
+                except XKDError as exc:  # e.g. a non-finite teacher: say where it happened
+                    raise type(exc)(f"step {step}: {exc}") from exc
                 values = {name: float(v) for name, v in sums.items()}
                 loss_value = sum(values.values())
                 if not math.isfinite(loss_value):
@@ -170,7 +173,8 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                         for key, value in flat.items():
                             if isinstance(value, (int, float)) and key != "step":
                                 board.add_scalar(key, value, step)
-                bar.update(task_id, advance=1, info=f"loss {loss_value:.4f}")
+                parts = " ".join(f"{k} {v:.4f}" for k, v in values.items()) if len(values) > 1 else ""
+                bar.update(task_id, advance=1, info=f"loss {loss_value:.4f} {parts}".strip())
     finally:
         if log_file:
             log_file.close()
