@@ -14,8 +14,9 @@ from .config import build_config
 from .errors import XKDError, debug_enabled
 from .presets import distill_defaults, eval_defaults, sft_defaults
 from .ui import emit, out, table
-from .options import (BatchSize, Data, Device, Dtype, Json, MaxInputLen, Model, Name, Overwrite, Recipe,
-                      RunsDir, Seed, Task, recipe_value)
+from .options import (BatchSize, Data, Device, Dropout, Dtype, EvalEvery, EvalLimit, GradAccum, Json, LogEvery, Lr,
+                      MaxGradNorm, MaxInputLen, MaxOutputLen, MaxSteps, Model, Name, Overwrite, Recipe, RunsDir,
+                      Seed, Task, TrainFraction, WarmupSteps, WeightDecay, config_flags, recipe_value)
 from .workspace import default_task, runs_root
 
 app = typer.Typer(
@@ -45,32 +46,27 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 def sft(
     model: Model = None, task: Task = None, name: Name = None, data: Data = None, recipe: Recipe = None,
     role: Annotated[Optional[str], typer.Option(help="Record the run as the task's 'teacher' or 'student' (distill picks them up).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
+    max_steps: MaxSteps = None,
     batch_size: BatchSize = None,
-    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW).")] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warm-up steps, then linear decay.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option()] = None,
-    max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping (0 = off).")] = None,
+    grad_accum: GradAccum = None,
+    lr: Lr = None,
+    warmup_steps: WarmupSteps = None,
+    weight_decay: WeightDecay = None,
+    max_grad_norm: MaxGradNorm = None,
     max_input_len: MaxInputLen = None,
-    max_output_len: Annotated[Optional[int], typer.Option(help="Maximum target length in tokens.")] = None,
+    max_output_len: MaxOutputLen = None,
     seed: Seed = None,
-    train_fraction: Annotated[Optional[float], typer.Option(help="Keep the first fraction of the training set.")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (0 = never).")] = None,
-    eval_limit: Annotated[Optional[int], typer.Option(help="Examples per in-training evaluation.")] = None,
-    log_every: Annotated[Optional[int], typer.Option(help="Write a log line every N steps.")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Override the model's dropout rate.")] = None,
+    train_fraction: TrainFraction = None,
+    eval_every: EvalEvery = None,
+    eval_limit: EvalLimit = None,
+    log_every: LogEvery = None,
+    dropout: Dropout = None,
     dtype: Dtype = None, device: Device = None,
     runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
 ) -> None:
     """Fine-tune a model on a task (the teacher and student starting points)."""
+    flags = config_flags(locals())  # first: before any other local exists
     from .sft import SFTConfig, run_sft
-
-    flags = dict(model=model, task=task, name=name, data=data, role=role, max_steps=max_steps, batch_size=batch_size,
-                 grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps, weight_decay=weight_decay,
-                 max_grad_norm=max_grad_norm, max_input_len=max_input_len, max_output_len=max_output_len, seed=seed,
-                 train_fraction=train_fraction, eval_every=eval_every, eval_limit=eval_limit, log_every=log_every,
-                 dropout=dropout, dtype=dtype, device=device)
     task_name = recipe_value(recipe, "task", task)
     defaults = sft_defaults(task_name, recipe_value(recipe, "model", model)) if task_name else {}
     cfg = build_config(SFTConfig, defaults=defaults, recipe=recipe, flags=flags)
@@ -101,35 +97,27 @@ def distill(
     mix: Annotated[Optional[float], typer.Option(help="MiniLLM teacher-mixed sampling weight.")] = None,
     teacher_dtype: Annotated[Optional[str], typer.Option(help="Teacher dtype (default: --dtype).")] = None,
     teacher_device: Annotated[Optional[str], typer.Option(help="Teacher device (default: --device).")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
+    max_steps: MaxSteps = None,
     batch_size: BatchSize = None,
-    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW).")] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warm-up steps, then linear decay.")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option()] = None,
-    max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping (0 = off).")] = None,
+    grad_accum: GradAccum = None,
+    lr: Lr = None,
+    warmup_steps: WarmupSteps = None,
+    weight_decay: WeightDecay = None,
+    max_grad_norm: MaxGradNorm = None,
     max_input_len: MaxInputLen = None,
-    max_output_len: Annotated[Optional[int], typer.Option(help="Maximum target / sample length in tokens.")] = None,
+    max_output_len: MaxOutputLen = None,
     seed: Seed = None,
-    train_fraction: Annotated[Optional[float], typer.Option(help="Keep the first fraction of the training set.")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (0 = never).")] = None,
-    eval_limit: Annotated[Optional[int], typer.Option(help="Examples per in-training evaluation.")] = None,
-    log_every: Annotated[Optional[int], typer.Option(help="Write a log line every N steps.")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Override the student's dropout rate.")] = None,
+    train_fraction: TrainFraction = None,
+    eval_every: EvalEvery = None,
+    eval_limit: EvalLimit = None,
+    log_every: LogEvery = None,
+    dropout: Dropout = None,
     dtype: Dtype = None, device: Device = None,
     runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
 ) -> None:
     """Distil a teacher into a student with one of the seven methods (X-KD and its baselines)."""
+    flags = config_flags(locals())  # first: before any other local exists
     from .distill import DistillConfig, run_distill
-
-    flags = dict(method=method, task=task, teacher=teacher, student=student, teacher_data=teacher_data, name=name,
-                 data=data, lam=lam, gamma=gamma, tau=tau, alpha=alpha, beta=beta, divergence=divergence,
-                 temperature=temperature, top_p=top_p, reward_position=reward_position, mix=mix,
-                 teacher_dtype=teacher_dtype, teacher_device=teacher_device, max_steps=max_steps,
-                 batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_steps=warmup_steps,
-                 weight_decay=weight_decay, max_grad_norm=max_grad_norm, max_input_len=max_input_len,
-                 max_output_len=max_output_len, seed=seed, train_fraction=train_fraction, eval_every=eval_every,
-                 eval_limit=eval_limit, log_every=log_every, dropout=dropout, dtype=dtype, device=device)
     root = runs_root(runs_dir)
     task_name = recipe_value(recipe, "task", task) or default_task(root)
     flags["task"] = task_name
@@ -166,11 +154,8 @@ def eval_(
     runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
 ) -> None:
     """Generate on the task's evaluation split and score it (ROUGE, BLEU or accuracy)."""
+    flags = config_flags(locals())  # first: before any other local exists
     from .evaluate import EvalConfig, run_eval
-
-    flags = dict(model=model, task=task, name=name, data=data, split=split, limit=limit, batch_size=batch_size,
-                 max_input_len=max_input_len, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                 num_samples=num_samples, use_stemmer=use_stemmer, seed=seed, dtype=dtype, device=device)
     task_name = recipe_value(recipe, "task", task)
     cfg = build_config(EvalConfig, defaults=eval_defaults(task_name) if task_name else {}, recipe=recipe, flags=flags)
     result = run_eval(cfg, runs_root=runs_root(runs_dir), overwrite=overwrite)

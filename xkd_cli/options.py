@@ -23,6 +23,28 @@ Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Run name, l
 MaxInputLen = Annotated[Optional[int], typer.Option(help="Maximum prompt length in tokens.")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Batch size.")]
 
+# Training options shared by sft and distill.
+MaxSteps = Annotated[Optional[int], typer.Option(help="Optimizer steps.")]
+GradAccum = Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step.")]
+Lr = Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW).")]
+WarmupSteps = Annotated[Optional[int], typer.Option(help="Linear warm-up steps, then linear decay.")]
+WeightDecay = Annotated[Optional[float], typer.Option(help="AdamW weight decay.")]
+MaxGradNorm = Annotated[Optional[float], typer.Option(help="Gradient clipping by global norm (0 = off).")]
+MaxOutputLen = Annotated[Optional[int], typer.Option(help="Maximum target / sample length in tokens.")]
+TrainFraction = Annotated[Optional[float], typer.Option(help="Keep the first fraction of the training set.")]
+EvalEvery = Annotated[Optional[int], typer.Option(help="Evaluate every N steps (0 = never).")]
+EvalLimit = Annotated[Optional[int], typer.Option(help="Examples per in-training evaluation.")]
+LogEvery = Annotated[Optional[int], typer.Option(help="Write a log line every N steps.")]
+Dropout = Annotated[Optional[float], typer.Option(help="Override the model's dropout rate.")]
+
+# Command parameters that steer the command itself rather than the job's config.
+NOT_CONFIG = ("recipe", "runs_dir", "overwrite", "json")
+
+
+def config_flags(params: dict[str, Any]) -> dict[str, Any]:
+    """A command's parameters (its ``locals()``) that are config values; ``None`` means "not given"."""
+    return {k: v for k, v in params.items() if k not in NOT_CONFIG}
+
 
 def recipe_value(recipe: Path | None, key: str, flag: Any) -> Any:
     """A value needed before the config is built (e.g. the task, to pick defaults): flag, else recipe."""
