@@ -161,7 +161,8 @@ def run_eval(cfg: EvalConfig, *, runs_root: Path, overwrite: bool = False) -> di
         seed_everything(cfg.seed)
 
         def save(rows) -> None:
-            records = [{"id": e.id, "prompt": e.prompt, "reference": e.reference, "prediction": texts[0],
+            records = [{"id": e.id, "source": e.source, "prompt": e.prompt, "reference": e.reference,
+                        "prediction": texts[0],
                         **({"predictions": texts} if cfg.num_samples > 1 else {})} for e, texts in rows]
             append_rows(pred_path, records)
             done.update((r["id"], r) for r in records)
