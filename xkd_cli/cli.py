@@ -174,6 +174,32 @@ def _render_eval(result: dict) -> None:
     out.print(f"predictions: {result['predictions']}")
 
 
+@app.command(epilog="Examples:\n\n  xkd pipeline recipes/offline-quick.yaml\n\n"
+                    "  xkd pipeline recipes/paper-xsum-large-small.yaml --dry-run\n\n"
+                    "  xkd pipeline recipes/ablation-lambda.yaml --runs-dir ./lambda-runs")
+def pipeline(
+    recipe: Annotated[Path, typer.Argument(help="Pipeline recipe (YAML): tasks, teacher, student, methods, sweeps.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the recipe and print the plan; no compute.")] = False,
+    runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
+) -> None:
+    """Run a whole experiment (SFT → gen-teacher → distill → eval → diversity → judge), skipping done steps."""
+    from .pipeline import run_pipeline
+
+    result = run_pipeline(recipe, runs_root=runs_root(runs_dir), dry_run=dry_run, overwrite=overwrite)
+    emit(result, as_json=json, render=_render_pipeline)
+
+
+def _render_pipeline(result: dict) -> None:
+    rows = [(s["step"], s["kind"], f"{s['task']}/{s['name']}", s.get("note", ""),
+             "dry run: " + s["state"] if result.get("dry_run") else
+             ("skipped" + (f" ({s['reason']})" if s.get("reason") else "") if s.get("skipped")
+              else f"{s.get('seconds', 0):.0f} s"))
+            for s in result["steps"]]
+    out.print(table(f"pipeline {result['recipe']}", ["#", "step", "run", "note", "status"], rows))
+    if not result.get("dry_run"):
+        out.print(f"total: {result['seconds']:.0f} s")
+
+
 def _quiet_libraries() -> None:
     """transformers' own load/save progress bars and notices would drown ours."""
     import os
@@ -199,5 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
 
-from . import gen_teacher  # noqa: E402
-gen_teacher.register(app)
+# Commands that live in their own modules.
+from . import diversity, gen_teacher, judge, report  # noqa: E402
+
+for _module in (gen_teacher, diversity, judge, report):
+    _module.register(app)

@@ -1,0 +1,87 @@
+"""`xkd pipeline`: plan, dry run, a real small pipeline end to end, resume by skipping finished steps."""
+
+import json
+
+import pytest
+
+RECIPE = """
+tasks: [synth-mt]
+teacher: {model: tiny-t5-base, max_steps: 2, batch_size: 2, max_input_len: 40, max_output_len: 10}
+student: {model: tiny-t5-small, max_steps: 2, batch_size: 2, max_input_len: 40, max_output_len: 10}
+gen_teacher: {limit: 6, max_new_tokens: 8}
+methods: [seqkd, gxkd]
+distill: {max_steps: 2, batch_size: 2, max_input_len: 40, max_output_len: 10}
+eval: {limit: 3, max_new_tokens: 6}
+diversity: {models: [student, gxkd], temperatures: [1.0], num_samples: 2, limit: 2, max_new_tokens: 6}
+judge: {a: gxkd, b: seqkd, limit: 2, base_url: "http://127.0.0.1:9/v1"}
+sweep: {param: lam, values: [0.0, 0.01], methods: [gxkd]}
+"""
+
+
+def write(tmp_path, text, name="pipe.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_dry_run_plans_without_compute(xkd, runs, tmp_path):
+    result = xkd("pipeline", write(tmp_path, RECIPE), "--dry-run", "--json")
+    assert result.code == 0, result.err
+    steps = result.json()["steps"]
+    kinds = [s["kind"] for s in steps]
+    assert kinds[:3] == ["sft", "sft", "gen-teacher"]
+    names = [s["name"] for s in steps if s["kind"] == "distill"]
+    assert names == ["seqkd", "gxkd", "gxkd-lam-0.0", "gxkd-lam-0.01"]
+    assert kinds[-2:] == ["diversity", "judge"]
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("text,words", [
+    ("tasks: [synth-mt]\nmethod: [gkd]\n", ["unknown key 'method'", "methods"]),
+    ("tasks: [synth-mtt]\n", ["unknown task 'synth-mtt'"]),
+    ("tasks: [synth-mt]\nmethods: [gkd]\ndistill: {lamda: 0.1}\n", ["lamda", "distill"]),
+    ("tasks: [synth-mt]\nmethods: [gkd]\ndistill: {lam: -1}\n", ["--lam"]),
+    ("tasks: [synth-mt]\nsweep: {param: lr, values: [1]}\n", ["sweep param"]),
+    ("methods: [gkd]\n", ["no task"]),
+])
+def test_bad_recipes_are_refused(xkd, runs, tmp_path, text, words):
+    result = xkd("pipeline", write(tmp_path, text), "--dry-run")
+    assert result.code == 2 and result.err.count("\n") == 1
+    for word in words:
+        assert word in result.err
+
+
+def test_pipeline_runs_then_resumes(xkd, runs, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    recipe = write(tmp_path, RECIPE)
+    result = xkd("pipeline", recipe, "--json")
+    assert result.code == 0, result.err
+    steps = result.json()["steps"]
+    judge = steps[-1]
+    assert judge["kind"] == "judge" and judge["skipped"] and "no judge endpoint" in judge["reason"]
+    assert "judge skipped" in result.err
+    task_dir = runs / "synth-mt"
+    for name in ("teacher", "student", "teacher-samples", "seqkd", "gxkd", "gxkd-lam-0.01", "diversity"):
+        assert json.loads((task_dir / name / "run.json").read_text())["status"] == "completed", name
+    record = json.loads((task_dir / "gxkd-lam-0.01" / "run.json").read_text())
+    assert record["sweep"] == {"param": "lam", "value": 0.01, "method": "gxkd"}
+    assert json.loads((task_dir / "gxkd-lam-0.01" / "config.json").read_text())["lam"] == 0.01
+    assert (task_dir / "seqkd" / "eval" / "validation-greedy" / "metrics.json").is_file()
+    assert (task_dir / "diversity" / "diversity.png").is_file()
+
+    # A second run skips every training step and leaves the models untouched.
+    model = task_dir / "gxkd" / "model" / "model.safetensors"
+    before = model.stat().st_mtime_ns
+    again = xkd("pipeline", recipe, "--json")
+    assert again.code == 0, again.err
+    skipped = [s for s in again.json()["steps"] if s.get("skipped")]
+    assert {s["kind"] for s in skipped} >= {"sft", "gen-teacher", "distill"}
+    assert len([s for s in skipped if s["kind"] == "distill"]) == 4
+    assert model.stat().st_mtime_ns == before
+
+    # Another config for an existing run is refused (nothing touched) unless --overwrite.
+    changed = write(tmp_path, RECIPE.replace("methods: [seqkd, gxkd]\ndistill: {max_steps: 2",
+                                             "methods: [seqkd, gxkd]\ndistill: {max_steps: 3"), "changed.yaml")
+    refused = xkd("pipeline", changed)
+    assert refused.code == 2 and "max_steps" in refused.err and "--overwrite" in refused.err
+    assert model.stat().st_mtime_ns == before
