@@ -175,7 +175,8 @@ def find_runs(root: Path, task: str, **match: Any) -> list[Run]:
 
 def default_task(root: Path) -> str:
     """The task when --task is not given: the only task that has runs in the workspace."""
-    tasks = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    tasks = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob(f"*/{RUN_RECORD}"))) \
+        if root.is_dir() else []  # only folders holding runs: not report/ or a judge cache
     if len(tasks) == 1:
         return tasks[0]
     where = f"the workspace {root} holds runs for {', '.join(tasks)}" if tasks else f"the workspace {root} is empty"
