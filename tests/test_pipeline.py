@@ -68,6 +68,12 @@ def test_pipeline_runs_then_resumes(xkd, runs, tmp_path, monkeypatch):
     assert json.loads((task_dir / "gxkd-lam-0.01" / "config.json").read_text())["lam"] == 0.01
     assert (task_dir / "seqkd" / "eval" / "validation-greedy" / "metrics.json").is_file()
     assert (task_dir / "diversity" / "diversity.png").is_file()
+    report = result.json()["report"]
+    assert (runs / "report" / "report.md").is_file()
+    gxkd_row = next(r for r in report["table1"]["rows"] if r["key"] == "gxkd")
+    assert gxkd_row["cells"]["synth-mt"]["value"] == json.loads(
+        (task_dir / "gxkd" / "eval" / "validation-greedy" / "metrics.json").read_text())["metrics"]["bleu"]
+    assert any(f["param"] == "lam" for f in report["figures"])
 
     # A second run skips every training step and leaves the models untouched.
     model = task_dir / "gxkd" / "model" / "model.safetensors"

@@ -197,7 +197,10 @@ def _render_pipeline(result: dict) -> None:
             for s in result["steps"]]
     out.print(table(f"pipeline {result['recipe']}", ["#", "step", "run", "note", "status"], rows))
     if not result.get("dry_run"):
-        out.print(f"total: {result['seconds']:.0f} s")
+        from .report import render
+
+        render(result["report"])
+        out.print(f"pipeline total: {result['seconds']:.0f} s")
 
 
 def _quiet_libraries() -> None:

@@ -1,5 +1,5 @@
 """A whole experiment from one YAML recipe: SFT teacher and student → gen-teacher → distill each method
-→ eval → diversity → judge, with optional one-parameter sweeps.
+→ eval → diversity → judge → report, with optional one-parameter sweeps.
 
 Each step is an ordinary command's config run through the same engine function the command uses.
 A step whose run already exists, completed, with the same config is skipped, so an interrupted
@@ -248,7 +248,12 @@ def run_pipeline(recipe_path: str | Path, *, runs_root: Path, dry_run: bool = Fa
         if step.record:
             open_run(runs_root, step.task, step.name).update_record(**step.record)
         results.append({**listed[i - 1], "seconds": round(time.time() - t0, 1), "result": result})
-    return {"recipe": str(recipe_path), "steps": results, "seconds": round(time.time() - started, 1)}
+    from .report import build_report
+
+    console.print(f"[bold]{len(steps) + 1}/{len(steps) + 1}[/] report")
+    report = build_report(runs_root)
+    return {"recipe": str(recipe_path), "steps": results, "seconds": round(time.time() - started, 1),
+            "report": report}
 
 
 def _judge_configured(cfg: Any) -> bool:

@@ -58,7 +58,7 @@ def eval_defaults(task: str) -> dict[str, Any]:
 # Table 7 (distillation to T5-small/base): as Table 4 but GSM8K's LR is 0.001. Table 8 (to T5-large) = Table 5.
 PAPER_DISTILL = {**PAPER_SMALL, "gsm8k": dict(PAPER_SMALL["gsm8k"], lr=1e-3)}
 # Bundled tasks: distillation continues from the SFT'd student, so it starts from a good model.
-BUNDLED_DISTILL = {task: dict(values, max_steps=300, lr=1e-3, warmup_steps=30) for task, values in BUNDLED.items()}
+BUNDLED_DISTILL = {task: dict(values, max_steps=200, lr=1e-3, warmup_steps=20) for task, values in BUNDLED.items()}
 
 
 def distill_defaults(task: str, student: str | None) -> dict[str, Any]:

@@ -694,10 +694,10 @@ def report(
     fraction, λ, τ′, model size) from the runs directory, as Markdown, JSON, CSV, PNG and SVG, with the
     metrics.json file behind every number."""
     result = build_report(runs_root(runs_dir), task, output)
-    emit(result, as_json=json, render=_render)
+    emit(result, as_json=json, render=render)
 
 
-def _render(report: dict[str, Any]) -> None:
+def render(report: dict[str, Any]) -> None:
     t1 = report["table1"]
     rows = []
     for row in t1["rows"]:
