@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from openai_server import FakeOpenAI
 from xkd_cli.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures"
+SECRET = "sk-test-DO-NOT-LEAK-4f9a1c"  # an API key that must never show up in any output or file
 
 # Keep the suite quiet and deterministic on 2-core CI machines.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -51,3 +53,16 @@ def run_xkd_process(*args, env=None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "xkd_cli", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=300)
+
+
+@pytest.fixture
+def server():
+    """A real OpenAI-compatible HTTP server on loopback (tests/openai_server.py)."""
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    return SECRET

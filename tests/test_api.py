@@ -11,19 +11,9 @@ from openai_server import FakeOpenAI
 from xkd_cli.api import ChatClient, public_url, retry_after_seconds
 from xkd_cli.errors import XKDError
 
-SECRET = "sk-test-DO-NOT-LEAK-4f9a1c"
+from conftest import SECRET
 
 
-@pytest.fixture
-def server():
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    return SECRET
 
 
 class Sleeps(list):

@@ -6,7 +6,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xkd_cli import losses
 from xkd_cli.batches import forward
 from xkd_cli.distill import DistillConfig, KDObjective
 from xkd_cli.models import build_tiny_model

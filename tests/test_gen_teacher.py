@@ -11,7 +11,7 @@ from xkd_cli.gen_teacher import load_teacher_data
 from xkd_cli.models import build_tiny_model, save_model
 from xkd_cli.tasks import get_task
 
-SECRET = "sk-test-DO-NOT-LEAK-77e0b2"
+from conftest import SECRET
 WHITE = ["--teacher", "tiny-t5-small", "--task", "synth-sum", "--limit", "4", "--num-samples", "2",
          "--max-new-tokens", "8", "--batch-size", "3"]
 
@@ -120,16 +120,6 @@ def test_default_teacher_is_the_latest_sft_teacher_run(xkd, runs):
 BLACK = ["--task", "synth-sum", "--limit", "4", "--num-samples", "2", "--max-new-tokens", "16", "--api-model", "fake"]
 
 
-@pytest.fixture
-def server():
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    return SECRET
 
 
 def assert_no_secret(runs, *outputs):

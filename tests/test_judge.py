@@ -12,7 +12,7 @@ from xkd_cli.errors import XKDError
 from xkd_cli.judge import combine, load_template, parse_template, parse_verdict
 from xkd_cli.workspace import create_run
 
-SECRET = "sk-test-DO-NOT-LEAK-5c1d9a"
+from conftest import SECRET
 TASK = "synth-sum"
 ANSWER = re.compile(r"\[The Start of Summary ([12])\]\n(.*?)\n\[The End of Summary \1\]", re.S)
 
@@ -43,11 +43,6 @@ def two_runs(runs):
     make_run(runs, "seqkd", PRED_B)
     return runs
 
-
-@pytest.fixture
-def key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    return SECRET
 
 
 def answers(request):

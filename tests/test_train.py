@@ -1,6 +1,5 @@
 """The training loop: per-token normalisation over the optimizer step, determinism."""
 
-import copy
 
 import pytest
 import torch

@@ -25,7 +25,7 @@ from .jsonl import append_rows, read_rows
 from .options import (BatchSize, Data, Device, Dtype, Json, MaxInputLen, Name, Overwrite, Recipe, RunsDir, Seed,
                       Task, recipe_value)
 from .ui import console, emit, out, table
-from .workspace import Run, create_run, find_runs, open_run, read_json, run_path, runs_root
+from .workspace import create_run, find_runs, open_run, read_json, resumable_run, run_path, runs_root
 
 KIND = "gen-teacher"
 SAMPLES_FILE = "samples.jsonl"
@@ -98,24 +98,6 @@ def default_teacher(root: Path, task: str) -> str:
     return found[-1].name
 
 
-def _existing(root: Path, task: str, name: str, settings: dict[str, Any], overwrite: bool) -> Run | None:
-    """The run to resume, or None when a fresh one is to be made; refuses a run made with other settings."""
-    path = run_path(root, task, name)
-    if overwrite or not path.exists():
-        return None
-    run = open_run(root, task, name)
-    record = run.record()
-    if record.get("kind") != KIND:
-        raise XKDError(f"run '{name}' at {path} is a {record.get('kind')} run, not {KIND}. "
-                       "Pick another --name or pass --overwrite to replace it.")
-    previous = read_json(run.path / "config.json") if (run.path / "config.json").is_file() else {}
-    changed = sorted(k for k in settings if previous.get(k) != settings[k])
-    if changed:
-        raise XKDError(f"run '{name}' at {path} holds teacher samples made with other settings "
-                       f"({', '.join(changed)}). Pass --overwrite to replace them, or --name to write elsewhere.")
-    return run
-
-
 def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool = False,
                     client: ChatClient | None = None) -> dict[str, Any]:
     """Sample the teacher on the training prompts into ``<run>/samples.jsonl`` (resumable)."""
@@ -139,7 +121,8 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
         settings = {**common, "mode": "white-box", "teacher": teacher, "teacher_location": location,
                     "max_input_len": cfg.max_input_len, "seed": cfg.seed}
         keys, teacher_info = _WHITE_KEYS, {"teacher_location": location, "tokenizer": location}
-    run = _existing(runs_root, task.name, cfg.name, {k: settings[k] for k in keys}, overwrite)
+    run = resumable_run(runs_root, task.name, cfg.name, kind=KIND, settings={k: settings[k] for k in keys},
+                        overwrite=overwrite, what="teacher samples")
     samples_path = run.path / SAMPLES_FILE if run else None
     done: set[tuple[str, int]] = set()
     if samples_path is not None:

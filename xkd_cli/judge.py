@@ -45,7 +45,7 @@ from .errors import XKDError
 from .jsonl import append_rows, read_rows
 from .options import Data, Json, Overwrite, Recipe, RunsDir, Task, recipe_value
 from .ui import console, emit, out, table
-from .workspace import (Run, create_run, default_task, now, open_run, read_json, run_path, runs_root, slug,
+from .workspace import (create_run, default_task, now, resumable_run, run_path, runs_root, slug,
                         write_json)
 
 KIND = "judge"
@@ -340,24 +340,6 @@ def match_pairs(rows_a: list[dict], rows_b: list[dict], *, a: str, b: str, limit
 # ---------------------------------------------------------------------------------------------
 
 
-def _existing(root: Path, task: str, name: str, settings: dict[str, Any], overwrite: bool) -> Run | None:
-    """The results run to resume, or None when a fresh one is to be made; refuses other settings."""
-    path = run_path(root, task, name)
-    if overwrite or not path.exists():
-        return None
-    run = open_run(root, task, name)
-    record = run.record()
-    if record.get("kind") != KIND:
-        raise XKDError(f"run '{name}' at {path} is a {record.get('kind')} run, not a {KIND} run. "
-                       "Pick another --name or pass --overwrite to replace it.")
-    previous = read_json(run.path / "config.json") if (run.path / "config.json").is_file() else {}
-    changed = sorted(k for k in RESULT_KEYS if previous.get(k) != settings.get(k))
-    if changed:
-        raise XKDError(f"run '{name}' at {path} holds verdicts made with other settings ({', '.join(changed)}). "
-                       "Pass --overwrite to replace them (cached judge answers are reused), or --name to write elsewhere.")
-    return run
-
-
 def _percent(count: int, total: int) -> float | None:
     return round(100.0 * count / total, 2) if total else None
 
@@ -394,7 +376,8 @@ def run_judge(cfg: JudgeConfig, *, runs_root: Path, overwrite: bool = False,
                 "judge_model": client.model, "api_base": endpoint, "template": template.name,
                 "template_version": template.version, "template_sha": template.sha, **decoding,
                 "parse_retries": cfg.parse_retries}
-    existing = _existing(root, task.name, name, settings, overwrite)
+    existing = resumable_run(root, task.name, name, kind=KIND, settings={k: settings.get(k) for k in RESULT_KEYS},
+                             overwrite=overwrite, what="verdicts", hint=" (cached judge answers are reused)")
 
     path_a, rows_a = load_predictions(cfg, cfg.a, task=task.name, split=split, root=root)
     path_b, rows_b = load_predictions(cfg, cfg.b, task=task.name, split=split, root=root)

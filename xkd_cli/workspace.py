@@ -134,6 +134,26 @@ def check_new_run(root: Path, task: str, name: str, overwrite: bool) -> None:
         raise XKDError(f"run '{name}' already exists at {path}. Pick another --name or pass --overwrite to replace it.")
 
 
+def resumable_run(root: Path, task: str, name: str, *, kind: str, settings: dict[str, Any], overwrite: bool,
+                  what: str, hint: str = "") -> Run | None:
+    """The run to resume (same kind, same ``settings`` in its config.json), or None when a fresh one is to
+    be made; a run of another kind or made with other settings is refused, naming the differing keys."""
+    path = run_path(root, task, name)
+    if overwrite or not path.exists():
+        return None
+    run = open_run(root, task, name)
+    record = run.record()
+    if record.get("kind") != kind:
+        raise XKDError(f"run '{name}' at {path} is a {record.get('kind')} run, not a {kind} run. "
+                       "Pick another --name or pass --overwrite to replace it.")
+    previous = read_json(run.path / "config.json") if (run.path / "config.json").is_file() else {}
+    changed = sorted(k for k in settings if previous.get(k) != settings[k])
+    if changed:
+        raise XKDError(f"run '{name}' at {path} holds {what} made with other settings ({', '.join(changed)}). "
+                       f"Pass --overwrite to replace them{hint}, or --name to write elsewhere.")
+    return run
+
+
 def create_run(root: Path, task: str, name: str, *, kind: str, config: dict[str, Any], seed: int | None,
                overwrite: bool = False, extra: dict[str, Any] | None = None) -> Run:
     """Make a fresh run directory. An existing run is refused unless ``overwrite``; call this only after
