@@ -188,11 +188,10 @@ class KDObjective:
         logits, hidden = forward(self.student.model, batch, hidden=self.head is not None)
         if self.divergence is None:
             kd = losses.nll_sum(logits, batch.labels, vocab_size=self.vocab_size)
-            out = {"kd": (kd.total, "tokens")}
         else:
             kd = losses.divergence_sum(self.divergence, logits, self.teacher_logits(batch), batch.labels,
                                        beta=self.cfg.beta, vocab_size=self.vocab_size)
-            out = {"kd": (kd.total, "tokens")}
+        out = {"kd": (kd.total, "tokens")}
         if self.head is not None:
             mu, log_sigma = self.head(hidden)
             ex = losses.experiential_sum(logits, batch.labels, mu, log_sigma, lam=self.cfg.lam, gamma=self.cfg.gamma,
@@ -297,15 +296,14 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False)
     name = cfg.run_name()
     check_new_run(runs_root, task.name, name, overwrite)
     student_ref = cfg.student or default_model_run(runs_root, task.name, "student", "--student")
-    black_box = not method.needs_teacher_model
 
     teacher_data = None
     if method.data == "teacher-samples":
         from .gen_teacher import load_teacher_data
 
         teacher_data = load_teacher_data(cfg.teacher_data, task=task.name, runs_root=runs_root)
-    teacher_ref = None
-    if not black_box:
+    teacher_ref = None  # sequence-level methods need only the teacher's text (black-box teachers too)
+    if method.needs_teacher_model:
         teacher_ref = cfg.teacher or default_model_run(runs_root, task.name, "teacher", "--teacher")
 
     student = load_model(student_ref, task=task.name, runs_dir=runs_root, dtype=cfg.dtype, device="cpu")
