@@ -228,3 +228,30 @@ def test_non_finite_teacher_stops_with_the_step(xkd, runs, tmp_path):
     assert result.code != 0 and "step 1" in result.err and "non-finite" in result.err
     assert not (runs / "synth-mt" / "nan" / "model").exists()
     assert json.loads((runs / "synth-mt" / "nan" / "run.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("name", ["tiny-t5-small", "tiny-gpt-small"])
+def test_teacher_mixer_cache_matches_full_forward(name):
+    """The MiniLLM mixer feeds its teacher only new tokens (KV cache); the logits must equal a fresh
+    forward over the whole prefix at every step."""
+    from xkd_cli.batches import forward, make_batch
+    from xkd_cli.distill import TeacherMixer
+
+    teacher = build_tiny_model(name)
+    examples = get_task("synth-mt").load("train", limit=2)
+    data = EncodedSet(examples, teacher, max_input_len=24, max_output_len=8)
+    prompts = [data.prompts[0], data.prompts[1]]
+    mixer = TeacherMixer(teacher, prompts, data, mix=0.2, temperature=1.0, vocab_size=2048)
+    generated = [[5, 9, 13, 17], [6, 10, 14, 18]]
+    with torch.no_grad():
+        for step in range(1, 5):
+            if teacher.is_encoder_decoder:
+                ids = torch.tensor([[0] + g[: step - 1] for g in generated])
+            else:
+                ids = torch.cat([mixer.input_ids, torch.tensor([g[: step - 1] for g in generated], dtype=torch.long)], 1)
+            cached = mixer.teacher_logits(ids)
+            # Reference: the batch layout's forward over prompt + the tokens so far, logits predicting the next one.
+            targets = [g[:step] for g in generated]
+            full, _ = forward(teacher.model, make_batch(prompts, targets, is_encoder_decoder=teacher.is_encoder_decoder,
+                                                        pad_id=0, decoder_start_id=0))
+            torch.testing.assert_close(cached, full[:, step - 1], atol=1e-4, rtol=1e-4)

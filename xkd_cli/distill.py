@@ -213,8 +213,8 @@ class KDObjective:
 
 class TeacherMixer:
     """A ``generate`` logits processor that turns the student's next-token scores into MiniLLM's
-    teacher-mixed distribution log((1 − mix)·p_S + mix·p_T). The teacher re-reads the prefix each step
-    (no cache of its own); the student keeps its KV cache."""
+    teacher-mixed distribution log((1 − mix)·p_S + mix·p_T). The teacher keeps a KV cache of its own,
+    so each step feeds it only the tokens it has not seen (generate never reorders rows here: no beams)."""
 
     def __init__(self, teacher: LoadedModel, prompts: list[list[int]], data: EncodedSet, mix: float, temperature: float,
                  vocab_size: int):
@@ -227,22 +227,31 @@ class TeacherMixer:
         self.input_ids = pad_rows(prompts, data.pad_id, left=left).to(device)
         self.mask = pad_rows([[1] * len(p) for p in prompts], 0, left=left).to(device)
         self.encoder_outputs = None
+        self.past = None
+        self.seen = 0  # tokens of generate's ``input_ids`` already in the teacher's cache
 
-    @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def teacher_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The teacher's next-token logits after ``input_ids`` (B x V), reading only the new tokens."""
         model = self.teacher.model
         device = self.input_ids.device
+        new = input_ids[:, self.seen:].to(device)
         if self.is_encoder_decoder:
             if self.encoder_outputs is None:
                 self.encoder_outputs = model.get_encoder()(input_ids=self.input_ids, attention_mask=self.mask)
-            out = model(encoder_outputs=self.encoder_outputs, attention_mask=self.mask,
-                        decoder_input_ids=input_ids.to(device), use_cache=False)
+            out = model(encoder_outputs=self.encoder_outputs, attention_mask=self.mask, decoder_input_ids=new,
+                        past_key_values=self.past, use_cache=True)
         else:
             generated = input_ids.shape[1] - self.input_ids.shape[1]
             mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], generated))], dim=1)
-            out = model(input_ids=input_ids.to(device), attention_mask=mask,
-                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=1)
-        teacher = out.logits[:, -1, : self.vocab_size].float().to(scores.device) / self.temperature
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, self.seen:]
+            out = model(input_ids=new, attention_mask=mask, position_ids=positions, past_key_values=self.past,
+                        use_cache=True, logits_to_keep=1)
+        self.past, self.seen = out.past_key_values, input_ids.shape[1]
+        return out.logits[:, -1]
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        teacher = self.teacher_logits(input_ids)[:, : self.vocab_size].float().to(scores.device) / self.temperature
         student = scores[:, : self.vocab_size].float() / self.temperature
         mixed = losses.teacher_mixed_logprobs(student, teacher, mix=self.mix)
         full = torch.full_like(scores, float("-inf"), dtype=torch.float32)
