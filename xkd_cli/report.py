@@ -491,6 +491,16 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     _write_text(path, buffer.getvalue())
 
 
+def table1_cells(t1: dict[str, Any], row: dict[str, Any], best: str) -> list[str]:
+    """A Table-1 row's cells as text, the best distilled method of each task marked with ``best``."""
+    cells = []
+    for task in t1["columns"]:
+        cell = row["cells"][task]
+        text = _num(cell["value"] if cell else None)
+        cells.append(best.format(text) if row["key"] in t1["best"][task] else text)
+    return cells
+
+
 def table1_header(table1: dict[str, Any]) -> list[str]:
     return [f"{task} ({_metric_label(table1['metrics'][task])})" for task in table1["columns"]]
 
@@ -527,12 +537,7 @@ def render_markdown(report: dict[str, Any], out_dir: Path, root: Path) -> str:
              "| Model | " + " | ".join(_md(h) for h in table1_header(t1)) + " |",
              "|---|" + "---:|" * len(t1["columns"])]
     for row in t1["rows"]:
-        cells = []
-        for task in t1["columns"]:
-            cell = row["cells"][task]
-            text = _num(cell["value"] if cell else None)
-            cells.append(f"**{text}**" if row["key"] in t1["best"][task] else text)
-        lines.append(f"| {_md(row['label'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_md(row['label'])} | " + " | ".join(table1_cells(t1, row, "**{}**")) + " |")
     lines += ["", f"Bold: the best distilled method of each task. {MISSING}: no run or no greedy evaluation.", ""]
 
     lines += ["## Table 2 — LLM-judge win rates (A vs B)", ""]
@@ -701,12 +706,7 @@ def render(report: dict[str, Any]) -> None:
     t1 = report["table1"]
     rows = []
     for row in t1["rows"]:
-        cells = []
-        for task in t1["columns"]:
-            cell = row["cells"][task]
-            text = _num(cell["value"] if cell else None)
-            cells.append(f"[bold]{text} *[/]" if row["key"] in t1["best"][task] else text)
-        rows.append((row["label"], *cells))
+        rows.append((row["label"], *table1_cells(t1, row, "[bold]{} *[/]")))
     out.print(table("Table 1 · headline metric, greedy decoding (* best distilled method)",
                     ["model", *table1_header(t1)], rows))
     if report["judge"]:
