@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from openai_server import FakeOpenAI
-from xkd_cli.cli import main
+# Rich sizes tables from the terminal, and a test run may have none (or a narrow one): fix the width
+# before xkd's consoles are made, so the tables the tests read are laid out the same everywhere.
+os.environ.setdefault("COLUMNS", "160")
+
+from openai_server import FakeOpenAI  # noqa: E402
+from xkd_cli.cli import main  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "sk-test-DO-NOT-LEAK-4f9a1c"  # an API key that must never show up in any output or file

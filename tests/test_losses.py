@@ -185,8 +185,9 @@ def test_default_chunking_follows_the_vocabulary(monkeypatch):
     ref = divergence_sum("jsd", s, t, labels, chunk_size=10**6).total
     calls = []
     monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 22)  # 22 // V = 2 rows per chunk
-    monkeypatch.setattr(losses, "checkpoint", lambda fn, *a, **k: calls.append(len(a[0])) or fn(*a))
-    out = divergence_sum("jsd", s, t, labels).total
+    rows = losses._RowPlan.rows
+    monkeypatch.setattr(losses._RowPlan, "rows", lambda plan, i, xs: calls.append(len(plan.chunks[i][0])) or rows(plan, i, xs))
+    out = divergence_sum("jsd", s, t, labels).total  # forward: one call per chunk
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     assert calls and max(calls) == 2 and sum(calls) == int(valid_mask(labels).sum())
 
@@ -638,3 +639,36 @@ def test_single_step_reverse_kl_is_the_rkl_divergence():
     student = logits_of([0.125, 0.375, 0.5])
     out = divergence_sum("rkl", student, teacher, torch.tensor([[0]]))
     assert out.total.item() == pytest.approx(0.325336, abs=2e-6)
+
+
+def _guarded_jsd(s, t, beta):
+    """The generalized JSD with its -inf guards always applied (the formula before the full-support fast path)."""
+    ls, lt = s.log_softmax(-1), t.log_softmax(-1)
+    both_zero = (ls == -math.inf) & (lt == -math.inf)
+    log_m = torch.logaddexp(lt.masked_fill(both_zero, 0.0) + math.log(beta),
+                            ls.masked_fill(both_zero, 0.0) + math.log1p(-beta))
+
+    def kl(logp, logq):
+        outside = logp == -math.inf
+        logp, logq = logp.masked_fill(outside, 0.0), logq.masked_fill(outside, 0.0)
+        return (logp.exp() * (logp - logq)).sum(-1)
+
+    return beta * kl(lt, log_m) + (1 - beta) * kl(ls, log_m)
+
+
+@pytest.mark.parametrize("zeros", [False, True])
+def test_jsd_fast_path_is_bit_identical_to_the_guarded_formula(zeros):
+    # Skipping the guards when every probability is > 0 must change nothing, value and gradient, bit for bit;
+    # with zero probabilities the guarded path runs (and stays free of NaN).
+    generator = torch.Generator().manual_seed(3)
+    student, teacher = torch.randn(16, 300, generator=generator) * 4, torch.randn(16, 300, generator=generator) * 4
+    if zeros:
+        teacher[:, :40] = -math.inf
+        student[:4, 20:60] = -math.inf
+    for beta in (0.2, 0.5, 0.9):
+        got, want = student.clone().requires_grad_(), student.clone().requires_grad_()
+        value, expected = DIVERGENCES.get("jsd")(got, teacher, beta), _guarded_jsd(want, teacher, beta)
+        value.sum().backward()
+        expected.sum().backward()
+        assert torch.equal(value, expected) and torch.equal(got.grad, want.grad)
+        assert not got.grad.isnan().any()

@@ -18,6 +18,7 @@ import email.utils
 import os
 import queue
 import random
+import re
 import threading
 import time
 from contextlib import nullcontext
@@ -78,6 +79,25 @@ def public_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def key_env_problem(name: str) -> str | None:
+    """Why ``name`` cannot name the variable holding the key, or None. The value is never echoed: a user who
+    typed the key itself there would see it printed (and logged) otherwise."""
+    if name and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return None
+    return ("--api-key-env takes the NAME of the environment variable that holds the key (e.g. OPENAI_API_KEY), "
+            "not the key itself")
+
+
+def url_problem(url: str | None, flag: str) -> str | None:
+    """Why ``url`` is not an http(s) endpoint, or None (the value is not echoed: it may carry credentials)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return None
+    return f"{flag} must be an http(s) URL such as http://localhost:8000/v1 (got a value without http:// or https:// and a host)"
 
 
 class ChatClient:

@@ -27,13 +27,17 @@ class Batch:
     labels: torch.Tensor             # B x T_out, IGNORE where there is no target token
     ids: list[str] = field(default_factory=list)
     keep: int | None = None          # decoder-only: number of trailing positions that carry targets
+    # Targets from fixed data (ground truth), not from the current student: the teacher's view of them
+    # never changes, so the teacher cache may serve it (xkd_cli.teacher_cache). Sources set it.
+    off_policy: bool = False
 
     @property
     def tokens(self) -> int:
         return int((self.labels != IGNORE).sum())
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch({k: v.to(device) for k, v in self.inputs.items()}, self.labels.to(device), self.ids, self.keep)
+        return Batch({k: v.to(device) for k, v in self.inputs.items()}, self.labels.to(device), self.ids, self.keep,
+                     self.off_policy)
 
 
 def special_ids(tokenizer, model_config) -> tuple[int, int, int]:

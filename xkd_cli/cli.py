@@ -17,6 +17,9 @@ from .ui import emit, out, table
 from .options import (BatchSize, Data, Device, Dropout, Dtype, EvalEvery, EvalLimit, GradAccum, Json, LogEvery, Lr,
                       MaxGradNorm, MaxInputLen, MaxOutputLen, MaxSteps, Model, Name, Overwrite, Recipe, RunsDir,
                       Seed, Task, TrainFraction, WarmupSteps, WeightDecay, config_flags, recipe_value)
+from .options import LoadIn4bit, LoadIn8bit, LoraAlpha, LoraDropout, LoraR, LoraTargets, MergeLora
+from .options import TrustRemoteCode
+from .options import KeepLast, Processes, Resume, SaveEvery
 from .workspace import default_task, runs_root
 
 app = typer.Typer(
@@ -42,7 +45,8 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 @app.command(epilog="Examples:\n\n  xkd sft --model tiny-t5-large --task synth-sum --role teacher\n\n"
                     "  xkd sft --model t5-large --task xsum\n\n"
                     "  xkd sft --model tiny-gpt-small --task xsum --data ./xsum.jsonl --max-steps 100\n\n"
-                    "  xkd sft --recipe recipes/sft-t5-large-xsum.yaml --max-steps 10 --json")
+                    "  xkd sft --recipe recipes/sft-t5-large-xsum.yaml --max-steps 10 --json\n\n"
+                    "  xkd sft --model t5-xl --task xsum --role teacher --lora-r 64 --load-in-8bit --merge-lora")
 def sft(
     model: Model = None, task: Task = None, name: Name = None, data: Data = None, recipe: Recipe = None,
     role: Annotated[Optional[str], typer.Option(help="Record the run as the task's 'teacher' or 'student' (distill picks them up).")] = None,
@@ -61,23 +65,29 @@ def sft(
     eval_limit: EvalLimit = None,
     log_every: LogEvery = None,
     dropout: Dropout = None,
-    dtype: Dtype = None, device: Device = None,
+    save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = False, processes: Processes = None,
+    dtype: Dtype = None, device: Device = None, trust_remote_code: TrustRemoteCode = None,
+    lora_r: LoraR = None, lora_alpha: LoraAlpha = None, lora_dropout: LoraDropout = None,
+    lora_targets: LoraTargets = None, merge_lora: MergeLora = None,
+    load_in_8bit: LoadIn8bit = None, load_in_4bit: LoadIn4bit = None,
     runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
 ) -> None:
     """Fine-tune a model on a task (the teacher and student starting points)."""
     flags = config_flags(locals())  # first: before any other local exists
+    _launch_processes(processes)
     from .sft import SFTConfig, run_sft
     task_name = recipe_value(recipe, "task", task)
     defaults = sft_defaults(task_name, recipe_value(recipe, "model", model)) if task_name else {}
     cfg = build_config(SFTConfig, defaults=defaults, recipe=recipe, flags=flags)
-    result = run_sft(cfg, runs_root=runs_root(runs_dir), overwrite=overwrite)
+    result = run_sft(cfg, runs_root=runs_root(runs_dir), overwrite=overwrite, resume=resume)
     emit(result, as_json=json, render=_render_training)
 
 
 @app.command(epilog="Examples:\n\n  xkd distill --method gxkd --lam 0.001\n\n"
                     "  xkd distill --task synth-sum --method gkd --alpha 0.5 --beta 0.5\n\n"
                     "  xkd distill --task synth-mt --method seqxkd --teacher-data teacher-samples\n\n"
-                    "  xkd distill --task xsum --method sxkd --teacher my-t5-large --student my-t5-small --divergence fkl")
+                    "  xkd distill --task xsum --method sxkd --teacher my-t5-large --student my-t5-small --divergence fkl\n\n"
+                    "  xkd distill --method gxkd --teacher-load-in-4bit --lora-r 8")
 def distill(
     method: Annotated[Optional[str], typer.Option(help="seqkd, seqxkd, skd, sxkd, gkd, gxkd or minillm (default gxkd).")] = None,
     task: Task = None,
@@ -97,6 +107,8 @@ def distill(
     mix: Annotated[Optional[float], typer.Option(help="MiniLLM teacher-mixed sampling weight (default 0.2).")] = None,
     teacher_dtype: Annotated[Optional[str], typer.Option(help="Teacher dtype (default: --dtype).")] = None,
     teacher_device: Annotated[Optional[str], typer.Option(help="Teacher device (default: --device).")] = None,
+    teacher_cache: Annotated[Optional[str], typer.Option(help="Keep the teacher's view of ground-truth batches on disk and reuse it across epochs and runs: off (default), full (exact) or topk (top-k + tail, small).")] = None,
+    teacher_cache_k: Annotated[Optional[int], typer.Option(help="Tokens per position kept by --teacher-cache topk (default 64).")] = None,
     max_steps: MaxSteps = None,
     batch_size: BatchSize = None,
     grad_accum: GradAccum = None,
@@ -112,19 +124,45 @@ def distill(
     eval_limit: EvalLimit = None,
     log_every: LogEvery = None,
     dropout: Dropout = None,
-    dtype: Dtype = None, device: Device = None,
+    save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = False, processes: Processes = None,
+    dtype: Dtype = None, device: Device = None, trust_remote_code: TrustRemoteCode = None,
+    lora_r: LoraR = None, lora_alpha: LoraAlpha = None, lora_dropout: LoraDropout = None,
+    lora_targets: LoraTargets = None, merge_lora: MergeLora = None,
+    load_in_8bit: LoadIn8bit = None, load_in_4bit: LoadIn4bit = None,
+    teacher_load_in_8bit: Annotated[Optional[bool], typer.Option("--teacher-load-in-8bit", help="Load the teacher quantized to 8 bits (bitsandbytes).")] = None,
+    teacher_load_in_4bit: Annotated[Optional[bool], typer.Option("--teacher-load-in-4bit", help="Load the teacher quantized to 4 bits (bitsandbytes NF4).")] = None,
     runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
 ) -> None:
     """Distil a teacher into a student with one of the seven methods (X-KD and its baselines)."""
     flags = config_flags(locals())  # first: before any other local exists
+    _launch_processes(processes)
     from .distill import DistillConfig, run_distill
     root = runs_root(runs_dir)
     task_name = recipe_value(recipe, "task", task) or default_task(root)
     flags["task"] = task_name
     defaults = distill_defaults(task_name, recipe_value(recipe, "student", student))
     cfg = build_config(DistillConfig, defaults=defaults, recipe=recipe, flags=flags)
-    result = run_distill(cfg, runs_root=root, overwrite=overwrite)
+    result = run_distill(cfg, runs_root=root, overwrite=overwrite, resume=resume)
     emit(result, as_json=json, render=_render_training)
+
+
+def _launch_processes(processes: int | None) -> None:
+    """--processes N (N > 1): run this very command again under ``accelerate launch`` with N processes and
+    end with its exit code; inside the launch (or with N = 1) do nothing."""
+    from .distributed import launched, relaunch
+
+    if processes is None or processes == 1 or launched():
+        return
+    argv = []
+    skip = False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--processes":
+            skip = True
+        elif not arg.startswith("--processes="):
+            argv.append(arg)
+    raise typer.Exit(relaunch(processes, argv))
 
 
 def _render_training(result: dict) -> None:
@@ -150,7 +188,8 @@ def eval_(
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass.")] = None,
     num_samples: Annotated[Optional[int], typer.Option(help="Samples per input (SelfBLEU is reported when > 1).")] = None,
     use_stemmer: Annotated[Optional[bool], typer.Option("--use-stemmer/--no-stemmer", help="Porter stemming in ROUGE.")] = None,
-    seed: Seed = None, dtype: Dtype = None, device: Device = None,
+    seed: Seed = None, dtype: Dtype = None, device: Device = None, trust_remote_code: TrustRemoteCode = None,
+    load_in_8bit: LoadIn8bit = None, load_in_4bit: LoadIn4bit = None,
     runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
 ) -> None:
     """Generate on the task's evaluation split and score it (ROUGE, BLEU or accuracy)."""

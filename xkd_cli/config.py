@@ -38,6 +38,8 @@ def load_recipe(path: str | Path | None) -> dict[str, Any]:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
         raise XKDError(f"recipe {path} is not valid YAML{line}. Fix the syntax and retry.") from None
+    except UnicodeDecodeError as exc:
+        raise XKDError(f"recipe {path} is not UTF-8 text (byte {exc.start}). Save it as UTF-8 and retry.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -160,6 +162,17 @@ class TrainingConfig:
     dtype: str = "float32"
     device: str = "auto"
     dropout: float | None = None
+    trust_remote_code: bool = False  # run a model's own Python code (auto_map) only when the user asks
+    save_every: int = 0  # checkpoint every N steps (0 = only on SIGTERM/SIGINT); see checkpoint.py
+    keep_last: int = 2   # complete checkpoints kept
+    # LoRA / QLoRA of the trained model (see lora.py): r = 0 trains every weight.
+    lora_r: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] | None = None  # None: the architecture's default (T5 q,v; Llama q_proj,v_proj)
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    merge_lora: bool = False
 
     def problems(self) -> list[str]:
         found: list[str] = []
@@ -167,8 +180,9 @@ class TrainingConfig:
             found.append("--task is required")
         for name in ("max_steps", "batch_size", "grad_accum", "max_input_len", "max_output_len", "log_every"):
             in_range(found, name, getattr(self, name), 1)
-        for name in ("warmup_steps", "eval_every", "eval_limit"):
+        for name in ("warmup_steps", "eval_every", "eval_limit", "save_every"):
             in_range(found, name, getattr(self, name), 0)
+        in_range(found, "keep_last", self.keep_last, 1)
         in_range(found, "lr", self.lr, 0, lo_open=True)
         in_range(found, "weight_decay", self.weight_decay, 0)
         in_range(found, "max_grad_norm", self.max_grad_norm, 0)
@@ -178,6 +192,9 @@ class TrainingConfig:
             found.append(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda")):
             found.append(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        from .lora import lora_problems
+
+        found += lora_problems(self)
         return found
 
     def __post_init__(self) -> None:

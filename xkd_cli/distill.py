@@ -23,17 +23,22 @@ import torch
 
 from . import losses
 from .batches import Batch, forward
+from .checkpoint import find_resume
 from .config import TrainingConfig, in_range
 from .errors import XKDError
 from .generate import Sampling, generate_ids
+from .lora import load_trained_model, lora_record, quantization_of, quantization_problems
 from .models import LoadedModel, check_same_tokenizer, load_model
 from .registry import Registry, unknown_name_message
 from .reward import POSITIONS, RewardHead
 from .sft import EncodedSet, load_split, run_training
+from .teacher_cache import MODES as TEACHER_CACHE_MODES, TeacherCache, TopKTeacher
 from .evaluate import keep_prompt_end
 from .tasks import Example, get_task
+from .timing import PHASES
+from .distributed import current as current_processes
 from .train import IndexStream, resolve_device
-from .workspace import Run, check_new_run, find_runs
+from .workspace import Run, find_runs
 
 REWARD_HEAD_FILE = "reward_head.safetensors"
 
@@ -83,9 +88,14 @@ class DistillConfig(TrainingConfig):
     mix: float = 0.2
     teacher_dtype: str | None = None
     teacher_device: str | None = None
+    teacher_load_in_8bit: bool = False  # a quantized teacher only runs forward: no LoRA needed
+    teacher_load_in_4bit: bool = False
+    teacher_cache: str = "off"  # off | full | topk: the teacher on fixed targets, computed once (teacher_cache.py)
+    teacher_cache_k: int = 64
 
     def problems(self) -> list[str]:
         found = super().problems()
+        found += quantization_problems(self.teacher_load_in_8bit, self.teacher_load_in_4bit, prefix="teacher-")
         if self.method not in METHODS:
             found.append(unknown_name_message("method", self.method, METHODS.names()).rstrip("."))
         if self.divergence is not None and self.divergence not in losses.DIVERGENCES:
@@ -99,6 +109,13 @@ class DistillConfig(TrainingConfig):
             in_range(found, name, getattr(self, name), 0, 1)
         in_range(found, "temperature", self.temperature, 0, lo_open=True)
         in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
+        if self.teacher_cache not in TEACHER_CACHE_MODES:
+            found.append(f"--teacher-cache must be one of {', '.join(TEACHER_CACHE_MODES)}, got {self.teacher_cache!r}")
+        elif self.teacher_cache != "off" and self.method in METHODS and \
+                METHODS.get(self.method).data not in ("ground-truth", "mixed"):
+            found.append(f"--teacher-cache {self.teacher_cache} caches the teacher on fixed targets, which {self.method} "
+                         "never runs it on: use it with skd, sxkd, gkd or gxkd, or pass --teacher-cache off")
+        in_range(found, "teacher_cache_k", self.teacher_cache_k, 1)
         return found
 
     @property
@@ -127,13 +144,21 @@ class StudentSampler:
 
     def __call__(self, indices: Sequence[int], *, processor=None) -> list[list[int]]:
         started = time.perf_counter()
-        rows = generate_ids(self.student.model, [self.data.prompts[i] for i in indices], self.sampling,
-                            is_encoder_decoder=self.data.is_encoder_decoder, pad_id=self.data.pad_id,
-                            eos_id=self.data.eos_id, vocab_size=self.vocab_size, logits_processor=processor)
+        with PHASES("generate"):
+            rows = generate_ids(self.student.model, [self.data.prompts[i] for i in indices], self.sampling,
+                                is_encoder_decoder=self.data.is_encoder_decoder, pad_id=self.data.pad_id,
+                                eos_id=self.data.eos_id, vocab_size=self.vocab_size, logits_processor=processor)
         self.seconds += time.perf_counter() - started
         self.sequences += len(indices)
         # An empty continuation still needs one target (eos) so the row counts as a sequence.
         return [r[0] if r[0] else [self.data.eos_id] for r in rows]
+
+    # Checkpoints keep the counters (the samples themselves come from torch's RNG, which they keep too).
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "sequences": self.sequences}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seconds, self.sequences = state["seconds"], state["sequences"]
 
 
 class MixedSource:
@@ -150,7 +175,19 @@ class MixedSource:
         if self.alpha > 0 and self.coin.random() < self.alpha:
             self.on_policy_batches += 1
             return self.data.batch(indices, targets=self.sampler(indices))
-        return self.data.batch(indices)
+        batch = self.data.batch(indices)
+        batch.off_policy = True  # the dataset's own targets: the teacher cache may serve them
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The coin's exact position (checkpoints): a resumed run flips the same coins."""
+        version, internal, gauss = self.coin.getstate()
+        return {"coin": [version, list(internal), gauss], "on_policy_batches": self.on_policy_batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["coin"]
+        self.coin.setstate((version, tuple(internal), gauss))
+        self.on_policy_batches = state["on_policy_batches"]
 
 
 # -- objectives -------------------------------------------------------------------------------------------
@@ -161,9 +198,11 @@ class KDObjective:
     X-variants, the experiential term F_ex computed from the student's own probabilities."""
 
     def __init__(self, student: LoadedModel, teacher: LoadedModel | None, cfg: DistillConfig, vocab_size: int,
-                 head: RewardHead | None):
+                 head: RewardHead | None, cache: TeacherCache | None = None):
         self.student, self.teacher, self.cfg, self.vocab_size, self.head = student, teacher, cfg, vocab_size, head
         self.divergence = cfg.divergence_name if cfg.spec.loss == "divergence" else None
+        self.cache = cache
+        self.teacher_forwards = 0
         self._stats: dict[str, float] = {}
         self._td_tokens = 0
 
@@ -174,6 +213,7 @@ class KDObjective:
         return counts
 
     def teacher_logits(self, batch: Batch) -> torch.Tensor:
+        self.teacher_forwards += 1
         teacher_device = next(self.teacher.model.parameters()).device
         with torch.no_grad():
             logits, _ = forward(self.teacher.model, batch.to(teacher_device))
@@ -185,30 +225,55 @@ class KDObjective:
         return logits
 
     def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
-        logits, hidden = forward(self.student.model, batch, hidden=self.head is not None)
+        with PHASES("student_forward"):
+            logits, hidden = forward(self.student.model, batch, hidden=self.head is not None)
+        PHASES.watch(logits)
         if self.divergence is None:
-            kd = losses.nll_sum(logits, batch.labels, vocab_size=self.vocab_size)
+            with PHASES("loss"):
+                kd = losses.nll_sum(logits, batch.labels, vocab_size=self.vocab_size)
         else:
-            kd = losses.divergence_sum(self.divergence, logits, self.teacher_logits(batch), batch.labels,
-                                       beta=self.cfg.beta, vocab_size=self.vocab_size)
+            with PHASES("teacher_forward"):  # a cache hit makes this phase nearly free
+                teacher = self.teacher_view(batch)
+            PHASES.start("loss")
+            if isinstance(teacher, TopKTeacher):
+                kd = losses.topk_divergence_sum(self.divergence, logits, *teacher, batch.labels, beta=self.cfg.beta,
+                                                vocab_size=self.vocab_size)
+            else:
+                kd = losses.divergence_sum(self.divergence, logits, teacher, batch.labels, beta=self.cfg.beta,
+                                           vocab_size=self.vocab_size)
+            PHASES.stop("loss")
         out = {"kd": (kd.total, "tokens")}
         if self.head is not None:
-            mu, log_sigma = self.head(hidden)
-            ex = losses.experiential_sum(logits, batch.labels, mu, log_sigma, lam=self.cfg.lam, gamma=self.cfg.gamma,
-                                         tau=self.cfg.tau, vocab_size=self.vocab_size)
+            with PHASES("experiential"):
+                mu, log_sigma = self.head(hidden)
+                ex = losses.experiential_sum(logits, batch.labels, mu, log_sigma, lam=self.cfg.lam,
+                                             gamma=self.cfg.gamma, tau=self.cfg.tau, vocab_size=self.vocab_size)
             out["ex"] = (ex.total, "td_tokens")
             for key, value in ex.stats.items():
                 self._stats[key] = self._stats.get(key, 0.0) + float(value)
             self._td_tokens += int(ex.tokens)
         return out
 
+    def teacher_view(self, batch: Batch) -> torch.Tensor | TopKTeacher:
+        """The teacher's logits, or for off-policy batches with a cache what the cache serves (never a
+        cache for fresh student samples)."""
+        if self.cache is not None and batch.off_policy:
+            return self.cache.teacher(batch, self.teacher_logits)
+        return self.teacher_logits(batch)
+
     def step_metrics(self) -> dict[str, float]:
-        """Experiential statistics of the last optimizer step (means and spreads of δ, μ, σ; KL and log q)."""
+        """Teacher passes and cache counters so far, and the experiential statistics of the last optimizer
+        step (means and spreads of δ, μ, σ; KL and log q)."""
+        counters: dict[str, float] = {}
+        if self.teacher is not None:
+            counters["teacher_forwards"] = self.teacher_forwards
+        if self.cache is not None:
+            counters.update(self.cache.stats())
         if self.head is None:
-            return {}
+            return counters
         summary = losses.summarize_stats({k: torch.tensor(v) for k, v in self._stats.items()}, self._td_tokens)
         self._stats, self._td_tokens = {}, 0
-        return {f"ex_{k}": v for k, v in summary.items()}
+        return {**counters, **{f"ex_{k}": v for k, v in summary.items()}}
 
 
 class TeacherMixer:
@@ -299,11 +364,12 @@ def default_model_run(root: Path, task: str, role: str, flag: str) -> str:
     return found[-1].name
 
 
-def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False) -> dict[str, Any]:
+def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
+                resume: bool = False) -> dict[str, Any]:
     method = cfg.spec
     task = get_task(cfg.task)
     name = cfg.run_name()
-    check_new_run(runs_root, task.name, name, overwrite)
+    resume_from = find_resume(runs_root, task.name, name, kind="distill", cfg=cfg, overwrite=overwrite, resume=resume)
     student_ref = cfg.student or default_model_run(runs_root, task.name, "student", "--student")
 
     teacher_data = None
@@ -315,14 +381,23 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False)
     if method.needs_teacher_model:
         teacher_ref = cfg.teacher or default_model_run(runs_root, task.name, "teacher", "--teacher")
 
-    student = load_model(student_ref, task=task.name, runs_dir=runs_root, dtype=cfg.dtype, device="cpu")
+    student = load_trained_model(student_ref, cfg, task=task.name, runs_dir=runs_root)
     teacher = None
     if teacher_ref is not None:
         teacher = load_model(teacher_ref, task=task.name, runs_dir=runs_root, dtype=cfg.teacher_dtype or cfg.dtype,
-                             device=str(resolve_device(cfg.teacher_device or cfg.device)), for_training=False)
+                             device=str(resolve_device(cfg.teacher_device or cfg.device)), for_training=False,
+                             quantization=quantization_of(cfg.teacher_load_in_8bit, cfg.teacher_load_in_4bit),
+                             trust_remote_code=cfg.trust_remote_code)
         vocab_size = check_same_tokenizer(teacher.tokenizer, student.tokenizer, teacher_ref, student_ref)
+        if teacher.is_encoder_decoder != student.is_encoder_decoder:  # one batch layout feeds both models
+            kinds = {True: "an encoder-decoder (seq2seq)", False: "a decoder-only"}
+            raise XKDError(f"teacher {teacher_ref!r} is {kinds[teacher.is_encoder_decoder]} model but student "
+                           f"{student_ref!r} is {kinds[student.is_encoder_decoder]} one: token-level distillation "
+                           "needs both of the same kind; pick e.g. tiny-t5-large with tiny-t5-small")
     else:
         vocab_size = len(student.tokenizer)
+    if teacher_data is not None:
+        teacher_data.check_tokenizer(student.tokenizer, student_ref)
 
     keep_end = keep_prompt_end(task)
     if teacher_data is not None:
@@ -341,6 +416,7 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False)
 
     sampling = Sampling(max_new_tokens=cfg.max_output_len, temperature=cfg.temperature, top_p=cfg.top_p)
     sampler = StudentSampler(student, data, sampling, vocab_size)
+    cache = None  # MiniLLM's batches are all fresh student samples: nothing to cache (the config refuses it)
     if method.loss == "minillm":
         objective = MiniLLMObjective(student, teacher, cfg, vocab_size)
 
@@ -350,7 +426,12 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False)
                                  vocab_size)
             return data.batch(indices, targets=sampler(indices, processor=mixer))
     else:
-        objective = KDObjective(student, teacher, cfg, vocab_size, head)
+        if cfg.teacher_cache != "off":
+            cache = TeacherCache.open(runs_root, task.name, teacher=teacher.model, tokenizer=teacher.tokenizer,
+                                      max_input_len=cfg.max_input_len, max_output_len=cfg.max_output_len,
+                                      vocab_size=vocab_size, is_encoder_decoder=teacher.is_encoder_decoder,
+                                      mode=cfg.teacher_cache, k=cfg.teacher_cache_k)
+        objective = KDObjective(student, teacher, cfg, vocab_size, head, cache)
         alpha = cfg.alpha if method.data == "mixed" else 0.0
         draw = MixedSource(data, cfg.batch_size, alpha, sampler, cfg.seed)
 
@@ -361,15 +442,24 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False)
     record = {"method": method.name, "paper_name": method.paper_name, "student": student_ref, "teacher": teacher_ref,
               "teacher_data": str(teacher_data.path) if teacher_data is not None else None,
               "divergence": cfg.divergence_name if method.loss == "divergence" else None,
-              "base_model": student_ref}
+              "base_model": student_ref, **lora_record(cfg, student),
+              "teacher_quantization": quantization_of(cfg.teacher_load_in_8bit, cfg.teacher_load_in_4bit),
+              "teacher_cache": cache.describe() if cache is not None else None}
     result = run_training(cfg, kind="distill", runs_root=runs_root, overwrite=overwrite, loaded=student, task=task,
                           train_set=data, eval_examples=eval_examples, objective=objective, draw=draw,
                           extra_params=list(head.parameters()) if head is not None else [], record=record,
                           save_extra=save_head, name=name,
                           step_metrics=lambda: {"generation_s": round(sampler.seconds, 3),
-                                                "student_samples": sampler.sequences})
+                                                "student_samples": sampler.sequences},
+                          resume_from=resume_from,
+                          checkpointed={"sampler": sampler, **({"reward_head": head} if head is not None else {}),
+                                        **({"source": draw} if isinstance(draw, MixedSource) else {})})
     result.update(method=method.name, teacher=teacher_ref, student=student_ref,
                   generation_seconds=round(sampler.seconds, 2))
+    if cache is not None:  # the final hit / miss counts, in the result and the run record
+        result["teacher_cache"] = cache.describe()
+        if current_processes().is_main:
+            Run(Path(result["path"]), task.name, name).update_record(teacher_cache=result["teacher_cache"])
     if head is not None:
         result["reward_head"] = str(Path(result["path"]) / REWARD_HEAD_FILE)
     return result

@@ -33,6 +33,7 @@ from .config import DTYPES, build_config, check, in_range, to_dict
 from .errors import XKDError
 from .options import (BatchSize, Data, Device, Dtype, Json, MaxInputLen, Name, Overwrite, Recipe, RunsDir, Seed,
                       Task, recipe_value)
+from .options import LoadIn4bit, LoadIn8bit, TrustRemoteCode
 from .ui import emit, out, table
 from .workspace import Run, check_run_name, create_run, default_task, now, open_run, run_path, runs_root, write_json
 
@@ -61,6 +62,9 @@ class DiversityConfig:
     seed: int = 42
     dtype: str = "float32"
     device: str = "auto"
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False  # run a model's own code (auto_map) only when asked
 
     def __post_init__(self) -> None:
         found: list[str] = []
@@ -106,7 +110,9 @@ class DiversityConfig:
         return EvalConfig(task=self.task, model=model, data=self.data, split=self.split, limit=self.limit,
                           batch_size=self.batch_size, max_input_len=self.max_input_len,
                           max_new_tokens=self.max_new_tokens, temperature=temperature, top_p=self.top_p,
-                          num_samples=self.num_samples, seed=self.seed, dtype=self.dtype, device=self.device)
+                          num_samples=self.num_samples, seed=self.seed, dtype=self.dtype, device=self.device,
+                          load_in_8bit=self.load_in_8bit, load_in_4bit=self.load_in_4bit,
+                          trust_remote_code=self.trust_remote_code)
 
 
 def parse_temperatures(text: str | None) -> tuple[float, ...] | None:
@@ -248,6 +254,7 @@ def diversity(
     batch_size: BatchSize = None, max_input_len: MaxInputLen = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Maximum generated tokens.")] = None,
     seed: Seed = None, dtype: Dtype = None, device: Device = None,
+    load_in_8bit: LoadIn8bit = None, load_in_4bit: LoadIn4bit = None, trust_remote_code: TrustRemoteCode = None,
     runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
 ) -> None:
     """Quality vs diversity: sample each model at several temperatures, score the task metric and SelfBLEU,
@@ -260,7 +267,8 @@ def diversity(
     flags = dict(task=task_name, models=tuple(model) if model else None, name=name, data=data, split=split,
                  limit=limit, temperatures=parse_temperatures(temperatures), top_p=top_p, num_samples=num_samples,
                  batch_size=batch_size, max_input_len=max_input_len, max_new_tokens=max_new_tokens, seed=seed,
-                 dtype=dtype, device=device)
+                 dtype=dtype, device=device, load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit,
+                 trust_remote_code=trust_remote_code)
     cfg = build_config(DiversityConfig, defaults=eval_defaults(task_name), recipe=recipe, flags=flags)
     result = run_diversity(cfg, runs_root=root, overwrite=overwrite)
     emit(result, as_json=json, render=_render)

@@ -19,6 +19,7 @@ from .config import DTYPES, check, in_range, to_dict
 from .errors import XKDError
 from .generate import Sampling, decode, generate_batched
 from .jsonl import append_rows, read_rows
+from .lora import quantization_of, quantization_problems
 from .models import LoadedModel, load_model
 from .tasks import Example, Task, get_task
 from .train import resolve_device, seed_everything
@@ -46,9 +47,12 @@ class EvalConfig:
     use_stemmer: bool = False
     dtype: str = "float32"
     device: str = "auto"
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False  # run a model's own code (auto_map) only when asked
 
     def __post_init__(self) -> None:
-        found: list[str] = []
+        found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
         if not self.task:
             found.append("--task is required")
         if not self.model:
@@ -120,11 +124,18 @@ def quick_eval(loaded: LoadedModel, task: Task, examples: Sequence[Example], *, 
 def _eval_run(cfg: EvalConfig, task: Task, runs_root: Path, source: str) -> Run:
     """The run that receives the results: the model's own run, or an 'eval' run named after the model."""
     if source == "run" and cfg.name is None:
-        return open_run(runs_root, task.name, cfg.model)
+        run = open_run(runs_root, task.name, cfg.model)
+        run.record()  # a damaged run.json fails now, before any result is written into the run
+        return run
     name = cfg.name or f"eval-{slug(cfg.model)}"
     path = run_path(runs_root, task.name, name)
     if path.exists():
-        return open_run(runs_root, task.name, name)
+        run = open_run(runs_root, task.name, name)
+        kind = run.record().get("kind")
+        if kind != "eval" and name != cfg.model:  # never write one model's results into another run
+            raise XKDError(f"run '{name}' at {path} is a {kind} run, not an eval run of {cfg.model!r}: "
+                           "pick another --name (or leave it out)")
+        return run
     return create_run(runs_root, task.name, name, kind="eval", config={"model": cfg.model}, seed=cfg.seed,
                       extra={"base_model": cfg.model})
 
@@ -135,12 +146,15 @@ def run_eval(cfg: EvalConfig, *, runs_root: Path, overwrite: bool = False) -> di
     examples = task.load(split, cfg.data, limit=cfg.limit)
     if not examples:
         raise XKDError(f"the {split} split of task '{task.name}' is empty. Check --data / --split.")
+    quantization = quantization_of(cfg.load_in_8bit, cfg.load_in_4bit)
     loaded = load_model(cfg.model, task=task.name, runs_dir=runs_root, dtype=cfg.dtype,
-                        device=str(resolve_device(cfg.device)), for_training=False)
+                        device=str(resolve_device(cfg.device)), for_training=False, quantization=quantization,
+                        trust_remote_code=cfg.trust_remote_code)
     run = _eval_run(cfg, task, runs_root, loaded.source)
     out_dir = run.path / "eval" / f"{split}-{cfg.sampling.label()}"
     settings = {"task": task.name, "model": cfg.model, "model_location": loaded.location, "data": cfg.data,
-                "split": split, "max_input_len": cfg.max_input_len, "seed": cfg.seed, **to_dict(cfg.sampling)}
+                "split": split, "max_input_len": cfg.max_input_len, "seed": cfg.seed, **to_dict(cfg.sampling),
+                **({"quantization": quantization} if quantization else {})}
     if out_dir.exists() and overwrite:
         shutil.rmtree(out_dir)
     if (out_dir / "settings.json").is_file():

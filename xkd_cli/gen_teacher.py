@@ -18,14 +18,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .api import DEFAULT_KEY_ENV, OPENAI_BASE, ChatClient, public_url
+from .api import DEFAULT_KEY_ENV, OPENAI_BASE, ChatClient, key_env_problem, public_url, url_problem
 from .config import DTYPES, build_config, check, in_range, to_dict
 from .errors import XKDError
 from .jsonl import append_rows, read_rows
 from .options import (BatchSize, Data, Device, Dtype, Json, MaxInputLen, Name, Overwrite, Recipe, RunsDir, Seed,
                       Task, recipe_value)
+from .options import LoadIn4bit, LoadIn8bit, TrustRemoteCode
 from .ui import console, emit, out, table
-from .workspace import create_run, find_runs, open_run, read_json, resumable_run, run_path, runs_root
+from .workspace import create_run, find_runs, open_run, read_record, resumable_run, run_path, runs_root
 
 KIND = "gen-teacher"
 SAMPLES_FILE = "samples.jsonl"
@@ -33,7 +34,7 @@ DEFAULT_NAME = "teacher-samples"
 ROW_COLUMNS = ("id", "sample", "prompt", "response")
 # Settings that change the samples: a resumed run must match them all.
 _WHITE_KEYS = ("task", "mode", "teacher_location", "data", "train_fraction", "limit", "num_samples",
-               "max_input_len", "max_new_tokens", "temperature", "top_p", "seed")
+               "max_input_len", "max_new_tokens", "temperature", "top_p", "seed", "quantization")
 _BLACK_KEYS = ("task", "mode", "teacher", "api_base", "data", "train_fraction", "limit", "num_samples",
                "max_new_tokens", "temperature", "top_p")
 
@@ -55,6 +56,9 @@ class GenTeacherConfig:
     seed: int = 42
     dtype: str = "float32"
     device: str = "auto"
+    load_in_8bit: bool = False       # quantize the white-box teacher (bitsandbytes)
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False  # run a model's own code (auto_map) only when asked
     api_base: str | None = None      # black-box: an OpenAI-compatible endpoint (default OpenAI's own)
     api_model: str | None = None
     api_key_env: str = DEFAULT_KEY_ENV
@@ -67,7 +71,9 @@ class GenTeacherConfig:
         return self.api_base is not None or self.api_model is not None
 
     def __post_init__(self) -> None:
-        found: list[str] = []
+        from .lora import quantization_problems
+
+        found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
         if not self.task:
             found.append("--task is required")
         if self.black_box:
@@ -75,8 +81,7 @@ class GenTeacherConfig:
                 found.append("--api-model is required with --api-base (the model name the endpoint serves)")
             if self.teacher:
                 found.append("--teacher (a local model) and --api-base/--api-model (an API teacher) exclude each other")
-        if not self.api_key_env or not self.api_key_env.replace("_", "").isalnum():
-            found.append(f"--api-key-env must be an environment variable name, got {self.api_key_env!r}")
+        found += [p for p in (key_env_problem(self.api_key_env), url_problem(self.api_base, "--api-base")) if p]
         for name in ("num_samples", "limit", "max_input_len", "max_new_tokens", "batch_size", "concurrency"):
             in_range(found, name, getattr(self, name), 1)
         in_range(found, "max_retries", self.max_retries, 0)
@@ -101,7 +106,7 @@ def default_teacher(root: Path, task: str) -> str:
 def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool = False,
                     client: ChatClient | None = None) -> dict[str, Any]:
     """Sample the teacher on the training prompts into ``<run>/samples.jsonl`` (resumable)."""
-    from .models import load_model, resolve_model
+    from .models import load_model, resolve_model, tokenizer_fingerprint
     from .tasks import get_task
 
     task = get_task(cfg.task)
@@ -118,8 +123,11 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
     else:
         teacher = cfg.teacher or default_teacher(runs_root, task.name)
         _, location = resolve_model(teacher, task=task.name, runs_dir=runs_root)
+        from .lora import quantization_of
+
         settings = {**common, "mode": "white-box", "teacher": teacher, "teacher_location": location,
-                    "max_input_len": cfg.max_input_len, "seed": cfg.seed}
+                    "max_input_len": cfg.max_input_len, "seed": cfg.seed,
+                    "quantization": quantization_of(cfg.load_in_8bit, cfg.load_in_4bit)}
         keys, teacher_info = _WHITE_KEYS, {"teacher_location": location, "tokenizer": location}
     run = resumable_run(runs_root, task.name, cfg.name, kind=KIND, settings={k: settings[k] for k in keys},
                         overwrite=overwrite, what="teacher samples")
@@ -136,7 +144,12 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
         from .train import resolve_device
 
         loaded = load_model(settings["teacher"], task=task.name, runs_dir=runs_root, dtype=cfg.dtype,
-                            device=str(resolve_device(cfg.device)), for_training=False)
+                            device=str(resolve_device(cfg.device)), for_training=False,
+                            quantization=settings["quantization"], trust_remote_code=cfg.trust_remote_code)
+    # Which tokenizer the samples belong to, so `distill` can refuse them for a student of another family.
+    tokenizer_sha = tokenizer_fingerprint(loaded.tokenizer) if loaded is not None else None
+    if tokenizer_sha:
+        teacher_info["tokenizer_sha"] = tokenizer_sha
     if run is None:  # every input checked and the teacher loaded: now the disk may change
         run = create_run(runs_root, task.name, cfg.name, kind=KIND, config={**to_dict(cfg), **settings},
                          seed=cfg.seed, overwrite=overwrite,
@@ -148,7 +161,8 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
     elif done and todo:
         console.print(f"resuming: {len(pairs) - len(todo)} of {len(pairs)} teacher samples already in {samples_path}")
 
-    row_settings = {"task": task.name, "teacher": settings["teacher"], "mode": settings["mode"], **decoding}
+    row_settings = {"task": task.name, "teacher": settings["teacher"], "mode": settings["mode"], **decoding,
+                    **({"tokenizer_sha": tokenizer_sha} if tokenizer_sha else {})}
 
     def row(example, k: int, text: str) -> dict[str, Any]:
         return {"id": example.id, "sample": k, "prompt": example.prompt, "response": text, "source": example.source,
@@ -213,6 +227,21 @@ class TeacherData:
     def num_samples(self) -> int:
         return 1 + max(int(r["sample"]) for r in self.rows)
 
+    def check_tokenizer(self, tokenizer, student: str) -> None:
+        """Refuse samples a white-box teacher made with another tokenizer than ``student``'s: the file was made
+        for another model family (X-KD pairs a teacher and student that share one vocabulary). Samples of an
+        API teacher, or from a file that does not say, fit any student."""
+        from .models import tokenizer_fingerprint
+
+        made_with = {r.get("tokenizer_sha") for r in self.rows} | {self.record.get("tokenizer_sha")}
+        made_with.discard(None)
+        if made_with and made_with != {tokenizer_fingerprint(tokenizer)}:
+            teacher = self.record.get("teacher") or self.rows[0].get("teacher") or "its teacher"
+            raise XKDError(f"{self.path} was made by {teacher!r}, whose tokenizer differs from the one of student "
+                           f"{student!r}: "
+                           "re-create the samples with `xkd gen-teacher --teacher MODEL` using a teacher of the "
+                           "student's family, or pick a student with that teacher's tokenizer")
+
 
 def load_teacher_data(ref: str | None, *, task: str, runs_root: Path) -> TeacherData:
     """Teacher samples from ``ref``: None (the task's latest completed gen-teacher run), a run name, or a
@@ -248,7 +277,7 @@ def load_teacher_data(ref: str | None, *, task: str, runs_root: Path) -> Teacher
                 raise XKDError(f"no gen-teacher run '{ref}' for task {task} in {root} and no file {path}: "
                                "pass a run name or the path of a samples .jsonl file")
             if (path.parent / "run.json").is_file():
-                record = read_json(path.parent / "run.json")
+                record = read_record(path.parent / "run.json")
     if record.get("task") not in (None, task):
         raise XKDError(f"{path} holds teacher samples for task {record['task']}, not {task}: "
                        f"pass --task {record['task']} or teacher data made for {task}")
@@ -306,6 +335,7 @@ def gen_teacher(
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (default: 1.0, Table 7).")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass (default: 0.95, Table 7).")] = None,
     batch_size: BatchSize = None, seed: Seed = None, dtype: Dtype = None, device: Device = None,
+    load_in_8bit: LoadIn8bit = None, load_in_4bit: LoadIn4bit = None, trust_remote_code: TrustRemoteCode = None,
     api_base: Annotated[Optional[str], typer.Option(help=f"Black-box teacher: OpenAI-compatible endpoint (default with --api-model: {OPENAI_BASE}).")] = None,
     api_model: Annotated[Optional[str], typer.Option(help="Black-box teacher: model name at the endpoint.")] = None,
     api_key_env: Annotated[Optional[str], typer.Option(help=f"Environment variable holding the API key (default: {DEFAULT_KEY_ENV}).")] = None,
@@ -320,7 +350,7 @@ def gen_teacher(
     flags = dict(task=task, teacher=teacher, name=name, data=data, train_fraction=train_fraction, limit=limit,
                  num_samples=num_samples, max_input_len=max_input_len, max_new_tokens=max_new_tokens,
                  temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, dtype=dtype, device=device,
-                 api_base=api_base, api_model=api_model, api_key_env=api_key_env, concurrency=concurrency,
+                 load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code, api_base=api_base, api_model=api_model, api_key_env=api_key_env, concurrency=concurrency,
                  max_retries=max_retries, timeout=timeout)
     task_name = recipe_value(recipe, "task", task)
     cfg = build_config(GenTeacherConfig, defaults=eval_defaults(task_name) if task_name else {}, recipe=recipe,

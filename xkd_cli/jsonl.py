@@ -29,7 +29,7 @@ def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             if last and repair:  # the write that was interrupted
                 with open(path, "r+b") as fh:
                     fh.truncate(keep_bytes)

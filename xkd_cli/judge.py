@@ -39,7 +39,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .api import DEFAULT_KEY_ENV, OPENAI_BASE, ChatClient, public_url
+from .api import DEFAULT_KEY_ENV, OPENAI_BASE, ChatClient, key_env_problem, public_url, url_problem
 from .config import build_config, check, in_range, to_dict
 from .errors import XKDError
 from .jsonl import append_rows, read_rows
@@ -101,8 +101,7 @@ class JudgeConfig:
             found.append("--judge-model must not be empty (e.g. gpt-4, or the model a vLLM/Ollama server serves)")
         if self.split is not None and self.split not in SPLITS:
             found.append(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if not self.api_key_env or not self.api_key_env.replace("_", "").isalnum():
-            found.append(f"--api-key-env must be an environment variable name, got {self.api_key_env!r}")
+        found += [p for p in (key_env_problem(self.api_key_env), url_problem(self.base_url, "--base-url")) if p]
         for name in ("limit", "max_tokens", "concurrency"):
             in_range(found, name, getattr(self, name), 1)
         in_range(found, "parse_retries", self.parse_retries, 0)
@@ -391,7 +390,8 @@ def run_judge(cfg: JudgeConfig, *, runs_root: Path, overwrite: bool = False,
 
     run = existing
     if run is None:
-        run = create_run(root, task.name, name, kind=KIND, config={**to_dict(cfg), **settings}, seed=None,
+        public = {"base_url": public_url(cfg.base_url) if cfg.base_url else None}  # no credentials in the record
+        run = create_run(root, task.name, name, kind=KIND, config={**to_dict(cfg), **public, **settings}, seed=None,
                          overwrite=overwrite,
                          extra={"a": cfg.a, "b": cfg.b, "split": split, **client.describe(), "template": template.name,
                                 "template_version": template.version, "decoding": decoding})

@@ -18,11 +18,12 @@ Conventions (METHOD.md, "Notation for one batch")
   without ``vocab_size`` are a ``ValueError``, never a silent truncation.
 * Memory: only valid positions are gathered, in chunks of ``chunk_size`` rows (default ``None``:
   ``CHUNK_ELEMENTS // V`` rows, i.e. 16 MiB per float32 ``N x V`` intermediate); each chunk is
-  processed under activation checkpointing when a gradient is needed, so only the float32
+  recomputed in the backward (as under activation checkpointing), so only the float32
   intermediates of one chunk are alive at a time (forward and backward) instead of several float32
   copies of the whole ``B x T x V`` tensor.  Between forward and backward nothing but references to
-  the logits is kept.  The backward adds the logits' gradient (one ``B x T x V`` in the logits'
-  dtype) and a transient tensor of that size per chunk.  Chunked and unchunked results agree.
+  the logits is kept.  The backward writes each chunk's gradient into the logits' gradient (one
+  ``B x T x V`` in the logits' dtype), the only full-size tensor it creates (``bench/loss_memory.py``
+  measures it).  Chunked and unchunked results agree.
 
 Public API
 ----------
@@ -34,6 +35,8 @@ Public API
 ``DIVERGENCES``                                 Registry name -> row function ``(s, t, beta) -> N``
                                                 on float32 ``N x V`` logits: jsd, fkl, rkl, mix, tvd
 ``divergence_sum(name, student_logits, teacher_logits, labels, ...)``
+``teacher_topk(teacher_logits, k)`` / ``topk_divergence_sum(name, student_logits, logprobs, ids, tail, labels, ...)``
+                                                the same divergences against a top-k + tail teacher
 ``experiential_sum(student_logits, labels, mu, log_sigma, ...)`` -> ``ExperientialParts(total, tokens,
 stats)`` (F_ex, Eq. 20; ``.mean(denominator=None)``, ``.summary()``)
 ``summarize_stats(stats, tokens)``              means / stds of the experiential statistics
@@ -58,6 +61,23 @@ is +inf; for the reverse direction (KL(p_S ‖ p_T), i.e. ``rkl``, ``mix``'s rev
 ``jsd`` at β = 1) the student distribution is therefore restricted to the teacher's support and
 renormalised there, as MiniLLM does by applying the same ``-inf`` mask to both logits.  With a
 teacher of full support (the normal case) this changes nothing, bit for bit.
+
+Divergences against a top-k teacher (the teacher cache's ``topk`` mode)
+-----------------------------------------------------------------------
+``teacher_topk(teacher_logits, k)`` keeps, per position, the teacher's k most likely tokens
+I = {i_1 … i_k} with their log-probabilities and the log of the tail mass p_T(tail) = Σ_{v∉I} p_T(v)
+(-inf when k = V).  ``topk_divergence_sum(name, student_logits, logprobs, ids, tail, labels)`` then
+compares two distributions over the same k + 1 buckets {i_1}, …, {i_k}, tail:
+  teacher  (p_T(i_1), …, p_T(i_k), p_T(tail)), renormalised to sum to 1 (it absorbs the rounding of
+           float16 storage);
+  student  (p_S(i_1), …, p_S(i_k), p_S(tail)), p_S(tail) = Σ_{v∉I} p_S(v) (a logsumexp over the
+           student's non-top-k logits, never 1 − Σ, so a tiny tail keeps its precision),
+with the same row function as ``divergence_sum`` (every name in ``DIVERGENCES``).  With k = V the
+tail is empty on both sides and the result is the full divergence (up to float rounding).  With
+k < V it is the divergence of the coarse-grained distributions, which for fkl / rkl / jsd / mix / tvd
+is never larger than the full one (data-processing inequality); for fkl the gap is exactly
+p_T(tail)·KL(p_T(·|tail) ‖ p_S(·|tail)).  The student still gets a gradient on every token: the tail
+bucket pushes its total tail mass towards the teacher's.
 
 The experiential term (METHOD.md "The experiential term"; Eq. 14, 16, 20, 28)
 -----------------------------------------------------------------------------
@@ -84,7 +104,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from .errors import XKDError
 from .registry import Registry
@@ -238,9 +258,13 @@ def _map_valid_rows(
     vocab_size: int | None,
     chunk_size: int | None,
     uses_targets: bool,
+    extras: Sequence[Tensor] = (),
 ) -> tuple[Tensor, Tensor]:
     """Apply ``row_fn`` to the valid positions of ``logits`` in float32 chunks of ``chunk_size`` rows
     (None: ``CHUNK_ELEMENTS // V``).
+
+    ``extras`` are further ``B x T x ...`` tensors (any width and dtype, no gradient) whose rows are
+    handed to ``row_fn`` after the logits' rows, as they are: neither sliced to the vocabulary nor cast.
 
     Returns the per-position values (``N`` float32, N = number of valid positions) and the flat
     indices ``b*T + t`` of those positions.  With no valid position ``row_fn`` still runs once on
@@ -253,6 +277,9 @@ def _map_valid_rows(
     for x in logits:
         if x.shape[:-1] != shape:
             raise ValueError(f"logits of shape {tuple(x.shape)} do not match labels of shape {tuple(shape)}")
+    for x in extras:
+        if x.shape[:2] != shape:
+            raise ValueError(f"a tensor of shape {tuple(x.shape)} does not match labels of shape {tuple(shape)}")
     vocab = _shared_vocab(logits, vocab_size)
     flat_labels = labels.reshape(-1)  # BT
     idx = valid_mask(flat_labels).nonzero().squeeze(1)  # N
@@ -262,26 +289,75 @@ def _map_valid_rows(
             f"labels hold token ids outside [0, {vocab}): ids {int(targets.min())}..{int(targets.max())}; "
             "labels must be ids of the (shared) tokenizer or -100"
         )
-    # Views, not copies: reshaping a sliced tensor such as logits[:, :-1] would copy all of it.
-    sliced = [x[..., :vocab] for x in logits]  # B x T x V each
-    steps = shape[-1]
-
-    def chunk_fn(chunk: Tensor, chunk_targets: Tensor, *xs: Tensor) -> Tensor:
-        rows = [x[chunk // steps, chunk % steps].float() for x in xs]  # N x V float32 each
-        return row_fn(rows, chunk_targets)
-
-    # Checkpointing keeps only the inputs (references to the logits) between forward and backward
-    # and recomputes one chunk at a time, so float32 intermediates never exist for all rows at once.
-    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in logits)
-    outs = []
+    # Views, not copies: reshaping a sliced tensor such as logits[:, :-1] would copy all of it. A slice
+    # that keeps every column is left out: its backward would copy the whole gradient once more.
+    sliced = [x if x.shape[-1] == vocab else x[..., :vocab] for x in logits]  # B x T x V each
     per_chunk = chunk_size if chunk_size is not None else max(1, CHUNK_ELEMENTS // vocab)
-    for chunk, chunk_targets in zip(idx.split(per_chunk), targets.split(per_chunk)):
-        if needs_grad:
-            out = checkpoint(chunk_fn, chunk, chunk_targets, *sliced, use_reentrant=False, preserve_rng_state=False)
-            outs.append(out)
-        else:
-            outs.append(chunk_fn(chunk, chunk_targets, *sliced))
-    return torch.cat(outs), idx
+    chunks = list(zip(idx.split(per_chunk), targets.split(per_chunk)))
+    plan = _RowPlan(row_fn, chunks, shape[-1], len(sliced))
+    if torch.is_grad_enabled() and any(x.requires_grad for x in sliced):
+        return _ChunkedRows.apply(plan, *sliced, *extras), idx
+    return torch.cat([plan.run(i, [*sliced, *extras]) for i in range(len(chunks))]), idx
+
+
+class _RowPlan(NamedTuple):
+    row_fn: RowFn
+    chunks: list[tuple[Tensor, Tensor]]  # (flat positions b*T + t, their targets) per chunk
+    steps: int  # T
+    n_logits: int  # the first n_logits tensors are logits (rows cast to float32), the rest extras
+
+    def rows(self, i: int, tensors: Sequence[Tensor]) -> list[Tensor]:
+        chunk = self.chunks[i][0]
+        where = (chunk // self.steps, chunk % self.steps)
+        return [x[where].float() if k < self.n_logits else x[where] for k, x in enumerate(tensors)]  # N x V each
+
+    def run(self, i: int, tensors: Sequence[Tensor]) -> Tensor:
+        return self.row_fn(self.rows(i, tensors), self.chunks[i][1])
+
+
+class _ChunkedRows(torch.autograd.Function):
+    """``row_fn`` over the valid rows, one chunk at a time, with a gradient for the logits.
+
+    Forward keeps nothing but references to its inputs. Backward recomputes one chunk at a time (so the
+    float32 intermediates of one chunk are alive at once, as under activation checkpointing) and writes
+    each chunk's row gradients straight into one ``B x T x V`` buffer per logits tensor that needs a
+    gradient. Checkpointing each chunk instead gave every chunk a full-size zero gradient of its own,
+    added up chunk after chunk: a second ``B x T x V`` tensor at the peak and O(chunks · B·T·V) memory
+    traffic. The values and gradients are the same bit for bit (each position's gradient comes from its
+    one chunk; adding zeros changed nothing).
+    """
+
+    @staticmethod
+    def forward(ctx, plan: _RowPlan, *tensors: Tensor) -> Tensor:
+        ctx.plan = plan
+        ctx.save_for_backward(*tensors)
+        return torch.cat([plan.run(i, tensors) for i in range(len(plan.chunks))])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_values: Tensor):
+        plan, tensors = ctx.plan, ctx.saved_tensors
+        wanted = [k for k in range(plan.n_logits) if ctx.needs_input_grad[1 + k]]
+        grads: list[Tensor | None] = [None] * len(tensors)
+        for k in wanted:
+            grads[k] = torch.zeros_like(tensors[k])
+        offset = 0
+        for i, (chunk, targets) in enumerate(plan.chunks):
+            with torch.enable_grad():
+                rows = [r.detach().requires_grad_(k in wanted) for k, r in enumerate(plan.rows(i, tensors))]
+                leaves = [rows[k] for k in wanted]
+                out = plan.row_fn(rows, targets)  # N
+                del rows  # the rows that need no gradient (the teacher's) are not needed by the backward
+                upstream = grad_values[offset:offset + len(chunk)]
+                found = torch.autograd.grad(out, leaves, upstream, allow_unused=True) \
+                    if out.requires_grad else [None] * len(wanted)
+            where = (chunk // plan.steps, chunk % plan.steps)
+            for k, g in zip(wanted, found):
+                if g is not None:
+                    grads[k][where] = g.to(grads[k].dtype)
+            del leaves, out, found  # free this chunk's rows and gradients before the next chunk's
+            offset += len(chunk)
+        return (None, *grads)
 
 
 def _scatter(values: Tensor, idx: Tensor, shape: torch.Size) -> Tensor:
@@ -307,7 +383,8 @@ def token_logprobs(
     check_hparams(temperature=temperature)
 
     def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
-        return (rows[0] / temperature).log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)  # N
+        scaled = rows[0] if temperature == 1.0 else rows[0] / temperature  # skip an N x V copy at 1.0
+        return scaled.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)  # N
 
     values, idx = _map_valid_rows(
         row_fn, [logits], labels, vocab_size=vocab_size, chunk_size=chunk_size, uses_targets=True
@@ -341,8 +418,14 @@ def _kl(logp: Tensor, logq: Tensor) -> Tensor:
     ``0`` (their term is exp(0)·(0 − 0) = 0 and masked_fill gives them zero gradient).
     """
     outside = logp == NEG_INF  # N x V
-    logp = logp.masked_fill(outside, 0.0)
-    logq = logq.masked_fill(outside, 0.0)
+    if outside.any():  # otherwise the masking is the identity, bit for bit, at two more N x V passes
+        logp = logp.masked_fill(outside, 0.0)
+        logq = logq.masked_fill(outside, 0.0)
+    return _kl_full_support(logp, logq)
+
+
+def _kl_full_support(logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(p ‖ q) per row when no entry of ``logp`` is -inf."""
     return (logp.exp() * (logp - logq)).sum(-1)  # N
 
 
@@ -370,6 +453,11 @@ def generalized_jsd(s: Tensor, t: Tensor, beta: float) -> Tensor:
     if beta == 1.0:
         return reverse_kl(s, t)
     ls, lt = s.log_softmax(-1), t.log_softmax(-1)  # N x V each
+    if not (torch.isneginf(ls).any() or torch.isneginf(lt).any()):
+        # Full support on both sides (the usual case): every guard below is the identity, bit for bit,
+        # value and gradient, but they double the cost of this function (bench/, issue 6).
+        log_m = torch.logaddexp(lt + math.log(beta), ls + math.log1p(-beta))  # N x V
+        return beta * _kl_full_support(lt, log_m) + (1.0 - beta) * _kl_full_support(ls, log_m)
     # log M = logaddexp(log β + log p_T, log(1−β) + log p_S).  Where both are -inf M is 0 and no KL
     # term uses it; fill those entries with 0 first because logaddexp's backward at (-inf, -inf) is NaN.
     both_zero = (ls == NEG_INF) & (lt == NEG_INF)
@@ -421,11 +509,84 @@ def divergence_sum(
 
     def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
         s, t = rows  # N x V float32 each
-        return fn(s / temperature, t / temperature, beta)  # N
+        if temperature != 1.0:  # x / 1.0 is x exactly: skip two N x V copies per chunk in the usual case
+            s, t = s / temperature, t / temperature
+        return fn(s, t, beta)  # N
 
     values, _ = _map_valid_rows(
         row_fn, [student_logits, teacher_logits.detach()], labels,
         vocab_size=vocab_size, chunk_size=chunk_size, uses_targets=False,
+    )
+    return TokenSum(values.sum(), valid_mask(labels).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# Divergences against a top-k teacher (k buckets of single tokens plus one tail bucket)
+# --------------------------------------------------------------------------------------------
+
+
+def teacher_topk(teacher_logits: Tensor, k: int, *, vocab_size: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The teacher's distribution over ``... x V`` logits as its top ``k`` tokens plus a tail bucket:
+    (``... x k`` float32 log p_T of the k most likely tokens, ``... x k`` int64 their ids, ``...`` float32
+    log p_T(tail), -inf when k >= V).  ``k`` is capped at V (after slicing to ``vocab_size``)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    logits = teacher_logits.detach()
+    logp = logits[..., : vocab_size or logits.shape[-1]].float().log_softmax(-1)  # ... x V
+    values, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)  # ... x k each
+    return values, ids, _tail_logmass(logp, ids)
+
+
+def _tail_logmass(logp: Tensor, ids: Tensor) -> Tensor:
+    """log Σ_{v ∉ ids} exp(logp_v) per row (``...``), -inf when ``ids`` cover the row.  An empty tail is
+    filled before the logsumexp: its backward at all -inf would be NaN even under a zero gradient."""
+    rest = logp.scatter(-1, ids, NEG_INF)  # ... x V
+    empty = (rest == NEG_INF).all(-1)  # ...
+    tail = rest.masked_fill(empty[..., None], 0.0).logsumexp(-1)
+    return tail.masked_fill(empty, NEG_INF)
+
+
+def bucket_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
+    """``N x (k+1)`` log-probabilities of softmax(``logits``) (``N x V``) over the buckets {ids_1}, …,
+    {ids_k}, everything else (differentiable w.r.t. ``logits``)."""
+    logp = logits.log_softmax(-1)  # N x V
+    return torch.cat([logp.gather(-1, ids), _tail_logmass(logp, ids)[:, None]], dim=-1)
+
+
+def topk_divergence_sum(
+    name: str,
+    student_logits: Tensor,
+    teacher_logprobs: Tensor,
+    teacher_ids: Tensor,
+    teacher_tail: Tensor,
+    labels: Tensor,
+    *,
+    beta: float = 0.5,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+) -> TokenSum:
+    """Σ over valid positions of D_name between the teacher's and the student's distributions over the
+    k + 1 buckets of the teacher's top-k tokens and the tail (module docstring, "Divergences against a
+    top-k teacher").  ``teacher_logprobs`` / ``teacher_ids`` are ``B x T x k`` (any float dtype / an
+    integer dtype), ``teacher_tail`` is ``B x T`` (log tail mass), all as :func:`teacher_topk` makes them."""
+    fn = DIVERGENCES.get(name)
+    check_hparams(beta=beta)
+    if teacher_logprobs.shape != teacher_ids.shape or teacher_tail.shape != labels.shape:
+        raise ValueError(f"top-k teacher shapes {tuple(teacher_logprobs.shape)}, {tuple(teacher_ids.shape)}, "
+                         f"{tuple(teacher_tail.shape)} do not fit labels of shape {tuple(labels.shape)}")
+    vocab = _shared_vocab([student_logits], vocab_size)
+    if teacher_ids.numel() and (int(teacher_ids.min()) < 0 or int(teacher_ids.max()) >= vocab):
+        raise ValueError(f"top-k teacher ids must lie in [0, {vocab}), got {int(teacher_ids.min())}..{int(teacher_ids.max())}")
+
+    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+        s, t_logp, t_ids, t_tail = rows  # N x V float32, N x k, N x k, N x 1
+        t_ids = t_ids.long()
+        teacher = torch.cat([t_logp.float(), t_tail.float()], dim=-1)  # N x (k+1); fn renormalises it
+        return fn(bucket_logprobs(s, t_ids), teacher, beta)  # N
+
+    values, _ = _map_valid_rows(
+        row_fn, [student_logits], labels, vocab_size=vocab, chunk_size=chunk_size, uses_targets=False,
+        extras=[teacher_logprobs.detach(), teacher_ids, teacher_tail.detach()[..., None]],
     )
     return TokenSum(values.sum(), valid_mask(labels).sum())
 
@@ -457,7 +618,8 @@ def experiential_sum(
 
     def q_rows(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
         # Eq. 28: Q(s_t, y_t) = log softmax_v(τ'·P_v)[y_t] — a softmax over probabilities, not logits.
-        scaled = tau * rows[0].softmax(-1)  # N x V
+        probs = rows[0].softmax(-1)  # N x V
+        scaled = probs if tau == 1.0 else tau * probs  # 1·x is x exactly: skip an N x V copy
         return scaled.gather(-1, targets[:, None]).squeeze(-1) - scaled.logsumexp(-1)  # N
 
     q_values, idx = _map_valid_rows(

@@ -98,6 +98,8 @@ class LoadedModel:
     source: str
     location: str
     is_encoder_decoder: bool
+    adapter_base: dict[str, Any] | None = None
+    """For a LoRA model (a peft model): the base it adapts (see lora.py); saved beside the adapter."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,10 +133,15 @@ def builtin_tokenizer() -> PreTrainedTokenizerFast:
 
 
 @functools.lru_cache(maxsize=None)
-def _load_tokenizer_cached(location: str, stamp: tuple[int, ...]) -> PreTrainedTokenizerBase:
+def _load_tokenizer_cached(location: str, stamp: tuple[int, ...], trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     del stamp  # only part of the cache key: see _files_stamp
     try:
-        return AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise remote_code_error(location, exc) from exc
+        raise XKDError(f"could not load a tokenizer from {location!r} ({_short(exc)}): "
+                       "point at a directory saved by xkd or transformers, or download the hub model first") from exc
     except Exception as exc:  # noqa: BLE001 - many error types; all mean "cannot read this tokenizer"
         raise XKDError(
             f"could not load a tokenizer from {location!r} ({_short(exc)}): "
@@ -150,12 +157,40 @@ def _files_stamp(location: str) -> tuple[int, ...]:
     return tuple(sorted(f.stat().st_mtime_ns for f in directory.glob("*token*")))
 
 
-def load_tokenizer(location: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(location: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer of a builtin name, saved directory or hub id (cached; returns a private copy)."""
     if location in BUILTIN_MODELS:
         return builtin_tokenizer()
     location = str(location)
-    return copy.deepcopy(_load_tokenizer_cached(location, _files_stamp(location)))
+    directory = Path(location)
+    if directory.is_dir() and not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        # transformers would silently build an empty default tokenizer (e.g. T5's 100 sentinel tokens)
+        raise XKDError(f"{location} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): save the "
+                       "tokenizer beside the model (tokenizer.save_pretrained(DIR)) or pick a model saved by xkd")
+    return copy.deepcopy(_load_tokenizer_cached(location, _files_stamp(location), trust_remote_code))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "tokenizer.model", "vocab.json",
+                   "vocab.txt", "sentencepiece.bpe.model")
+"""Files of which a saved tokenizer has at least one (fast, slow sentencepiece, BPE and WordPiece layouts)."""
+
+
+def remote_code_error(ref: str, exc: BaseException) -> XKDError:
+    """A model or tokenizer that needs its own Python code, which xkd runs only when asked."""
+    return XKDError(f"{ref!r} needs custom code shipped with the model (auto_map) to load, and xkd does not run "
+                    "a model's own code unless asked: review that code, then pass --trust-remote-code "
+                    "(or pick a model transformers supports natively)")
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A short hash of what makes two tokenizers interchangeable (token -> id map and special ids), so data
+    made with one tokenizer can be checked against another without loading the first again."""
+    import hashlib
+    import json
+
+    specials = [getattr(tokenizer, a) for a in ("pad_token_id", "eos_token_id", "bos_token_id", "unk_token_id")]
+    text = json.dumps([sorted(tokenizer.get_vocab().items()), specials], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def check_same_tokenizer(
@@ -366,8 +401,23 @@ def _valid_names_text() -> str:
     aliases = ", ".join(f"{a} (= {h})" for a, h in HUB_ALIASES.items())
     return (
         f"builtin models: {', '.join(BUILTIN_MODELS.names())}; aliases: {aliases}; "
-        "a run name of the task, a local model directory (with config.json) or a hub id 'org/name' also works"
+        "a run name of the task, a local model directory (with config.json, or a LoRA adapter) or a hub id "
+        "'org/name' also works"
     )
+
+
+def _is_model_dir(path: Path) -> bool:
+    """A full checkpoint (config.json) or a LoRA adapter (adapter_config.json, loaded onto its base)."""
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+
+
+def _not_a_model_run(ref: str, run_dir: Path) -> XKDError:
+    """A run that holds no model (gen-teacher samples, an eval, a judge...) named where a model is expected."""
+    from .workspace import read_record
+
+    kind = read_record(run_dir / "run.json").get("kind")
+    return XKDError(f"{ref!r} is an xkd {kind} run ({run_dir}), which holds no model: pass an sft or distill run, "
+                    "a model directory or a built-in model name")
 
 
 def resolve_model(ref: str, *, task: str | None = None, runs_dir: Path | None = None) -> tuple[str, str]:
@@ -386,15 +436,21 @@ def resolve_model(ref: str, *, task: str | None = None, runs_dir: Path | None = 
         return "builtin", ref
     if task is not None and runs_dir is not None and not _looks_like_path(ref) and "/" not in ref:
         run_model = Path(runs_dir) / task / ref / "model"
-        if (run_model / "config.json").is_file():
+        if _is_model_dir(run_model):
             return "run", str(run_model.resolve())
+        if (run_model.parent / "run.json").is_file():
+            raise _not_a_model_run(ref, run_model.parent)
     local = Path(ref).expanduser()
     if local.exists():
-        if local.is_dir() and (local / "config.json").is_file():
+        if local.is_dir() and (local / "run.json").is_file():  # an xkd run directory: its model/, if it has one
+            if _is_model_dir(local / "model"):
+                return "path", str((local / "model").resolve())
+            raise _not_a_model_run(ref, local)
+        if local.is_dir() and _is_model_dir(local):
             return "path", str(local.resolve())
         raise XKDError(
-            f"{ref!r} is not a model directory (no config.json in it): pass a directory written by "
-            "`xkd train`/`save_pretrained`, or a model name"
+            f"{ref!r} is not a model directory (no config.json or adapter_config.json in it): pass a directory "
+            "written by `xkd train`/`save_pretrained`, or a model name"
         )
     if _looks_like_path(ref):
         raise XKDError(f"no such model directory: {ref!r}; check the path, or pass a model name")
@@ -480,7 +536,8 @@ def _short(exc: BaseException) -> str:
 
 
 def _load_pretrained(
-    ref: str, source: str, location: str, dtype: torch.dtype | str, quant_config: Any, device: torch.device
+    ref: str, source: str, location: str, dtype: torch.dtype | str, quant_config: Any, device: torch.device,
+    trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, bool]:
     """Load a saved or hub checkpoint, choosing seq2seq vs causal LM from its config."""
     where = "the Hugging Face hub" if source == "hub" else location
@@ -494,8 +551,10 @@ def _load_pretrained(
         return XKDError(f"could not load model {ref!r} from {where} ({_short(exc)}): re-save it or pick another")
 
     try:
-        config = AutoConfig.from_pretrained(location, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except ValueError as exc:  # unknown model_type / needs remote code
+        if "trust_remote_code" in str(exc):
+            raise remote_code_error(ref, exc) from exc
         raise XKDError(
             f"{ref!r} is not a model type transformers knows ({_short(exc)}): pick a seq2seq or causal LM"
         ) from exc
@@ -503,7 +562,7 @@ def _load_pretrained(
         raise unreachable(exc) from exc
     is_enc_dec = bool(getattr(config, "is_encoder_decoder", False))
     auto_cls = AutoModelForSeq2SeqLM if is_enc_dec else AutoModelForCausalLM
-    kwargs: dict[str, Any] = {"config": config, _DTYPE_KWARG: dtype, "trust_remote_code": False}
+    kwargs: dict[str, Any] = {"config": config, _DTYPE_KWARG: dtype, "trust_remote_code": trust_remote_code}
     if quant_config is not None:
         kwargs["quantization_config"] = quant_config
         kwargs["device_map"] = {"": str(device)}  # bitsandbytes places weights while quantizing
@@ -516,7 +575,36 @@ def _load_pretrained(
         ) from exc
     except _hub_errors() as exc:
         raise unreachable(exc) from exc
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated safetensors, weights that do not fit the config, ...
+        if type(exc).__name__ != "SafetensorError" and not isinstance(exc, RuntimeError):
+            raise
+        raise XKDError(f"could not load the weights of {ref!r} from {where} ({_short(exc)}): the checkpoint is "
+                       "corrupt or does not match its config.json; re-save it or pick another model") from exc
+    if quant_config is not None:
+        _release_checkpoint_mapping(model)
     return model, is_enc_dec
+
+
+_QUANTIZED_PARAMS = ("Params4bit", "Int8Params")
+
+
+def _release_checkpoint_mapping(model: PreTrainedModel) -> None:
+    """Give a quantized model's unquantized CPU tensors memory of their own.
+
+    transformers memory-maps safetensors and leaves unquantized tensors (norms, embeddings, T5's float32
+    ``wo`` layers) as views of that mapping. One such view keeps the whole file mapped, and every page
+    read while quantizing stays resident: a 4-bit model would hold its full-precision checkpoint in RAM.
+    Copying the few unquantized tensors drops the mapping (measured in bench/memory.py).
+    """
+    for param in model.parameters():  # tied weights are one Parameter: copied once, still tied
+        if param.device.type == "cpu" and type(param).__name__ not in _QUANTIZED_PARAMS:
+            param.data = param.data.clone()
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.device.type == "cpu":
+                module._buffers[name] = buffer.clone()
 
 
 def load_model(
@@ -528,6 +616,7 @@ def load_model(
     device: str = "cpu",
     for_training: bool = True,
     quantization: str | None = None,
+    trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Resolve ``ref`` (see :func:`resolve_model`) and load the model with its tokenizer.
 
@@ -541,7 +630,12 @@ def load_model(
     quant_config = _quantization_config(quantization, torch_dtype)
     source, location = resolve_model(ref, task=task, runs_dir=runs_dir)
 
-    if source == "builtin" and quant_config is not None:
+    if source in ("run", "path") and (Path(location) / "adapter_config.json").is_file():
+        from .lora import load_adapter_model
+
+        loaded = load_adapter_model(ref, source, location, task=task, runs_dir=runs_dir, dtype=dtype, device=device,
+                                    quantization=quantization, for_training=for_training)
+    elif source == "builtin" and quant_config is not None:
         # bitsandbytes quantizes while loading a checkpoint, so round-trip the tiny model through a
         # temporary directory; this keeps QLoRA code paths testable on tiny models.
         tiny = build_tiny_model(location)
@@ -556,8 +650,8 @@ def load_model(
             loaded.model.to(dtype=torch_dtype)
         loaded.name = ref
     else:
-        model, is_enc_dec = _load_pretrained(ref, source, location, torch_dtype, quant_config, dev)
-        tokenizer = load_tokenizer(location)
+        model, is_enc_dec = _load_pretrained(ref, source, location, torch_dtype, quant_config, dev, trust_remote_code)
+        tokenizer = load_tokenizer(location, trust_remote_code=trust_remote_code)
         if not is_enc_dec and tokenizer.pad_token is None:
             # Many decoder-only checkpoints ship without a pad token; batching needs one, and every
             # padded position is masked, so reusing </s> is safe.
@@ -605,8 +699,18 @@ def save_model(
     tmp = target.parent / f".{target.name}.tmp-{tag}"
     old = target.parent / f".{target.name}.old-{tag}"
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if hasattr(model, "peft_config"):
+            # A peft model writes only its adapter. Embeddings are never adapted or resized here, so peft
+            # need not look the base up (on the hub, for a builtin name) to decide whether to save them.
+            model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        base = getattr(loaded_or_model_and_tokenizer, "adapter_base", None)
+        if base is not None:
+            from .lora import write_base_record
+
+            write_base_record(tmp, base)
         if target.exists():
             # os.replace cannot overwrite a non-empty directory: move the old one aside first.
             os.replace(target, old)

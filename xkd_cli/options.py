@@ -22,6 +22,8 @@ Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N."
 Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Run name, local path, Hugging Face id (t5-small … t5-xl aliases) or built-in tiny model.")]
 MaxInputLen = Annotated[Optional[int], typer.Option(help="Maximum prompt length in tokens.")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Batch size.")]
+TrustRemoteCode = Annotated[Optional[bool], typer.Option(
+    "--trust-remote-code", help="Run Python code shipped with a model (auto_map) to load it. Off by default: review that code first.")]
 
 # Training options shared by sft and distill.
 MaxSteps = Annotated[Optional[int], typer.Option(help="Optimizer steps.")]
@@ -36,9 +38,23 @@ EvalEvery = Annotated[Optional[int], typer.Option(help="Evaluate every N steps (
 EvalLimit = Annotated[Optional[int], typer.Option(help="Examples per in-training evaluation.")]
 LogEvery = Annotated[Optional[int], typer.Option(help="Write a log line every N steps.")]
 Dropout = Annotated[Optional[float], typer.Option(help="Override the model's dropout rate.")]
+SaveEvery = Annotated[Optional[int], typer.Option(help="Write a checkpoint every N steps (0 = off, default; SIGTERM/SIGINT always write one).")]
+KeepLast = Annotated[Optional[int], typer.Option(help="Complete checkpoints to keep (default 2).")]
+Processes = Annotated[Optional[int], typer.Option(help="Train data-parallel on N processes (one per GPU, or gloo on CPU): runs this command under `accelerate launch`. --batch-size is per process.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run from its latest complete checkpoint (re-running the same command does too; --resume fails if there is none).")]
+
+# LoRA / quantization. --load-in-* quantize the command's own model (the one --dtype applies to: sft's and
+# eval's --model, distill's --student, gen-teacher's --teacher); --teacher-load-in-* quantize distill's teacher.
+LoraR = Annotated[Optional[int], typer.Option(help="LoRA rank: train rank-R adapters instead of all weights (0 = off, default).")]
+LoraAlpha = Annotated[Optional[float], typer.Option(help="LoRA scaling α (update scale α/r; default 16).")]
+LoraDropout = Annotated[Optional[float], typer.Option(help="Dropout on the LoRA adapters' input (default 0.05).")]
+LoraTargets = Annotated[Optional[str], typer.Option(help="Comma-separated layer names to adapt (default: T5 q,v; Llama q_proj,v_proj).")]
+MergeLora = Annotated[Optional[bool], typer.Option("--merge-lora", help="Also save <run>/merged: the adapter folded into the base, a plain transformers model.")]
+LoadIn8bit = Annotated[Optional[bool], typer.Option("--load-in-8bit", help="Load the model quantized to 8 bits (bitsandbytes); training needs --lora-r.")]
+LoadIn4bit = Annotated[Optional[bool], typer.Option("--load-in-4bit", help="Load the model quantized to 4 bits (bitsandbytes NF4); training needs --lora-r (QLoRA).")]
 
 # Command parameters that steer the command itself rather than the job's config.
-NOT_CONFIG = ("recipe", "runs_dir", "overwrite", "json")
+NOT_CONFIG = ("recipe", "runs_dir", "overwrite", "json", "resume", "processes")
 
 
 def config_flags(params: dict[str, Any]) -> dict[str, Any]:

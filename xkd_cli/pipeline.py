@@ -35,7 +35,7 @@ from .errors import XKDError
 from .presets import distill_defaults, eval_defaults, sft_defaults
 from .tasks import get_task
 from .ui import console
-from .workspace import RUN_RECORD, open_run, read_json, run_path
+from .workspace import RUN_RECORD, open_run, read_json, read_record, run_path
 
 TOP_KEYS = ("task", "tasks", "teacher", "student", "gen_teacher", "methods", "distill", "method_options", "eval",
             "diversity", "judge", "sweep")
@@ -64,6 +64,16 @@ def _mapping(recipe: dict, key: str) -> dict:
     return {str(k).replace("-", "_"): v for k, v in value.items()}
 
 
+def _names(value: Any, key: str) -> list[str]:
+    """A list of names from the recipe; one name alone is a list of one (not a string of letters)."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise XKDError(f"pipeline key '{key}' must be a name or a list of names, e.g. [synth-sum], got {value!r}.")
+    return list(items)
+
+
 def _config(cls, defaults: dict, options: dict, where: str):
     """Build a command config from recipe options; an unknown option is named with its recipe section."""
     fields = {f for f in cls.__dataclass_fields__}
@@ -80,6 +90,7 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
     from .distill import DistillConfig, METHODS, run_distill
     from .evaluate import EvalConfig, run_eval
     from .gen_teacher import GenTeacherConfig, run_gen_teacher
+    from .models import resolve_model
     from .sft import SFTConfig, run_sft
 
     recipe = load_recipe(recipe_path)
@@ -89,12 +100,12 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise XKDError(f"unknown key '{unknown[0]}' in pipeline recipe {recipe_path}.{hint} "
                        f"Valid keys: {', '.join(TOP_KEYS)}.")
-    tasks = recipe.get("tasks") or ([recipe["task"]] if recipe.get("task") else [])
+    tasks = _names(recipe.get("tasks") or recipe.get("task"), "tasks")
     if not tasks:
         raise XKDError(f"pipeline recipe {recipe_path} names no task: add 'tasks: [synth-sum]'.")
     for task in tasks:
         get_task(task)
-    methods = list(recipe.get("methods") or DEFAULT_METHODS)
+    methods = _names(recipe.get("methods"), "methods") or list(DEFAULT_METHODS)
     for method in methods:
         METHODS.get(method)
     method_options = _mapping(recipe, "method_options")
@@ -124,6 +135,7 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             cfg = _config(SFTConfig, sft_defaults(task, model),
                           {**options, "task": task, "model": model, "role": role, "name": options.get("name", role)},
                           role)
+            resolve_model(cfg.model, task=task, runs_dir=runs_root)  # an unknown model fails the plan, not step N
             roles[role], sft_cfgs[role] = cfg.run_name(), cfg
             steps.append(Step("sft", task, cfg.run_name(), cfg, run_sft, note=model))
         if sweep.get("param") in ("teacher", "student"):  # each size is SFT'd like the default pair
@@ -132,6 +144,7 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                 options = {**_mapping(recipe, role), "task": task, "model": model, "role": role,
                            "name": f"{role}-{model}"}
                 cfg = _config(SFTConfig, sft_defaults(task, model), options, f"sweep {role}")
+                resolve_model(cfg.model, task=task, runs_dir=runs_root)
                 steps.append(Step("sft", task, cfg.run_name(), cfg, run_sft, note=f"{role} size sweep"))
 
         gen_name = None
@@ -189,7 +202,7 @@ def _extra_step(kind: str, task: str, options: dict, roles: dict) -> Step:
     if kind == "diversity":
         from .diversity import DiversityConfig, run_diversity
 
-        models = [roles.get(m, m) for m in options.pop("models", [roles["student"]])]
+        models = [roles.get(m, m) for m in _names(options.pop("models", None), "diversity.models") or [roles["student"]]]
         cfg = _config(DiversityConfig, eval_defaults(task), {**options, "task": task, "models": models}, "diversity")
         return Step("diversity", task, cfg.name, cfg, run_diversity, note=", ".join(models))
     from .judge import JudgeConfig, run_judge
@@ -200,15 +213,19 @@ def _extra_step(kind: str, task: str, options: dict, roles: dict) -> Step:
 
 
 def _state(step: Step, runs_root: Path) -> tuple[str, list[str]]:
-    """'new', 'done' (same config, completed) or 'stale' (incomplete) or 'changed' (other config: keys)."""
+    """'new', 'done' (same config, completed), 'resume' (incomplete, with a checkpoint this config may
+    continue), 'stale' (incomplete otherwise) or 'changed' (other config: keys)."""
     if step.kind in ("eval", "diversity", "judge"):
         return "always", []  # resumable on their own: finished items are skipped inside
     path = run_path(runs_root, step.task, step.name)
     if not (path / RUN_RECORD).is_file():
         return "new", []
-    record = read_json(path / RUN_RECORD)
+    record = read_record(path / RUN_RECORD)
     if record.get("status") != "completed":
-        return "stale", []
+        from .checkpoint import resumable_checkpoint
+
+        resumable = step.kind in ("sft", "distill") and resumable_checkpoint(path, step.config) is not None
+        return ("resume" if resumable else "stale"), []
     previous = read_json(path / "config.json") if (path / "config.json").is_file() else {}
     wanted = to_dict(step.config)
     changed = sorted(k for k in wanted if previous.get(k) != wanted[k])  # commands may record more keys

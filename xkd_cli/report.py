@@ -138,7 +138,8 @@ def greedy_eval(run: RunInfo, root: Path) -> dict[str, Any] | None:
     for path in candidates:
         data = read_json(path)
         headline = data.get("headline")
-        value = (data.get("metrics") or {}).get(headline)
+        metrics = data.get("metrics")
+        value = metrics.get(headline) if isinstance(metrics, dict) else None  # a damaged file counts as missing
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return {"value": float(value), "metric": headline, "run": run.name,
                     "split": data.get("split") or path.parent.name.rsplit("-", 1)[0],
@@ -665,6 +666,8 @@ def build_report(root: Path, task: str | None = None, output: Path | None = None
         raise XKDError(f"no evaluated runs in {root}{' for task ' + task if task else ''} "
                        f"(no <run>/eval/<split>-greedy/metrics.json): {hint}.")
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise XKDError(f"--output {out_dir} is a file, not a directory: pass a directory for the report.")
     out_dir.mkdir(parents=True, exist_ok=True)
     for figure in figures:
         draw_figure(figure, out_dir)

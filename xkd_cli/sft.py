@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +12,17 @@ import torch
 
 from . import losses
 from .batches import Batch, encode_prompts, encode_targets, forward, make_batch, special_ids
+from .checkpoint import Checkpoint, Checkpointer, TrainingInterrupted, find_resume, reopen_run
 from .config import TrainingConfig, to_dict
 from .errors import XKDError
 from .evaluate import keep_prompt_end, quick_eval
-from .models import LoadedModel, count_parameters, load_model, save_model
+from .lora import MERGED_DIR, export_merged, load_trained_model, lora_record
+from .models import LoadedModel, count_parameters, save_model
 from .tasks import Example, Task, get_task
+from .distributed import ShardedStream
+from .distributed import current as current_processes
 from .train import IndexStream, Schedule, resolve_device, seed_everything, set_dropout, train
-from .workspace import Run, check_new_run, create_run, slug
+from .workspace import Run, create_run, run_path, slug
 
 ROLES = ("teacher", "student")
 
@@ -88,17 +93,37 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
                  task: Task, train_set: EncodedSet, eval_examples: Sequence[Example], objective,
                  draw: Callable[[IndexStream], Batch], extra_params: Sequence[torch.nn.Parameter] = (),
                  record: dict[str, Any] | None = None, save_extra: Callable[[Run], None] | None = None,
-                 step_metrics: Callable[[], dict] | None = None, name: str) -> dict[str, Any]:
-    """Create the run, train, save the model (and whatever ``save_extra`` adds), finish the record."""
+                 step_metrics: Callable[[], dict] | None = None, name: str,
+                 resume_from: Checkpoint | None = None, checkpointed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Create the run (or reopen it to continue from ``resume_from``), train, save the model (and whatever
+    ``save_extra`` adds), finish the record. ``checkpointed``: trained modules and stateful data-source
+    parts that checkpoints must hold besides the model and the index stream (see checkpoint.py)."""
+    processes = current_processes(cfg.device)
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)
     set_dropout(model, cfg.dropout)
-    run = create_run(runs_root, task.name, name, kind=kind, config=to_dict(cfg), seed=cfg.seed, overwrite=overwrite,
-                     extra={"model_parameters": count_parameters(model), **(record or {})})
-    started = time.time()
-    run.log(f"{kind} started: {len(train_set)} training examples on {device}")
-    seed_everything(cfg.seed)
     stream = IndexStream(len(train_set), cfg.seed)
+    share = ShardedStream(stream, processes) if processes.count > 1 else stream
+    checkpoints = Checkpointer(run_path(runs_root, task.name, name), kind=kind, cfg=cfg, examples=len(train_set),
+                               parts={"model": model, "stream": stream, **(checkpointed or {})}, resume=resume_from,
+                               processes=processes)
+    processes.wait()  # every process has checked the run directory before the main one creates and locks it
+    run = None  # only the main process writes the run
+    if processes.is_main and resume_from is None:
+        run = create_run(runs_root, task.name, name, kind=kind, config=to_dict(cfg), seed=cfg.seed,
+                         overwrite=overwrite, extra={"model_parameters": count_parameters(model),
+                                                     "processes": processes.count, **(record or {})})
+        checkpoints.lock()
+    elif processes.is_main:
+        checkpoints.lock()
+        run = reopen_run(runs_root, task.name, name, resume_from, to_dict(cfg))
+    processes.wait()
+    started = time.time()
+    where = f"{device}" + (f" × {processes.count} processes" if processes.count > 1 else "")
+    if run is not None:
+        run.log(f"{kind} started: {len(train_set)} training examples on {where}" if resume_from is None else
+                f"{kind} resumed from checkpoint step {resume_from.step} on {where}")
+    seed_everything(cfg.seed)
     schedule = Schedule(max_steps=cfg.max_steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
                         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, log_every=cfg.log_every,
                         eval_every=cfg.eval_every)
@@ -108,21 +133,37 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
                           max_new_tokens=cfg.max_output_len, batch_size=max(cfg.batch_size, 16))
 
     try:
-        result = train(model=model, objective=objective, draw=lambda: draw(stream), schedule=schedule,
+        result = train(model=model, objective=objective, draw=lambda: draw(share), schedule=schedule,
                        params=model.parameters(), extra_params=extra_params, device=device,
-                       log_path=run.path / "train_log.jsonl",
-                       evaluate=evaluate if cfg.eval_every and eval_examples else None, step_metrics=step_metrics,
-                       description=f"{kind} {task.name}/{name}")
+                       log_path=run.path / "train_log.jsonl" if run is not None else None,
+                       evaluate=evaluate if cfg.eval_every and eval_examples and run is not None else None,
+                       step_metrics=step_metrics, description=f"{kind} {task.name}/{name}", checkpoints=checkpoints,
+                       processes=processes)
     except BaseException as exc:
-        run.update_record(status="failed", error=str(exc) or type(exc).__name__)
+        status = "interrupted" if isinstance(exc, TrainingInterrupted) else "failed"
+        if run is not None:
+            with contextlib.suppress(OSError):  # a full disk must not hide the error itself
+                run.update_record(status=status, error=str(exc) or type(exc).__name__)
+        checkpoints.release()
         raise
+    if run is None:  # another process: the main one saves the model and finishes the record
+        processes.wait()
+        path = run_path(runs_root, task.name, name)
+        return {"task": task.name, "run": name, "path": str(path), "model": str(path / "model"),
+                "process": processes.rank, "final_loss": result["last"].get("loss")}
     save_model(loaded, run.model_dir)
+    if cfg.merge_lora:  # a plain transformers copy with the adapter folded in, beside the adapter
+        merged = export_merged(run.model_dir, run.path / MERGED_DIR, dtype=cfg.dtype, task=task.name,
+                               runs_dir=runs_root)
+        run.update_record(merged_model=str(merged))
     if save_extra is not None:
         save_extra(run)
     final_eval = result["evals"][-1] if result["evals"] else None
     run.finish(started, train_seconds=round(result["train_seconds"], 3), final_loss=result["last"].get("loss"),
                final_eval=final_eval)
     run.log(f"{kind} finished in {result['train_seconds']:.1f}s")
+    checkpoints.release()
+    processes.wait()
     return {"task": task.name, "run": name, "path": str(run.path), "model": str(run.model_dir),
             "steps": cfg.max_steps, "final_loss": result["last"].get("loss"),
             "train_seconds": round(result["train_seconds"], 2),
@@ -130,17 +171,19 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
             "final_eval": final_eval, "evals": result["evals"]}
 
 
-def run_sft(cfg: SFTConfig, *, runs_root: Path, overwrite: bool = False) -> dict[str, Any]:
+def run_sft(cfg: SFTConfig, *, runs_root: Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     task = get_task(cfg.task)
-    check_new_run(runs_root, task.name, cfg.run_name(), overwrite)
+    resume_from = find_resume(runs_root, task.name, cfg.run_name(), kind="sft", cfg=cfg, overwrite=overwrite,
+                              resume=resume)
     train_examples = load_split(task, "train", cfg, train_fraction=cfg.train_fraction)
     eval_examples = load_split(task, task.eval_split, cfg, limit=cfg.eval_limit) if cfg.eval_every else []
-    loaded = load_model(cfg.model, task=task.name, runs_dir=runs_root, dtype=cfg.dtype, device="cpu")
+    loaded = load_trained_model(cfg.model, cfg, task=task.name, runs_dir=runs_root)
     train_set = EncodedSet(train_examples, loaded, max_input_len=cfg.max_input_len,
                            max_output_len=cfg.max_output_len, keep_end=keep_prompt_end(task))
     objective = NLLObjective(loaded.model)
     return run_training(cfg, kind="sft", runs_root=runs_root, overwrite=overwrite, loaded=loaded, task=task,
                         train_set=train_set, eval_examples=eval_examples, objective=objective,
                         draw=lambda stream: train_set.batch(stream.take(cfg.batch_size)),
-                        record={"role": cfg.role, "base_model": cfg.model, "model_source": loaded.source},
-                        name=cfg.run_name())
+                        record={"role": cfg.role, "base_model": cfg.model, "model_source": loaded.source,
+                                **lora_record(cfg, loaded)},
+                        name=cfg.run_name(), resume_from=resume_from)

@@ -8,6 +8,7 @@ gives exactly the loss and gradient of one batch of ``batch · accum`` (per-toke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -19,7 +20,10 @@ import numpy as np
 import torch
 
 from .batches import Batch
+from .checkpoint import LoopState
+from .distributed import Processes
 from .errors import XKDError
+from .timing import PHASES
 from .ui import progress
 
 
@@ -104,8 +108,12 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
           params: Iterable[torch.nn.Parameter], device: torch.device, extra_params: Iterable[torch.nn.Parameter] = (),
           log_path=None,
           evaluate: Callable[[int], dict] | None = None, step_metrics: Callable[[], dict] | None = None,
-          description: str = "train") -> dict:
-    """Run ``schedule.max_steps`` optimizer steps; return the last step's log and every evaluation."""
+          description: str = "train", checkpoints=None, processes: Processes | None = None) -> dict:
+    """Run ``schedule.max_steps`` optimizer steps; return the last step's log and every evaluation.
+    ``checkpoints`` (a :class:`checkpoint.Checkpointer`) resumes from its checkpoint, saves after steps
+    and turns SIGTERM/SIGINT into "finish the step, save, stop". With several ``processes`` each draws its
+    own share of the global batch; counts, loss terms and gradients are summed over all of them."""
+    processes = processes or Processes()
     groups = [[p for p in group if p.requires_grad] for group in (params, extra_params)]
     groups = [group for group in groups if group]
     params = [p for group in groups for p in group]
@@ -116,37 +124,45 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
     log_file = open(log_path, "a", encoding="utf-8") if log_path else None
     board = tensorboard_writer(log_path)
     last: dict = {}
-    evals: list[dict] = []
-    started = time.perf_counter()
-    tokens_seen = 0
+    # Last before the loop: a resume restores the RNG states here, so nothing may draw random numbers between.
+    resumed = checkpoints.restore(optimizer, scheduler) if checkpoints is not None else None
+    evals: list[dict] = list(resumed.evals) if resumed else []
+    started = time.perf_counter() - (resumed.elapsed_s if resumed else 0.0)
+    tokens_seen = resumed.tokens_seen if resumed else 0
+    first = resumed.step + 1 if resumed else 1
     try:
-        with progress() as bar:
-            task_id = bar.add_task(description, total=schedule.max_steps, info="")
-            for step in range(1, schedule.max_steps + 1):
+        with progress() as bar, (checkpoints.signals() if checkpoints is not None else contextlib.nullcontext()):
+            task_id = bar.add_task(description, total=schedule.max_steps, completed=first - 1, info="")
+            for step in range(first, schedule.max_steps + 1):
                 try:
-                    batches = [draw().to(device) for _ in range(schedule.grad_accum)]
+                    with PHASES("collate"):  # drawing the batches; student sampling is its own phase
+                        batches = [draw().to(device) for _ in range(schedule.grad_accum)]
                     totals: dict[str, int] = {}
                     for batch in batches:
                         for key, value in objective.counts(batch).items():
                             totals[key] = totals.get(key, 0) + value
+                    totals = processes.sum_counts(totals)  # per-token normalisation over the global batch
                     optimizer.zero_grad(set_to_none=True)
                     sums: dict[str, torch.Tensor] = {}
                     for batch in batches:
                         terms = objective.terms(batch)
                         loss = sum(value / max(totals[key], 1) for value, key in terms.values())
-                        loss.backward()
+                        with PHASES.backward():
+                            loss.backward()
                         for name, (value, key) in terms.items():
                             sums[name] = sums.get(name, 0.0) + value.detach() / max(totals[key], 1)
                 except XKDError as exc:  # e.g. a non-finite teacher: say where it happened
                     raise type(exc)(f"step {step}: {exc}") from exc
-                values = {name: float(v) for name, v in sums.items()}
+                processes.sum_gradients(params)
+                values = processes.sum_values({name: float(v) for name, v in sums.items()})
                 loss_value = sum(values.values())
                 if not math.isfinite(loss_value):
                     raise TrainingDiverged(
                         f"loss became {loss_value} at step {step} ({values}). Lower --lr or check the data; "
                         "nothing was saved from this step.")
                 grad_norm = clip_gradients(groups, schedule.max_grad_norm) if schedule.max_grad_norm > 0 else None
-                optimizer.step()
+                with PHASES("optimizer"):
+                    optimizer.step()
                 scheduler.step()
                 tokens_seen += totals.get("tokens", 0)
                 elapsed = time.perf_counter() - started
@@ -158,6 +174,8 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                         "grad_norm": None if grad_norm is None else float(grad_norm),
                         "tokens": totals.get("tokens", 0), "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
                         "elapsed_s": elapsed}
+                if PHASES.enabled:  # opt-in profiling (xkd_cli.timing, bench/)
+                    last["phase_seconds"] = PHASES.take()
                 if evaluate is not None and schedule.eval_every and (step % schedule.eval_every == 0
                                                                       or step == schedule.max_steps):
                     result = {"step": step, **evaluate(step)}
@@ -175,6 +193,9 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                                 board.add_scalar(key, value, step)
                 parts = " ".join(f"{k} {v:.4f}" for k, v in values.items()) if len(values) > 1 else ""
                 bar.update(task_id, advance=1, info=f"loss {loss_value:.4f} {parts}".strip())
+                if checkpoints is not None:
+                    checkpoints.step_done(LoopState(step, tokens_seen, elapsed, evals), max_steps=schedule.max_steps,
+                                          optimizer=optimizer, scheduler=scheduler)
     finally:
         if log_file:
             log_file.close()
@@ -205,7 +226,12 @@ def tensorboard_writer(log_path):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device named by --device; ``auto`` under a multi-process launcher is this process's own device."""
     if name == "auto":
+        from .distributed import current, launched
+
+        if launched():
+            return current(name).device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise XKDError(f"--device {name} asked for a GPU but torch sees none. Use --device cpu (or auto).")
@@ -213,9 +239,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_dropout(model: torch.nn.Module, p: float | None) -> None:
-    """Override every dropout probability (``None`` keeps the model's own)."""
+    """Override every dropout probability (``None`` keeps the model's own) except LoRA's, which
+    ``--lora-dropout`` sets."""
     if p is None:
         return
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and ".lora_dropout." not in f".{name}.":
             module.p = p

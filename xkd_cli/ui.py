@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Iterable
 
@@ -46,7 +47,10 @@ def fmt(value: Any) -> str:
 
 
 def emit(result: dict[str, Any], *, as_json: bool, render) -> None:
-    """Print ``result`` as JSON on stdout, or let ``render`` draw it for people."""
+    """Print ``result`` as JSON on stdout, or let ``render`` draw it for people (the main process only, when
+    a launcher runs several)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         sys.stdout.flush()

@@ -49,11 +49,32 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path) -> dict[str, Any]:
+    """One of the JSON objects xkd writes (records, configs, metrics); anything else is a one-line error."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise XKDError(f"{path} is not valid JSON (corrupt?). Delete it or re-create the run with --overwrite.") from None
+    except OSError as exc:
+        raise XKDError(f"{path} cannot be read ({exc.strerror}). Check the path and its permissions.") from None
+    if not isinstance(data, dict):
+        raise XKDError(f"{path} holds a JSON {type(data).__name__}, not the object xkd writes (corrupt?). "
+                       "Delete it or re-create the run with --overwrite.")
+    return data
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A run record (run.json): a JSON object, or a one-line error that says how to recover."""
+    return read_json(path)
+
+
+def _public_arg(arg: str) -> str:
+    """A command-line word safe to record: a URL loses user:password and query string (keys travel there)."""
+    if "://" not in arg:
+        return arg
+    from .api import public_url
+
+    return public_url(arg)
 
 
 def git_commit() -> str | None:
@@ -98,7 +119,7 @@ class Run:
         return self.path / RUN_RECORD
 
     def record(self) -> dict[str, Any]:
-        return read_json(self.record_path) if self.record_path.is_file() else {}
+        return read_record(self.record_path) if self.record_path.is_file() else {}
 
     def update_record(self, **values: Any) -> None:
         data = self.record()
@@ -130,6 +151,8 @@ def open_run(root: Path, task: str, name: str) -> Run:
 def check_new_run(root: Path, task: str, name: str, overwrite: bool) -> None:
     """Fail before any compute when the run exists and ``--overwrite`` was not given."""
     path = run_path(root, task, name)
+    if path.exists() and not (path / RUN_RECORD).is_file() and (path.is_file() or any(path.iterdir())):
+        raise XKDError(f"{path} exists and is not an xkd run (no {RUN_RECORD}); refusing to touch it. Pick another --name.")
     if path.exists() and not overwrite:
         raise XKDError(f"run '{name}' already exists at {path}. Pick another --name or pass --overwrite to replace it.")
 
@@ -161,15 +184,20 @@ def create_run(root: Path, task: str, name: str, *, kind: str, config: dict[str,
     check_new_run(root, task, name, overwrite)
     path = run_path(root, task, name)
     if path.exists():
-        if path.is_dir() and not (path / RUN_RECORD).is_file() and any(path.iterdir()):
-            raise XKDError(f"{path} exists and is not an xkd run; refusing to delete it. Pick another --name.")
+        try:
+            old_kind = read_record(path / RUN_RECORD).get("kind") if (path / RUN_RECORD).is_file() else kind
+        except XKDError:  # a corrupt record: --overwrite is the documented way out
+            old_kind = kind
+        if old_kind != kind:  # --overwrite replaces a run of the same kind, never e.g. a trained model
+            raise XKDError(f"run '{name}' at {path} is a {old_kind} run; --overwrite only replaces a {kind} run. "
+                           "Pick another --name.")
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     path.mkdir(parents=True)
     run = Run(path, task, name)
     write_json(path / "config.json", config)
     write_json(run.record_path, {
         "kind": kind, "task": task, "name": name, "status": "running", "seed": seed,
-        "command": sys.argv, "started": now(), "environment": environment(), **(extra or {}),
+        "command": [_public_arg(a) for a in sys.argv], "started": now(), "environment": environment(), **(extra or {}),
     })
     return run
 
@@ -186,9 +214,9 @@ def find_runs(root: Path, task: str, **match: Any) -> list[Run]:
             continue
         try:
             record = json.loads(record_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if record.get("status") == "completed" and all(record.get(k) == v for k, v in match.items()):
+        if isinstance(record, dict) and record.get("status") == "completed" and all(record.get(k) == v for k, v in match.items()):
             found.append((record.get("finished", ""), Run(path, task, path.name)))
     return [run for _, run in sorted(found, key=lambda item: item[0])]
 
