@@ -218,8 +218,9 @@ class KDObjective:
         with torch.no_grad():
             logits, _ = forward(self.teacher.model, batch.to(teacher_device))
         logits = logits.to(batch.labels.device)
-        counted = logits[losses.valid_mask(batch.labels)]
-        if torch.isnan(counted).any() or torch.isposinf(counted).any():
+        # The row maximum carries NaN and +inf through, so checking it avoids copying the counted rows.
+        peak = logits.amax(dim=-1)[losses.valid_mask(batch.labels)]
+        if torch.isnan(peak).any() or torch.isposinf(peak).any():
             raise XKDError("the teacher produced non-finite logits at a counted position. Check the teacher "
                            "model and --teacher-dtype (float16 can overflow; try bfloat16 or float32).")
         return logits
