@@ -39,10 +39,11 @@ import json
 import math
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+import workers  # bench/workers.py: the script's own directory is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
@@ -109,15 +110,6 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def reset_peak() -> bool:
-    """Reset the resident-set high-water mark (Linux >= 4.0); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def peak_mb() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -172,7 +164,7 @@ def worker(spec: dict) -> dict:
         peak, method = torch.cuda.max_memory_allocated() / 2**20, "torch.cuda.max_memory_allocated"
     else:
         before = rss_mb()
-        method = "VmHWM after clear_refs" if reset_peak() else "ru_maxrss (no reset: a lower bound)"
+        method = "VmHWM after clear_refs" if workers.reset_peak() else "ru_maxrss (no reset: a lower bound)"
         fn(*args).backward()
         peak = peak_mb()
     extra = peak - before
@@ -185,19 +177,9 @@ def run_worker(spec: dict, timeout: int) -> dict:
     # serves chunk-sized tensors from its heap, which it does not give back, so resident memory would count
     # freed chunks as live. With it, every tensor of 128 KiB or more is its own mapping, unmapped when freed.
     # Times come from a run of their own with the usual allocator (a mapping per tensor is slower).
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "TRL_EXPERIMENTAL_SILENCE": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    if spec.get("mode") == "time":
-        env.pop("MALLOC_MMAP_THRESHOLD_", None)
-    else:
-        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise RuntimeError(f"{spec['impl']} at V={spec['vocab']} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(lines[-1])
+    env = {"OMP_NUM_THREADS": str(spec["threads"]), "TRL_EXPERIMENTAL_SILENCE": "1",
+           "MALLOC_MMAP_THRESHOLD_": None if spec.get("mode") == "time" else "131072"}
+    return workers.run_worker(__file__, spec, env=env, timeout=timeout, what=f"{spec['impl']} at V={spec['vocab']}")
 
 
 def _default_chunk_elements() -> int:

@@ -44,11 +44,12 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import workers  # bench/workers.py: the script's own directory is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 MMAP_THRESHOLD = 128 * 1024  # bytes: glibc's own default, held fixed
@@ -85,14 +86,6 @@ def _status_mib(key: str) -> float | None:
     except OSError:
         pass
     return None
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def _ru_maxrss_mib() -> float:
@@ -142,7 +135,7 @@ def worker(spec: dict) -> dict:
 
     def run_training(*args, **kwargs):  # both models loaded: start the training high-water mark here
         seen["rss_loaded_mib"] = round(_status_mib("VmRSS") or 0.0, 1)
-        seen["peak_reset"] = _reset_peak()
+        seen["peak_reset"] = workers.reset_peak()
         return train(*args, **kwargs)
 
     distill.run_training = run_training
@@ -167,13 +160,9 @@ def run_worker(spec: dict, timeout: int) -> dict:
     # A fixed mmap threshold (which also turns off glibc's dynamic one): multi-MB tensors are then mmapped
     # and go back to the system when freed, so resident memory follows live tensors instead of keeping
     # whatever loading and quantizing once held in the heap.
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {spec['mode']!r} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    env = {"OMP_NUM_THREADS": str(spec["threads"]), "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+    return workers.run_worker(__file__, spec, env=env, timeout=timeout, what=f"worker {spec['mode']!r}")
 
 
 # -- the models -----------------------------------------------------------------------------------------------
