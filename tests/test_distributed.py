@@ -118,7 +118,7 @@ def test_sharded_stream_splits_the_global_batch():
     for _ in range(7):  # across epoch boundaries
         expected = whole.take(8)
         assert shares[0].take(4) + shares[1].take(4) == expected
-    assert shares[0].state_dict() == shares[1].state_dict() == whole.state_dict()
+    assert shares[0].stream.state_dict() == shares[1].stream.state_dict() == whole.state_dict()
 
 
 def test_one_process_needs_no_launcher(runs):

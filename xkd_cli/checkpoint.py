@@ -55,7 +55,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from . import __version__
 from .config import config_hash, to_dict
-from .distributed import Processes
+from .distributed import Processes, current
 from .errors import XKDError
 from .workspace import RUN_RECORD, Run, check_new_run, now, open_run, run_path, write_json
 
@@ -352,7 +352,7 @@ class Checkpointer:
     def __init__(self, run_dir: Path, *, kind: str, cfg: Any, parts: Mapping[str, Any], examples: int,
                  resume: Checkpoint | None = None, processes: Processes | None = None):
         self.run_dir = Path(run_dir)
-        self.processes = processes or Processes()
+        self.processes = processes or current()
         self.kind, self.cfg = kind, cfg
         self.save_every, self.keep_last = int(getattr(cfg, "save_every", 0)), int(getattr(cfg, "keep_last", 2))
         self.modules = {k: v for k, v in parts.items() if isinstance(v, torch.nn.Module)}

@@ -30,9 +30,6 @@ import torch
 
 from .errors import XKDError
 
-LAUNCH_ENV = ("WORLD_SIZE", "LOCAL_RANK")
-
-
 def launched() -> bool:
     """True inside ``accelerate launch`` / ``torchrun`` with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -140,7 +137,8 @@ def current(device: str = "auto") -> Processes:
 
 class ShardedStream:
     """This process's share of a shared index stream: every process takes the same ``size × count``
-    indices and keeps slice ``rank``; the wrapped stream's state is therefore the same on all processes."""
+    indices and keeps slice ``rank``; the wrapped stream's state is therefore the same on all processes, and
+    checkpoints save that stream itself."""
 
     def __init__(self, stream, processes: Processes):
         self.stream, self.processes = stream, processes
@@ -148,12 +146,6 @@ class ShardedStream:
     def take(self, size: int) -> list[int]:
         indices = self.stream.take(size * self.processes.count)
         return indices[self.processes.rank * size:(self.processes.rank + 1) * size]
-
-    def state_dict(self):
-        return self.stream.state_dict()
-
-    def load_state_dict(self, state) -> None:
-        self.stream.load_state_dict(state)
 
 
 def relaunch(processes: int, argv: Sequence[str]) -> int:

@@ -103,7 +103,7 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
     model = loaded.model.to(device)
     set_dropout(model, cfg.dropout)
     stream = IndexStream(len(train_set), cfg.seed)
-    share = ShardedStream(stream, processes) if processes.count > 1 else stream
+    share = ShardedStream(stream, processes)  # the whole stream when there is one process
     checkpoints = Checkpointer(run_path(runs_root, task.name, name), kind=kind, cfg=cfg, examples=len(train_set),
                                parts={"model": model, "stream": stream, **(checkpointed or {})}, resume=resume_from,
                                processes=processes)

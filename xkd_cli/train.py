@@ -21,7 +21,7 @@ import torch
 
 from .batches import Batch
 from .checkpoint import LoopState
-from .distributed import Processes
+from .distributed import Processes, current
 from .errors import XKDError
 from .timing import PHASES
 from .ui import progress
@@ -113,7 +113,7 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
     ``checkpoints`` (a :class:`checkpoint.Checkpointer`) resumes from its checkpoint, saves after steps
     and turns SIGTERM/SIGINT into "finish the step, save, stop". With several ``processes`` each draws its
     own share of the global batch; counts, loss terms and gradients are summed over all of them."""
-    processes = processes or Processes()
+    processes = processes or current()
     groups = [[p for p in group if p.requires_grad] for group in (params, extra_params)]
     groups = [group for group in groups if group]
     params = [p for group in groups for p in group]
