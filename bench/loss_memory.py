@@ -5,9 +5,10 @@
 
 Implementations, all on the same float32 ``B x T x V`` student logits (a leaf that needs a gradient) and
 teacher logits, every position counted:
-- ``xkd-gkd``   ``losses.divergence_sum("jsd", ...)``: chunked over valid positions, each chunk under
-                activation checkpointing;
-- ``xkd-gxkd``  the same plus ``losses.experiential_sum`` (the experiential term F_ex, chunked too);
+- ``xkd-gkd``   ``losses.divergence_sum("jsd", ...)``: chunked over valid positions, each chunk
+                recomputed in the backward, which writes one gradient buffer;
+- ``xkd-gxkd``  the same plus the experiential term F_ex in the same chunked pass
+                (``losses.kd_experiential_sum``, as the trainer computes G-XKD);
 - ``naive-gkd`` the generalized JSD over the full tensors, written as TRL's
                 ``GKDTrainer.generalized_jsd_loss`` writes it (log_softmax of both, a stacked logsumexp
                 for the mixture, two ``kl_div`` with ``reduction="none"``, then the valid rows);
@@ -86,9 +87,10 @@ def loss_fn(name: str):
     def xkd_gkd(s, t, labels, mu, log_sigma):
         return losses.divergence_sum("jsd", s, t, labels, beta=BETA).total
 
-    def xkd_gxkd(s, t, labels, mu, log_sigma):
-        ex = losses.experiential_sum(s, labels, mu, log_sigma, lam=LAM, gamma=GAMMA, tau=TAU)
-        return xkd_gkd(s, t, labels, mu, log_sigma) + ex.total
+    def xkd_gxkd(s, t, labels, mu, log_sigma):  # as the trainer does it: both terms in one pass
+        term = losses.divergence_term("jsd", t, beta=BETA)
+        kd, ex = losses.kd_experiential_sum(term, s, labels, mu, log_sigma, lam=LAM, gamma=GAMMA, tau=TAU)
+        return kd.total + ex.total
 
     def naive_gkd(s, t, labels, mu, log_sigma):
         return naive_jsd_sum(s, t, labels)

@@ -18,18 +18,24 @@ from xkd_cli.losses import (
     IGNORE_INDEX,
     check_hparams,
     divergence_sum,
+    divergence_term,
     experiential_sum,
     hparam_problems,
+    kd_experiential_sum,
+    kd_sum,
     masked_whiten,
     minillm_advantages,
     minillm_rewards,
     mixed_sampling_weights,
     nll_sum,
+    nll_term,
     ppo_clip_sum,
     summarize_stats,
     td_mask,
     teacher_mixed_logprobs,
+    teacher_topk,
     token_logprobs,
+    topk_divergence_term,
     valid_mask,
 )
 from xkd_cli.reward import RewardHead
@@ -522,6 +528,75 @@ def test_lambda_zero_is_bitwise_the_baseline_gradient():
         assert torch.equal(g_s, g_base)
         for g in (g_h, g_w, g_b):
             assert torch.equal(g, torch.zeros_like(g))
+
+
+def _kd_terms(t):
+    """One term of each kind: NLL, every full-teacher divergence, a top-k teacher."""
+    terms = {"nll": nll_term(), "topk-jsd": topk_divergence_term("jsd", *teacher_topk(t, 4), beta=0.3)}
+    terms.update({name: divergence_term(name, t, beta=0.3) for name in NAMES})
+    return terms
+
+
+@pytest.mark.parametrize("chunk_size", [2, None])
+@pytest.mark.parametrize("kind", ["nll", "topk-jsd", *NAMES])
+def test_one_pass_equals_the_two_terms_apart_bit_for_bit(kind, chunk_size):
+    """kd_experiential_sum is the KD sum plus F_ex in one chunked pass: the same values and the same
+    gradients (student logits, μ, log σ) as kd_sum and experiential_sum called one after the other."""
+    s, t, labels = rand_batch(b=3, t=7, v=13, seed=5)
+    mu = (0.3 * torch.randn(labels.shape)).requires_grad_()
+    log_sigma = (0.3 * torch.randn(labels.shape)).requires_grad_()
+    term = _kd_terms(t)[kind]
+    hp = dict(lam=0.7, gamma=0.9, tau=2.0, chunk_size=chunk_size)
+
+    def apart():
+        kd = kd_sum(term, s, labels, chunk_size=chunk_size)
+        ex = experiential_sum(s, labels, mu, log_sigma, **hp)
+        return kd, ex
+
+    def together():
+        return kd_experiential_sum(term, s, labels, mu, log_sigma, **hp)
+
+    (kd_a, ex_a), (kd_t, ex_t) = apart(), together()
+    assert torch.equal(kd_a.total, kd_t.total) and torch.equal(ex_a.total, ex_t.total)
+    assert int(kd_a.tokens) == int(kd_t.tokens) and int(ex_a.tokens) == int(ex_t.tokens)
+    for key in ex_a.stats:
+        assert torch.equal(ex_a.stats[key], ex_t.stats[key])
+    weights = (0.37, 1.91)  # different upstream weights, so a swapped or dropped gradient would show
+    g_apart = grad_of(lambda: weights[0] * apart()[0].total + weights[1] * apart()[1].total, s, mu, log_sigma)
+    g_together = grad_of(lambda: weights[0] * together()[0].total + weights[1] * together()[1].total,
+                         s, mu, log_sigma)
+    for a, b in zip(g_apart, g_together):
+        assert torch.equal(b, a)  # the same two addends meet in the same row gradient
+    assert torch.count_nonzero(g_together[0]) > 0
+
+
+def test_one_pass_without_a_kd_term_is_experiential_sum():
+    s, _, labels = rand_batch(seed=2)
+    mu, log_sigma = 0.2 * torch.randn(labels.shape), 0.1 * torch.randn(labels.shape)
+    kd, ex = kd_experiential_sum(None, s, labels, mu, log_sigma, lam=0.5)
+    assert kd is None
+    assert torch.equal(ex.total, experiential_sum(s, labels, mu, log_sigma, lam=0.5).total)
+
+
+def test_one_pass_at_lambda_zero_is_bitwise_the_baseline():
+    """The trainer's X-variants go through kd_experiential_sum: at λ = 0 and the head at its zero init
+    their value and student gradient equal the baseline's kd_sum bit for bit."""
+    s, t, labels = rand_batch(b=4, t=7, v=13, seed=17)
+    hidden = torch.randn(4, 7, 5, requires_grad=True)
+    head = RewardHead(5)
+    for kind, term in _kd_terms(t).items():
+        def baseline():
+            return kd_sum(term, s, labels, chunk_size=3).mean()
+
+        def fused():
+            kd, ex = kd_experiential_sum(term, s, labels, *head(hidden), lam=0.0, chunk_size=3)
+            return kd.mean() + ex.mean()
+
+        assert torch.equal(fused(), baseline()), kind
+        (g_base,) = grad_of(baseline, s)
+        g_s, g_h = grad_of(fused, s, hidden)
+        assert torch.equal(g_s, g_base), kind
+        assert torch.count_nonzero(g_h) == 0
 
 
 def test_lambda_zero_trains_identically_with_adam():

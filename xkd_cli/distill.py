@@ -203,8 +203,8 @@ class KDObjective:
         self.divergence = cfg.divergence_name if cfg.spec.loss == "divergence" else None
         self.cache = cache
         self.teacher_forwards = 0
-        self._stats: dict[str, float] = {}
-        self._td_tokens = 0
+        self._stats: dict[str, torch.Tensor] = {}  # F_ex statistics summed over this step's micro-batches
+        self._td_tokens: torch.Tensor | int = 0
 
     def counts(self, batch: Batch) -> dict[str, int]:
         counts = {"tokens": batch.tokens}
@@ -230,30 +230,26 @@ class KDObjective:
             logits, hidden = forward(self.student.model, batch, hidden=self.head is not None)
         PHASES.watch(logits)
         if self.divergence is None:
-            with PHASES("loss"):
-                kd = losses.nll_sum(logits, batch.labels, vocab_size=self.vocab_size)
+            term = losses.nll_term()
         else:
             with PHASES("teacher_forward"):  # a cache hit makes this phase nearly free
                 teacher = self.teacher_view(batch)
-            PHASES.start("loss")
-            if isinstance(teacher, TopKTeacher):
-                kd = losses.topk_divergence_sum(self.divergence, logits, *teacher, batch.labels, beta=self.cfg.beta,
-                                                vocab_size=self.vocab_size)
-            else:
-                kd = losses.divergence_sum(self.divergence, logits, teacher, batch.labels, beta=self.cfg.beta,
-                                           vocab_size=self.vocab_size)
-            PHASES.stop("loss")
-        out = {"kd": (kd.total, "tokens")}
-        if self.head is not None:
-            with PHASES("experiential"):
-                mu, log_sigma = self.head(hidden)
-                ex = losses.experiential_sum(logits, batch.labels, mu, log_sigma, lam=self.cfg.lam,
-                                             gamma=self.cfg.gamma, tau=self.cfg.tau, vocab_size=self.vocab_size)
-            out["ex"] = (ex.total, "td_tokens")
-            for key, value in ex.stats.items():
-                self._stats[key] = self._stats.get(key, 0.0) + float(value)
-            self._td_tokens += int(ex.tokens)
-        return out
+            term = (losses.topk_divergence_term(self.divergence, *teacher, beta=self.cfg.beta)
+                    if isinstance(teacher, TopKTeacher) else
+                    losses.divergence_term(self.divergence, teacher, beta=self.cfg.beta))
+        if self.head is None:
+            with PHASES("loss"):
+                kd = losses.kd_sum(term, logits, batch.labels, vocab_size=self.vocab_size)
+            return {"kd": (kd.total, "tokens")}
+        with PHASES("experiential"):
+            mu, log_sigma = self.head(hidden)
+        with PHASES("loss"):  # both terms in one pass over the logits: one gradient buffer, not two
+            kd, ex = losses.kd_experiential_sum(term, logits, batch.labels, mu, log_sigma, lam=self.cfg.lam,
+                                                gamma=self.cfg.gamma, tau=self.cfg.tau, vocab_size=self.vocab_size)
+        for key, value in ex.stats.items():  # tensors: read once per optimizer step, not per micro-batch
+            self._stats[key] = self._stats[key] + value if key in self._stats else value
+        self._td_tokens = self._td_tokens + ex.tokens
+        return {"kd": (kd.total, "tokens"), "ex": (ex.total, "td_tokens")}
 
     def teacher_view(self, batch: Batch) -> torch.Tensor | TopKTeacher:
         """The teacher's logits, or for off-policy batches with a cache what the cache serves (never a
@@ -272,7 +268,7 @@ class KDObjective:
             counters.update(self.cache.stats())
         if self.head is None:
             return counters
-        summary = losses.summarize_stats({k: torch.tensor(v) for k, v in self._stats.items()}, self._td_tokens)
+        summary = losses.summarize_stats(self._stats, self._td_tokens)
         self._stats, self._td_tokens = {}, 0
         return {**counters, **{f"ex_{k}": v for k, v in summary.items()}}
 

@@ -31,6 +31,14 @@ Public API
 ``TokenSum(total, tokens)``                     sum over positions + count; ``.mean(denominator=None)``
 ``valid_mask(labels)`` / ``td_mask(labels)``   ``B x T`` / ``B x (T-1)`` bool masks of counted positions
 ``token_logprobs(logits, labels, ...)``         ``B x T`` float32 log p(y_t), 0 where ignored
+``KDTerm``                                      a per-position loss ready for the chunked pass:
+                                                ``nll_term()``, ``divergence_term(name, teacher_logits, ...)``,
+                                                ``topk_divergence_term(name, logprobs, ids, tail, ...)``,
+                                                ``q_term(tau)`` (Eq. 28's Q)
+``kd_sum(term, student_logits, labels, ...)``   Σ of a term over valid positions -> ``TokenSum``
+``kd_experiential_sum(term, student_logits, labels, mu, log_sigma, ...)``
+                                                the term and F_ex in one pass (the X-variants):
+                                                one gradient buffer for both, same values bit for bit
 ``nll_sum(student_logits, labels, ...)``        NLL of the labels (sft / seqkd, Eq. 1/18)
 ``DIVERGENCES``                                 Registry name -> row function ``(s, t, beta) -> N``
                                                 on float32 ``N x V`` logits: jsd, fkl, rkl, mix, tvd
@@ -266,8 +274,8 @@ def _map_valid_rows(
     ``extras`` are further ``B x T x ...`` tensors (any width and dtype, no gradient) whose rows are
     handed to ``row_fn`` after the logits' rows, as they are: neither sliced to the vocabulary nor cast.
 
-    Returns the per-position values (``N`` float32, N = number of valid positions) and the flat
-    indices ``b*T + t`` of those positions.  With no valid position ``row_fn`` still runs once on
+    Returns the per-position values (``N`` float32, N = number of valid positions; ``N x K`` when
+    ``row_fn`` returns K values per row) and the flat indices ``b*T + t`` of those positions.  With no valid position ``row_fn`` still runs once on
     ``0 x V`` rows, so the (zero) result stays connected to the logits and backward gives zeros.
     """
     check_hparams(chunk_size=chunk_size)
@@ -365,6 +373,69 @@ def _scatter(values: Tensor, idx: Tensor, shape: torch.Size) -> Tensor:
     return values.new_zeros(shape.numel()).index_copy(0, idx, values).view(shape)
 
 
+@dataclass(frozen=True)
+class KDTerm:
+    """A per-position KD loss, ready for the chunked pass over the valid positions.
+
+    ``row_fn([student rows, *logits rows, *extras rows], targets) -> N``: the student's rows first
+    (float32, sliced to the vocabulary), then those of ``logits`` (other ``B x T x V`` logits, treated
+    alike: the teacher's), then those of ``extras`` (``B x T x ...``, as they are).  ``check(labels,
+    vocab)`` validates the inputs before any work.  Build one with :func:`nll_term`,
+    :func:`divergence_term` or :func:`topk_divergence_term`; sum it with :func:`kd_sum`, or together with
+    F_ex in one pass with :func:`kd_experiential_sum`.
+    """
+
+    row_fn: RowFn
+    logits: tuple[Tensor, ...] = ()
+    extras: tuple[Tensor, ...] = ()
+    uses_targets: bool = False
+    check: Callable[[Tensor, int], None] | None = None
+
+
+def _term_columns(
+    terms: Sequence[KDTerm], student_logits: Tensor, labels: Tensor, *, vocab_size: int | None,
+    chunk_size: int | None,
+) -> tuple[list[Tensor], Tensor]:
+    """The per-position values of several terms over the same student logits, from one chunked pass:
+    each chunk's student rows are gathered and cast once, and one backward writes one gradient for the
+    logits (separate passes would each write a ``B x T x V`` gradient, then add them).  Returns one
+    contiguous ``N`` float32 tensor per term and the flat indices of the valid positions."""
+    logits = [student_logits] + [x for term in terms for x in term.logits]
+    vocab = _shared_vocab(logits, vocab_size)
+    for term in terms:
+        if term.check is not None:
+            term.check(labels, vocab)
+    spans, start = [], len(logits)  # where each term's extras sit among the rows
+    for term in terms:
+        spans.append(start)
+        start += len(term.extras)
+    logit_spans, first = [], 1
+    for term in terms:
+        logit_spans.append(first)
+        first += len(term.logits)
+
+    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+        columns = []
+        for term, lo, ex in zip(terms, logit_spans, spans):
+            own = [rows[0], *rows[lo:lo + len(term.logits)], *rows[ex:ex + len(term.extras)]]
+            columns.append(term.row_fn(own, targets))
+        return torch.stack(columns, -1)  # N x terms
+
+    values, idx = _map_valid_rows(
+        row_fn, logits, labels, vocab_size=vocab, chunk_size=chunk_size,
+        uses_targets=any(term.uses_targets for term in terms), extras=[x for term in terms for x in term.extras],
+    )
+    # Contiguous columns: a strided sum may round differently, and the λ = 0 runs must match bit for bit.
+    return [column.contiguous() for column in values.unbind(-1)], idx
+
+
+def kd_sum(term: KDTerm, student_logits: Tensor, labels: Tensor, *, vocab_size: int | None = None,
+           chunk_size: int | None = None) -> TokenSum:
+    """Σ of ``term`` over the valid positions, with their count."""
+    (values,), _ = _term_columns([term], student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size)
+    return TokenSum(values.sum(), valid_mask(labels).sum())
+
+
 # --------------------------------------------------------------------------------------------
 # Likelihood
 # --------------------------------------------------------------------------------------------
@@ -392,6 +463,15 @@ def token_logprobs(
     return _scatter(values, idx, labels.shape)
 
 
+def nll_term() -> KDTerm:
+    """−log p_S(y_t) per position (sft on ground truth, seqkd on teacher samples; Eq. 1/18)."""
+
+    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+        return -rows[0].log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)  # N
+
+    return KDTerm(row_fn, uses_targets=True)
+
+
 def nll_sum(
     student_logits: Tensor,
     labels: Tensor,
@@ -400,8 +480,7 @@ def nll_sum(
     chunk_size: int | None = None,
 ) -> TokenSum:
     """Σ −log p_S(y_t) over valid positions (sft on ground truth, seqkd on teacher samples; Eq. 1/18)."""
-    logp = token_logprobs(student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size)  # B x T
-    return TokenSum(-logp.sum(), valid_mask(labels).sum())
+    return kd_sum(nll_term(), student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,6 +568,21 @@ DIVERGENCES.register("mix", beta_mix_kl)
 DIVERGENCES.register("tvd", total_variation)
 
 
+def divergence_term(name: str, teacher_logits: Tensor, *, beta: float = 0.5, temperature: float = 1.0) -> KDTerm:
+    """D_name(p_T ‖ p_S) per position, both distributions softmax(logits / temperature); the teacher is
+    detached.  Sum it with :func:`kd_sum` (or with F_ex in one pass, :func:`kd_experiential_sum`)."""
+    fn = DIVERGENCES.get(name)
+    check_hparams(beta=beta, temperature=temperature)
+
+    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+        s, t = rows  # N x V float32 each
+        if temperature != 1.0:  # x / 1.0 is x exactly: skip two N x V copies per chunk in the usual case
+            s, t = s / temperature, t / temperature
+        return fn(s, t, beta)  # N
+
+    return KDTerm(row_fn, logits=(teacher_logits.detach(),))
+
+
 def divergence_sum(
     name: str,
     student_logits: Tensor,
@@ -504,20 +598,8 @@ def divergence_sum(
 
     ``labels`` only select the positions (their ids are not used).  The teacher is detached.
     """
-    fn = DIVERGENCES.get(name)
-    check_hparams(beta=beta, temperature=temperature)
-
-    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
-        s, t = rows  # N x V float32 each
-        if temperature != 1.0:  # x / 1.0 is x exactly: skip two N x V copies per chunk in the usual case
-            s, t = s / temperature, t / temperature
-        return fn(s, t, beta)  # N
-
-    values, _ = _map_valid_rows(
-        row_fn, [student_logits, teacher_logits.detach()], labels,
-        vocab_size=vocab_size, chunk_size=chunk_size, uses_targets=False,
-    )
-    return TokenSum(values.sum(), valid_mask(labels).sum())
+    term = divergence_term(name, teacher_logits, beta=beta, temperature=temperature)
+    return kd_sum(term, student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,6 +635,33 @@ def bucket_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
     return torch.cat([logp.gather(-1, ids), _tail_logmass(logp, ids)[:, None]], dim=-1)
 
 
+def topk_divergence_term(
+    name: str, teacher_logprobs: Tensor, teacher_ids: Tensor, teacher_tail: Tensor, *, beta: float = 0.5
+) -> KDTerm:
+    """D_name between the teacher's and the student's distributions over the k + 1 buckets of the
+    teacher's top-k tokens and the tail, per position (module docstring, "Divergences against a top-k
+    teacher").  ``teacher_logprobs`` / ``teacher_ids`` are ``B x T x k`` (any float dtype / an integer
+    dtype), ``teacher_tail`` is ``B x T`` (log tail mass), all as :func:`teacher_topk` makes them."""
+    fn = DIVERGENCES.get(name)
+    check_hparams(beta=beta)
+
+    def check(labels: Tensor, vocab: int) -> None:
+        if teacher_logprobs.shape != teacher_ids.shape or teacher_tail.shape != labels.shape:
+            raise ValueError(f"top-k teacher shapes {tuple(teacher_logprobs.shape)}, {tuple(teacher_ids.shape)}, "
+                             f"{tuple(teacher_tail.shape)} do not fit labels of shape {tuple(labels.shape)}")
+        if teacher_ids.numel() and (int(teacher_ids.min()) < 0 or int(teacher_ids.max()) >= vocab):
+            raise ValueError(f"top-k teacher ids must lie in [0, {vocab}), got "
+                             f"{int(teacher_ids.min())}..{int(teacher_ids.max())}")
+
+    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+        s, t_logp, t_ids, t_tail = rows  # N x V float32, N x k, N x k, N x 1
+        teacher = torch.cat([t_logp.float(), t_tail.float()], dim=-1)  # N x (k+1); fn renormalises it
+        return fn(bucket_logprobs(s, t_ids.long()), teacher, beta)  # N
+
+    extras = (teacher_logprobs.detach(), teacher_ids, teacher_tail.detach()[..., None])
+    return KDTerm(row_fn, extras=extras, check=check)
+
+
 def topk_divergence_sum(
     name: str,
     student_logits: Tensor,
@@ -565,30 +674,9 @@ def topk_divergence_sum(
     vocab_size: int | None = None,
     chunk_size: int | None = None,
 ) -> TokenSum:
-    """Σ over valid positions of D_name between the teacher's and the student's distributions over the
-    k + 1 buckets of the teacher's top-k tokens and the tail (module docstring, "Divergences against a
-    top-k teacher").  ``teacher_logprobs`` / ``teacher_ids`` are ``B x T x k`` (any float dtype / an
-    integer dtype), ``teacher_tail`` is ``B x T`` (log tail mass), all as :func:`teacher_topk` makes them."""
-    fn = DIVERGENCES.get(name)
-    check_hparams(beta=beta)
-    if teacher_logprobs.shape != teacher_ids.shape or teacher_tail.shape != labels.shape:
-        raise ValueError(f"top-k teacher shapes {tuple(teacher_logprobs.shape)}, {tuple(teacher_ids.shape)}, "
-                         f"{tuple(teacher_tail.shape)} do not fit labels of shape {tuple(labels.shape)}")
-    vocab = _shared_vocab([student_logits], vocab_size)
-    if teacher_ids.numel() and (int(teacher_ids.min()) < 0 or int(teacher_ids.max()) >= vocab):
-        raise ValueError(f"top-k teacher ids must lie in [0, {vocab}), got {int(teacher_ids.min())}..{int(teacher_ids.max())}")
-
-    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
-        s, t_logp, t_ids, t_tail = rows  # N x V float32, N x k, N x k, N x 1
-        t_ids = t_ids.long()
-        teacher = torch.cat([t_logp.float(), t_tail.float()], dim=-1)  # N x (k+1); fn renormalises it
-        return fn(bucket_logprobs(s, t_ids), teacher, beta)  # N
-
-    values, _ = _map_valid_rows(
-        row_fn, [student_logits], labels, vocab_size=vocab, chunk_size=chunk_size, uses_targets=False,
-        extras=[teacher_logprobs.detach(), teacher_ids, teacher_tail.detach()[..., None]],
-    )
-    return TokenSum(values.sum(), valid_mask(labels).sum())
+    """Σ over valid positions of :func:`topk_divergence_term`."""
+    term = topk_divergence_term(name, teacher_logprobs, teacher_ids, teacher_tail, beta=beta)
+    return kd_sum(term, student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -610,21 +698,49 @@ def experiential_sum(
 ) -> ExperientialParts:
     """F_ex of one batch (Eq. 20) from the student logits and the reward head's ``mu``, ``log_sigma``
     (``B x T`` each, the outputs of :class:`xkd_cli.reward.RewardHead`).  See the module docstring."""
-    check_hparams(lam=lam, gamma=gamma, tau=tau)
-    if mu.shape != labels.shape or log_sigma.shape != labels.shape:
-        raise ValueError(
-            f"mu {tuple(mu.shape)} and log_sigma {tuple(log_sigma.shape)} must have the labels' shape {tuple(labels.shape)}"
-        )
+    return kd_experiential_sum(None, student_logits, labels, mu, log_sigma, lam=lam, gamma=gamma, tau=tau,
+                               vocab_size=vocab_size, chunk_size=chunk_size)[1]
 
-    def q_rows(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+
+def q_term(tau: float = 1.0) -> KDTerm:
+    """Q(s_t, y_t) per position (Eq. 28), the student's own value estimate that F_ex's δ is made of."""
+    check_hparams(tau=tau)
+
+    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
         # Eq. 28: Q(s_t, y_t) = log softmax_v(τ'·P_v)[y_t] — a softmax over probabilities, not logits.
         probs = rows[0].softmax(-1)  # N x V
         scaled = probs if tau == 1.0 else tau * probs  # 1·x is x exactly: skip an N x V copy
         return scaled.gather(-1, targets[:, None]).squeeze(-1) - scaled.logsumexp(-1)  # N
 
-    q_values, idx = _map_valid_rows(
-        q_rows, [student_logits], labels, vocab_size=vocab_size, chunk_size=chunk_size, uses_targets=True
-    )
+    return KDTerm(row_fn, uses_targets=True)
+
+
+def kd_experiential_sum(
+    term: KDTerm | None,
+    student_logits: Tensor,
+    labels: Tensor,
+    mu: Tensor,
+    log_sigma: Tensor,
+    *,
+    lam: float = 0.001,
+    gamma: float = 1.0,
+    tau: float = 1.0,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+) -> tuple[TokenSum | None, ExperientialParts]:
+    """The X-variants' two losses in one chunked pass: Σ of the KD ``term`` (as :func:`kd_sum`; None when
+    ``term`` is None) and F_ex (as :func:`experiential_sum`), the same values and gradients as computing
+    them apart, but each chunk's student rows are read once and a single ``B x T x V`` gradient is written
+    (apart, the two gradients meet in a second full-size buffer: ``bench/loss_memory.py``)."""
+    check_hparams(lam=lam, gamma=gamma, tau=tau)
+    if mu.shape != labels.shape or log_sigma.shape != labels.shape:
+        raise ValueError(
+            f"mu {tuple(mu.shape)} and log_sigma {tuple(log_sigma.shape)} must have the labels' shape {tuple(labels.shape)}"
+        )
+    terms = [q_term(tau)] if term is None else [term, q_term(tau)]
+    columns, idx = _term_columns(terms, student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size)
+    kd = None if term is None else TokenSum(columns[0].sum(), valid_mask(labels).sum())
+    q_values = columns[-1]
     q = _scatter(q_values, idx, labels.shape)  # B x T, 0 at ignored positions (never read: m_td)
 
     m_td = td_mask(labels)  # B x (T-1)
@@ -649,7 +765,7 @@ def experiential_sum(
             "mu": masked_sum(mu), "mu_sq": masked_sum(mu * mu),
             "sigma": masked_sum(sigma), "sigma_sq": masked_sum(sigma * sigma),
         }
-    return ExperientialParts(total=masked_sum(per_position), tokens=m_td.sum(), stats=stats)
+    return kd, ExperientialParts(total=masked_sum(per_position), tokens=m_td.sum(), stats=stats)
 
 
 # --------------------------------------------------------------------------------------------
