@@ -124,3 +124,15 @@ def test_sharded_stream_splits_the_global_batch():
 def test_one_process_needs_no_launcher(runs):
     run = train(runs, SFT, "single", "--batch-size", "4", "--processes", "1")
     assert json.loads((run / "run.json").read_text())["processes"] == 1
+
+
+@pytest.mark.parametrize("variable, name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_a_sharding_accelerate_config_is_refused(runs, variable, name):
+    """accelerate launch with an FSDP / DeepSpeed config sets these variables in every process; xkd would
+    run such a config unsharded, so it stops before training, saying what to launch instead."""
+    done = run_xkd_process(*SFT, "--name", "sharded", "--runs-dir", runs,
+                           env={**ENV, "WORLD_SIZE": "2", "RANK": "0", variable: "true"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and name in lines[0] and "multi-gpu.yaml" in lines[0]
+    assert not (runs / "synth-mt" / "sharded").exists()

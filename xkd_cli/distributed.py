@@ -35,12 +35,27 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+SHARDING_ENV = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def refuse_sharding() -> None:
+    """An Accelerate config that shards the model (FSDP, DeepSpeed ZeRO) would run unsharded here, each
+    process still holding the whole student: refuse it before it runs out of memory somewhere later."""
+    for variable, name in SHARDING_ENV.items():
+        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
+            raise XKDError(
+                f"this Accelerate config uses {name}, but xkd trains data parallel only (every process holds the "
+                "whole student). Launch with recipes/accelerate/multi-gpu.yaml (or --processes N), and fit big "
+                "models with --lora-r and --load-in-4bit / --teacher-load-in-4bit.")
+
+
 class Processes:
     """The processes of this run: one (no Accelerate state at all) or several under a launcher."""
 
     def __init__(self, device: str = "auto"):
         self.accelerator = None
         if launched():
+            refuse_sharding()
             try:
                 from accelerate import Accelerator
             except ImportError as exc:  # pragma: no cover - accelerate is a dependency
