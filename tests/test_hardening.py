@@ -380,6 +380,18 @@ def test_remote_code_is_refused_unless_asked_then_recorded(xkd, runs, tmp_path, 
     assert plain.code == 0, plain.err
     assert json.loads((runs / "synth-sum" / "plain" / "config.json").read_text())["trust_remote_code"] is False
 
+    # A LoRA adapter on that model: loading it loads its base, under the same rule.
+    lora = xkd("sft", "--model", "custom", "--task", "synth-sum", "--name", "custom-lora", *TINY, "--lora-r", "2",
+               "--lora-targets", "q_proj,v_proj", "--trust-remote-code")
+    assert lora.code == 0, lora.err
+    marker.unlink()
+    evaluate = ["eval", "--model", "custom-lora", "--task", "synth-sum", "--limit", "1", "--max-new-tokens", "2"]
+    refused = xkd(*evaluate)
+    assert refused.code == 2 and "--trust-remote-code" in refused.err, refused.err
+    assert not marker.exists()
+    allowed = xkd(*evaluate, "--trust-remote-code")  # the flag reaches the adapter's base
+    assert allowed.code == 0, allowed.err
+
 
 # -- API keys ---------------------------------------------------------------------------------------------------
 

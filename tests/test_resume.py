@@ -289,6 +289,20 @@ def test_a_full_disk_keeps_the_previous_checkpoint(interrupted, reference, tmp_p
     assert_bit_identical(trained_weights(run), reference("sft"), interrupted["note"])
 
 
+def test_a_full_disk_at_the_final_save_is_one_line_and_leaves_no_half_model(tmp_path):
+    """The trained model (4 MB) cannot be written past a 1 MB file limit: one line naming the fix, the run
+    recorded as failed, no model directory or temporary copy left behind."""
+    runs = tmp_path / "runs"
+    code, text = Job([*argv("sft", runs), "--save-every", "0", "--max-steps", "2"], fsize_limit=1 << 20).finish()
+    assert code == 2, text
+    run = runs / TASK / "run"
+    assert text.strip().splitlines()[-1] == (
+        f"error: could not save the trained model in {run}: File too large. Free disk space, then run the same "
+        "command with --overwrite (no checkpoint was kept; --save-every N keeps some).")
+    assert record(run)["status"] == "failed"
+    assert not (run / "model").exists() and not [p for p in run.iterdir() if ".tmp-" in p.name]
+
+
 def test_half_written_and_damaged_checkpoints_are_ignored(interrupted, reference, tmp_path):
     runs, run = copy_run(interrupted, tmp_path)
     stopped = logged_step(run)

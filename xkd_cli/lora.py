@@ -225,8 +225,10 @@ def _base_reference(location: Path, task: str | None, runs_dir: Path | None) -> 
 
 
 def load_adapter_model(ref: str, source: str, location: str, *, task: str | None, runs_dir: Path | None,
-                       dtype: str, device: str, quantization: str | None, for_training: bool) -> "LoadedModel":
-    """A saved adapter on top of its base model (itself loaded like any model reference, quantized if asked).
+                       dtype: str, device: str, quantization: str | None, for_training: bool,
+                       trust_remote_code: bool = False) -> "LoadedModel":
+    """A saved adapter on top of its base model (itself loaded like any model reference, quantized if asked,
+    custom code allowed only with ``trust_remote_code``).
 
     For inference the result is the peft model (base + unmerged adapter: exactly the model that was
     trained). For training it is merged into the base and unwrapped, so the weights train in full or take
@@ -241,7 +243,7 @@ def load_adapter_model(ref: str, source: str, location: str, *, task: str | None
     if Path(base_ref).resolve() == path.resolve():
         raise XKDError(f"the adapter in {location} names itself as its base model: re-save it")
     base = load_model(base_ref, task=task, runs_dir=runs_dir, dtype=dtype, device=device, quantization=quantization,
-                      for_training=True)
+                      for_training=True, trust_remote_code=trust_remote_code)
     try:
         with _quiet_peft():
             model = PeftModel.from_pretrained(base.model, str(path), is_trainable=False)
@@ -257,7 +259,8 @@ def load_adapter_model(ref: str, source: str, location: str, *, task: str | None
     else:
         adapter_base = {"base_model": base.name, "base_source": base.source, "base_location": base.location,
                         "quantization": quantization}
-    tokenizer = load_tokenizer(location) if any(path.glob("*token*")) else base.tokenizer
+    tokenizer = (load_tokenizer(location, trust_remote_code=trust_remote_code) if any(path.glob("*token*"))
+                 else base.tokenizer)
     return LoadedModel(model, tokenizer, ref, source, location, base.is_encoder_decoder, adapter_base=adapter_base)
 
 

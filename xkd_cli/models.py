@@ -21,6 +21,7 @@ import difflib
 import functools
 import importlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -634,7 +635,8 @@ def load_model(
         from .lora import load_adapter_model
 
         loaded = load_adapter_model(ref, source, location, task=task, runs_dir=runs_dir, dtype=dtype, device=device,
-                                    quantization=quantization, for_training=for_training)
+                                    quantization=quantization, for_training=for_training,
+                                    trust_remote_code=trust_remote_code)
     elif source == "builtin" and quant_config is not None:
         # bitsandbytes quantizes while loading a checkpoint, so round-trip the tiny model through a
         # temporary directory; this keeps QLoRA code paths testable on tiny models.
@@ -715,10 +717,23 @@ def save_model(
             # os.replace cannot overwrite a non-empty directory: move the old one aside first.
             os.replace(target, old)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not target.exists():
             os.replace(old, target)
-        raise
+        error = _as_os_error(exc)
+        if error is exc:
+            raise
+        raise error from None
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _as_os_error(exc: BaseException) -> BaseException:
+    """safetensors reports a failed write (full disk, file size limit) as its own error type with the OS
+    error number in the text; give it back as the OSError it is, so callers handle every write failure alike."""
+    found = re.search(r"os error (\d+)", str(exc)) if type(exc).__name__ == "SafetensorError" else None
+    if found is None:
+        return exc
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number))

@@ -12,7 +12,7 @@ import torch
 
 from . import losses
 from .batches import Batch, encode_prompts, encode_targets, forward, make_batch, special_ids
-from .checkpoint import Checkpoint, Checkpointer, TrainingInterrupted, find_resume, reopen_run
+from .checkpoint import Checkpoint, Checkpointer, TrainingInterrupted, find_resume, latest_checkpoint, reopen_run
 from .config import TrainingConfig, to_dict
 from .errors import XKDError
 from .evaluate import keep_prompt_end, quick_eval
@@ -89,6 +89,14 @@ def load_split(task: Task, split: str, cfg: TrainingConfig, **kw: Any) -> list[E
     return examples
 
 
+def _how_to_redo(run_dir: Path) -> str:
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return ("Free disk space, then run the same command with --overwrite (no checkpoint was kept; "
+                "--save-every N keeps some).")
+    return f"Free disk space, then run the same command again: it resumes from checkpoint step {latest.step}."
+
+
 def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: bool, loaded: LoadedModel,
                  task: Task, train_set: EncodedSet, eval_examples: Sequence[Example], objective,
                  draw: Callable[[IndexStream], Batch], extra_params: Sequence[torch.nn.Parameter] = (),
@@ -151,13 +159,21 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
         path = run_path(runs_root, task.name, name)
         return {"task": task.name, "run": name, "path": str(path), "model": str(path / "model"),
                 "process": processes.rank, "final_loss": result["last"].get("loss")}
-    save_model(loaded, run.model_dir)
-    if cfg.merge_lora:  # a plain transformers copy with the adapter folded in, beside the adapter
-        merged = export_merged(run.model_dir, run.path / MERGED_DIR, dtype=cfg.dtype, task=task.name,
-                               runs_dir=runs_root)
-        run.update_record(merged_model=str(merged))
-    if save_extra is not None:
-        save_extra(run)
+    try:
+        save_model(loaded, run.model_dir)
+        if cfg.merge_lora:  # a plain transformers copy with the adapter folded in, beside the adapter
+            merged = export_merged(run.model_dir, run.path / MERGED_DIR, dtype=cfg.dtype, task=task.name,
+                                   runs_dir=runs_root)
+            run.update_record(merged_model=str(merged))
+        if save_extra is not None:
+            save_extra(run)
+    except OSError as exc:  # e.g. a full disk: the trained weights are lost, the checkpoints are not
+        error = f"could not save the trained model in {run.path}: {exc.strerror or exc}. {_how_to_redo(run.path)}"
+        with contextlib.suppress(OSError):
+            run.update_record(status="failed", error=error)
+        checkpoints.release()
+        processes.wait()
+        raise XKDError(error) from None
     final_eval = result["evals"][-1] if result["evals"] else None
     run.finish(started, train_seconds=round(result["train_seconds"], 3), final_loss=result["last"].get("loss"),
                final_eval=final_eval)
