@@ -29,7 +29,10 @@ Signals: during training SIGTERM and SIGINT finish the current step, write a che
 rename and ``COMPLETE``, so a test can kill the process while a checkpoint is half written.
 
 Multi-process training: every process writes its own ``rng-rank<R>.json``; the main process writes the rest
-and seals the checkpoint. A stop signal that reaches any process stops all of them at the same step.
+and seals the checkpoint. A stop signal that reaches any process stops all of them at the same step. Under
+FSDP each process also writes its shards of the sharded model and of the optimizer state
+(``model-rank<R>.safetensors``, ``optimizer-rank<R>.pt``, in place of ``model.safetensors`` and
+``optimizer.pt``), and reads back its own.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from . import __version__
 from .config import config_hash, to_dict
-from .distributed import Processes, current
+from .distributed import Processes, current, is_sharded
 from .errors import XKDError
 from .workspace import RUN_RECORD, Run, check_new_run, now, open_run, run_path, write_json
 
@@ -339,6 +342,50 @@ def _trainable(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in module.named_parameters() if p.requires_grad}
 
 
+def _has_shards(module: torch.nn.Module) -> bool:
+    return any(is_sharded(p) for p in module.parameters())
+
+
+def _module_file(name: str, module: torch.nn.Module) -> str:
+    """A sharded (FSDP) module is saved as one file per process, each with that process's shards."""
+    return f"{name}-rank{rank()}.safetensors" if _has_shards(module) else f"{name}.safetensors"
+
+
+def _module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: (p.to_local() if is_sharded(p) else p).detach().to("cpu").contiguous()
+            for k, p in _trainable(module).items()}
+
+
+def _optimizer_file(sharded: bool) -> str:
+    return f"optimizer-rank{rank()}.pt" if sharded else OPTIMIZER_FILE
+
+
+def _optimizer_bytes(optimizer: torch.optim.Optimizer) -> bytes:
+    """The optimizer state as ``torch.save`` bytes, with sharded states as this process's plain shards."""
+    state = optimizer.state_dict()
+    state["state"] = {index: {k: v.to_local() if is_sharded(v) else v for k, v in entry.items()}
+                      for index, entry in state["state"].items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _reshard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict`` from plain shards: make the states of sharded parameters shards again (AdamW's
+    moments have the parameter's layout; its step counter is a plain scalar either way)."""
+    from torch.distributed.tensor import DTensor
+
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not is_sharded(p):
+                continue
+            local = p.to_local()
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and not is_sharded(value) and value.dim() and value.shape == local.shape:
+                    optimizer.state[p][key] = DTensor.from_local(value.to(local.device), p.device_mesh, p.placements,
+                                                                 run_check=False, shape=p.shape, stride=p.stride())
+
+
 # -- the checkpointer ----------------------------------------------------------------------------------------------
 
 
@@ -368,6 +415,10 @@ class Checkpointer:
                 raise XKDError(f"checkpoint {resume.path} was written by {saved_count} process(es) and this run has "
                                f"{self.processes.count}: the global batch would change. Resume with "
                                f"--processes {saved_count}, or pass --overwrite to start again.")
+            if self._state.get("sharded", False) != self.processes.sharded:
+                then, now_ = ("FSDP", "without it") if self._state.get("sharded") else ("without FSDP", "with FSDP")
+                raise XKDError(f"checkpoint {resume.path} was written {then} and this run is launched {now_}: "
+                               "resume with the Accelerate config it was written with, or pass --overwrite.")
             if self._state.get("examples") != examples:
                 raise XKDError(f"the training set changed since checkpoint {resume.path} "
                                f"({self._state.get('examples')} examples then, {examples} now). Restore the data, "
@@ -394,20 +445,22 @@ class Checkpointer:
             params = _trainable(module)
             if not params:
                 continue
-            tensors = self._load_tensors(path / f"{name}.safetensors")
+            tensors = self._load_tensors(path / _module_file(name, module))
             if set(tensors) != set(params):
                 raise XKDError(f"checkpoint {path} does not fit the {name}: its parameters differ "
                                f"({len(tensors)} saved, {len(params)} now). Pass --overwrite to start again.")
             with torch.no_grad():
                 for key, param in params.items():
-                    param.copy_(tensors[key])
+                    (param.to_local() if is_sharded(param) else param).copy_(tensors[key])
+        optimizer_file = path / _optimizer_file(self.processes.sharded)
         try:
-            optimizer_state = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+            optimizer_state = torch.load(optimizer_file, map_location="cpu", weights_only=True)
             optimizer.load_state_dict(optimizer_state)
+            _reshard_optimizer_state(optimizer)
         except XKDError:
             raise
         except Exception as exc:  # UnpicklingError for anything but tensors and containers; ValueError on a mismatch
-            raise XKDError(f"cannot load the optimizer state from {path / OPTIMIZER_FILE} "
+            raise XKDError(f"cannot load the optimizer state from {optimizer_file} "
                            f"({type(exc).__name__}: {_first_line(exc)}). The checkpoint is damaged or not ours: "
                            "delete its directory to resume from the one before, or pass --overwrite.") from None
         scheduler.load_state_dict(state["scheduler"])
@@ -453,7 +506,8 @@ class Checkpointer:
         if not self.processes.is_main:
             self.processes.wait()  # the main process has made ``tmp``
             _write_json(tmp / f"rng-rank{rank()}.json", rng_state())
-            self.processes.wait()  # every RNG file is in
+            self._write_shards(tmp, optimizer)
+            self.processes.wait()  # every RNG file (and shard) is in
             self.processes.wait()  # the checkpoint is sealed
             return final
         previous = latest_checkpoint(self.run_dir)
@@ -465,13 +519,12 @@ class Checkpointer:
                 self.processes.wait()
                 self.processes.wait()
             for name, module in self.modules.items():
-                params = _trainable(module)
-                if params:
-                    tensors = {k: p.detach().to("cpu").contiguous() for k, p in params.items()}
-                    _write(tmp / f"{name}.safetensors", safetensors_bytes(tensors, metadata={"format": FORMAT}))
-            buffer = io.BytesIO()
-            torch.save(optimizer.state_dict(), buffer)
-            _write(tmp / OPTIMIZER_FILE, buffer.getvalue())
+                if _trainable(module) and not _has_shards(module):
+                    _write(tmp / _module_file(name, module),
+                           safetensors_bytes(_module_tensors(module), metadata={"format": FORMAT}))
+            if not self.processes.sharded:
+                _write(tmp / OPTIMIZER_FILE, _optimizer_bytes(optimizer))
+            self._write_shards(tmp, optimizer)
             _write_json(tmp / f"rng-rank{rank()}.json", rng_state())
             _write_json(tmp / STATE_FILE, self._state_record(loop, scheduler))
             sizes = {p.name: p.stat().st_size for p in tmp.iterdir()}
@@ -498,6 +551,16 @@ class Checkpointer:
             self.processes.wait()
         return final
 
+    def _write_shards(self, tmp: Path, optimizer: torch.optim.Optimizer) -> None:
+        """This process's part of a sharded (FSDP) run: its shards of the sharded modules and of the optimizer."""
+        if not self.processes.sharded:
+            return
+        for name, module in self.modules.items():
+            if _has_shards(module):
+                _write(tmp / _module_file(name, module),
+                       safetensors_bytes(_module_tensors(module), metadata={"format": FORMAT}))
+        _write(tmp / _optimizer_file(True), _optimizer_bytes(optimizer))
+
     def _state_record(self, loop: LoopState, scheduler: Any) -> dict[str, Any]:
         return {
             "format": FORMAT, "kind": self.kind, "step": loop.step, "examples": self.examples,
@@ -507,7 +570,8 @@ class Checkpointer:
                      "evals": loop.evals},
             "scheduler": scheduler.state_dict(),
             "objects": {name: obj.state_dict() for name, obj in self.objects.items()},
-            "xkd": __version__, "torch": torch.__version__, "world_size": self.processes.count, "written": now(),
+            "xkd": __version__, "torch": torch.__version__, "world_size": self.processes.count,
+            "sharded": self.processes.sharded, "written": now(),
         }
 
     def _rotate(self, keep: Path) -> None:

@@ -74,11 +74,11 @@ def sft(
 ) -> None:
     """Fine-tune a model on a task (the teacher and student starting points)."""
     flags = config_flags(locals())  # first: before any other local exists
-    _launch_processes(processes)
     from .sft import SFTConfig, run_sft
     task_name = recipe_value(recipe, "task", task)
     defaults = sft_defaults(task_name, recipe_value(recipe, "model", model)) if task_name else {}
     cfg = build_config(SFTConfig, defaults=defaults, recipe=recipe, flags=flags)
+    _launch_processes(processes, cfg)
     result = run_sft(cfg, runs_root=runs_root(runs_dir), overwrite=overwrite, resume=resume)
     emit(result, as_json=json, render=_render_training)
 
@@ -135,24 +135,26 @@ def distill(
 ) -> None:
     """Distil a teacher into a student with one of the seven methods (X-KD and its baselines)."""
     flags = config_flags(locals())  # first: before any other local exists
-    _launch_processes(processes)
     from .distill import DistillConfig, run_distill
     root = runs_root(runs_dir)
     task_name = recipe_value(recipe, "task", task) or default_task(root)
     flags["task"] = task_name
     defaults = distill_defaults(task_name, recipe_value(recipe, "student", student))
     cfg = build_config(DistillConfig, defaults=defaults, recipe=recipe, flags=flags)
+    _launch_processes(processes, cfg)
     result = run_distill(cfg, runs_root=root, overwrite=overwrite, resume=resume)
     emit(result, as_json=json, render=_render_training)
 
 
-def _launch_processes(processes: int | None) -> None:
+def _launch_processes(processes: int | None, cfg) -> None:
     """--processes N (N > 1): run this very command again under ``accelerate launch`` with N processes and
-    end with its exit code; inside the launch (or with N = 1) do nothing."""
-    from .distributed import launched, relaunch
+    end with its exit code (settings that cannot run sharded are refused first, here, rather than once per
+    process); inside the launch (or with N = 1) do nothing."""
+    from .distributed import check_shardable, launched, relaunch
 
     if processes is None or processes == 1 or launched():
         return
+    check_shardable(cfg)
     argv = []
     skip = False
     for arg in sys.argv[1:]:

@@ -17,6 +17,12 @@ Gradients are all-reduced as one flat buffer after the step's micro-batches rath
 ``DistributedDataParallel`` wrapper: the student and the reward head (a separate module the objective
 calls on the student's hidden states) are reduced alike, and the model object stays the plain
 ``transformers`` model that ``generate`` and ``save_pretrained`` expect.
+
+FSDP (an Accelerate config with ``distributed_type: FSDP``, which sets ``ACCELERATE_USE_FSDP``): the
+trained model is sharded in place with torch's FSDP2 (:meth:`Processes.shard`); FSDP then sums its
+gradients (reduce-scatter) and :meth:`Processes.sum_gradients` reduces only what is not sharded (the
+reward head). ``generate`` keeps every process in step, checkpoints save each process's shards, and
+the final model is gathered (:meth:`Processes.full_state_dict`). DeepSpeed is refused.
 """
 
 from __future__ import annotations
@@ -35,18 +41,42 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-SHARDING_ENV = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+FSDP_ENV = "ACCELERATE_USE_FSDP"  # what ``accelerate launch`` sets for a config with ``distributed_type: FSDP``
+DEEPSPEED_ENV = "ACCELERATE_USE_DEEPSPEED"
 
 
-def refuse_sharding() -> None:
-    """An Accelerate config that shards the model (FSDP, DeepSpeed ZeRO) would run unsharded here, each
-    process still holding the whole student: refuse it before it runs out of memory somewhere later."""
-    for variable, name in SHARDING_ENV.items():
-        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
-            raise XKDError(
-                f"this Accelerate config uses {name}, but xkd trains data parallel only (every process holds the "
-                "whole student). Launch with recipes/accelerate/multi-gpu.yaml (or --processes N), and fit big "
-                "models with --lora-r and --load-in-4bit / --teacher-load-in-4bit.")
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def refuse_deepspeed() -> None:
+    """DeepSpeed would run unsharded here (xkd does not hand its model to DeepSpeed), every process still
+    holding the whole student: refuse it before it runs out of memory somewhere later."""
+    if _env_true(DEEPSPEED_ENV):
+        raise XKDError(
+            "this Accelerate config uses DeepSpeed, which xkd does not support: for sharded training use "
+            "recipes/accelerate/fsdp.yaml (FSDP, like ZeRO-3), for data parallel recipes/accelerate/multi-gpu.yaml "
+            "(or --processes N); big models also fit with --lora-r and --load-in-4bit / --teacher-load-in-4bit.")
+
+
+def check_shardable(cfg) -> None:
+    """Under FSDP (``ACCELERATE_USE_FSDP``), refuse the training settings xkd does not run sharded."""
+    if not _env_true(FSDP_ENV):
+        return
+    clashing = [flag for flag, value in (("--lora-r", cfg.lora_r), ("--load-in-8bit", cfg.load_in_8bit),
+                                         ("--load-in-4bit", cfg.load_in_4bit), ("--eval-every", cfg.eval_every))
+                if value]
+    if clashing:
+        raise XKDError(f"FSDP (this Accelerate config) does not combine with {', '.join(clashing)} in xkd: drop "
+                       f"{'it' if len(clashing) == 1 else 'them'}, or launch data parallel with "
+                       "recipes/accelerate/multi-gpu.yaml (adapters and quantized weights fit without sharding).")
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """A parameter (or gradient, optimizer state) that FSDP split across the processes (a DTensor)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
 
 
 class Processes:
@@ -55,7 +85,7 @@ class Processes:
     def __init__(self, device: str = "auto"):
         self.accelerator = None
         if launched():
-            refuse_sharding()
+            refuse_deepspeed()
             try:
                 from accelerate import Accelerator
             except ImportError as exc:  # pragma: no cover - accelerate is a dependency
@@ -74,6 +104,43 @@ class Processes:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP (an Accelerate config with ``distributed_type: FSDP``): the trained model's parameters,
+        gradients and optimizer state are split across the processes (:meth:`shard`)."""
+        return self.count > 1 and _env_true(FSDP_ENV)
+
+    def shard(self, model: torch.nn.Module) -> None:
+        """FSDP2 (``fully_shard``) on each transformer block of ``model`` (the classes it names in
+        ``_no_split_modules``), then on the whole model, in place. FSDP sums the gradients over processes
+        (reduce-scatter) instead of :meth:`sum_gradients`; it sums rather than averages, because every
+        process's loss is already divided by the token count of the whole global batch."""
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        blocks = set(getattr(model, "_no_split_modules", None) or ())
+        for module in list(model.modules()):
+            if module is not model and type(module).__name__ in blocks:
+                fully_shard(module)
+        fully_shard(model)
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_gradient_divide_factor(1.0)
+                module.set_force_sum_reduction_for_comms(True)  # plain sums: gloo has no pre-scaled reduction
+        # FSDP picks its root at the first forward; generate may call the encoder first, which would make a block
+        # the root. Settle it now (torch has no public call for this).
+        model._get_fsdp_state()._lazy_init()
+
+    def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The whole (unsharded) state dict of a sharded model on the main process's CPU, an empty dict on the
+        others. Every process must call it: the shards are gathered."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # Tied weights (T5's shared embedding and head) come back once per name, as copies that save_pretrained
+        # cannot tell are one tensor: keep the names an unsharded model's own state dict keeps.
+        kept = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+        return {name: tensor for name, tensor in full.items() if name in kept}
 
     @cached_property
     def device(self) -> torch.device | None:
@@ -100,10 +167,12 @@ class Processes:
 
     def sum_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
         """All-reduce (sum) the gradients of ``params`` as one flat buffer; a missing gradient counts as 0 so
-        every process reduces the same layout."""
+        every process reduces the same layout. Sharded (FSDP) parameters are left out: FSDP sums those."""
         if self.count == 1:
             return
-        params = [p for p in params if p.requires_grad]
+        params = [p for p in params if p.requires_grad and not is_sharded(p)]  # FSDP reduced those already
+        if not params:
+            return
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

@@ -49,16 +49,23 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], sampling: Sampling, *,
     rows_in_model = model.get_output_embeddings().weight.shape[0]
     if vocab_size is not None and vocab_size < rows_in_model:
         kwargs["suppress_tokens"] = list(range(vocab_size, rows_in_model))
+    sharded = _is_fsdp(model)
+    if sharded:  # each forward gathers weights from every process: all must take the same steps
+        kwargs["synced_gpus"] = True
     if logits_processor is not None:
         from transformers import LogitsProcessorList
 
         kwargs["logits_processor"] = LogitsProcessorList([logits_processor])
     was_training = model.training
     model.eval()
+    if sharded:  # generate calls the encoder on its own, past the hook that gathers the root's (embedding) weights
+        model.unshard()
     try:
         out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
     finally:
         model.train(was_training)
+        if sharded:
+            model.reshard()
     new = out[:, 1:] if is_encoder_decoder else out[:, input_ids.shape[1]:]  # drop decoder start / the prompt
     rows = []
     for row in new.tolist():
@@ -67,6 +74,12 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], sampling: Sampling, *,
         rows.append(row)
     k = sampling.num_samples
     return [rows[i * k:(i + 1) * k] for i in range(len(prompts))]
+
+
+def _is_fsdp(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def generate_batched(model, prompts: Sequence[Sequence[int]], sampling: Sampling, *, is_encoder_decoder: bool,

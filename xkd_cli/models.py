@@ -684,8 +684,11 @@ def load_model(
 def save_model(
     loaded_or_model_and_tokenizer: LoadedModel | tuple[PreTrainedModel, PreTrainedTokenizerBase],
     directory: str | os.PathLike[str],
+    *,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Save model (safetensors) and tokenizer so plain transformers Auto classes can load them.
+    ``state_dict``: the weights to write instead of the model's own (a sharded model's gathered weights).
 
     Everything is written into a temporary sibling directory first and then renamed into place, so
     a crash mid-save leaves either the old model or the new one, never a half-written directory
@@ -706,7 +709,7 @@ def save_model(
             # need not look the base up (on the hub, for a builtin name) to decide whether to save them.
             model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
         else:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         base = getattr(loaded_or_model_and_tokenizer, "adapter_base", None)
         if base is not None:

@@ -19,7 +19,7 @@ from .evaluate import keep_prompt_end, quick_eval
 from .lora import MERGED_DIR, export_merged, load_trained_model, lora_record
 from .models import LoadedModel, count_parameters, save_model
 from .tasks import Example, Task, get_task
-from .distributed import ShardedStream
+from .distributed import ShardedStream, check_shardable
 from .distributed import current as current_processes
 from .train import IndexStream, Schedule, resolve_device, seed_everything, set_dropout, train
 from .workspace import Run, create_run, run_path, slug
@@ -110,6 +110,9 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)
     set_dropout(model, cfg.dropout)
+    if processes.sharded:
+        check_shardable(cfg)
+        processes.shard(model)
     stream = IndexStream(len(train_set), cfg.seed)
     share = ShardedStream(stream, processes)  # the whole stream when there is one process
     checkpoints = Checkpointer(run_path(runs_root, task.name, name), kind=kind, cfg=cfg, examples=len(train_set),
@@ -154,13 +157,14 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
                 run.update_record(status=status, error=str(exc) or type(exc).__name__)
         checkpoints.release()
         raise
+    full_state = processes.full_state_dict(model) if processes.sharded else None  # every process takes part
     if run is None:  # another process: the main one saves the model and finishes the record
         processes.wait()
         path = run_path(runs_root, task.name, name)
         return {"task": task.name, "run": name, "path": str(path), "model": str(path / "model"),
                 "process": processes.rank, "final_loss": result["last"].get("loss")}
     try:
-        save_model(loaded, run.model_dir)
+        save_model(loaded, run.model_dir, state_dict=full_state)
         if cfg.merge_lora:  # a plain transformers copy with the adapter folded in, beside the adapter
             merged = export_merged(run.model_dir, run.path / MERGED_DIR, dtype=cfg.dtype, task=task.name,
                                    runs_dir=runs_root)

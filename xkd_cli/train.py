@@ -21,7 +21,7 @@ import torch
 
 from .batches import Batch
 from .checkpoint import LoopState
-from .distributed import Processes, current
+from .distributed import Processes, current, is_sharded
 from .errors import XKDError
 from .timing import PHASES
 from .ui import progress
@@ -209,8 +209,17 @@ def clip_gradients(groups: list[list[torch.nn.Parameter]], max_norm: float) -> t
     zero (the reward head at its prior when λ = 0) then leaves the norm bit for bit what it is without it
     (sqrt(x² + 0) == x in IEEE arithmetic), so an X-variant with λ = 0 follows its baseline exactly."""
     norms = [torch.nn.utils.get_total_norm([p.grad for p in group if p.grad is not None]) for group in groups]
+    norms = [n.full_tensor() if is_sharded(n) else n for n in norms]  # FSDP: the norm over every process's shard
     total = norms[0] if len(norms) == 1 else torch.stack(norms).square().sum().sqrt()
-    torch.nn.utils.clip_grads_with_norm_([p for group in groups for p in group], max_norm, total)
+    params = [p for group in groups for p in group]
+    if not any(is_sharded(p) for p in params):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+        return total
+    # clip_grads_with_norm_'s arithmetic, on each process's own shard (torch refuses to mix shards and tensors)
+    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p in params:
+        if p.grad is not None:
+            (p.grad.to_local() if is_sharded(p.grad) else p.grad).mul_(coefficient)
     return total
 
 
