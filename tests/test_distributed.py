@@ -182,3 +182,31 @@ def test_fsdp_refuses_what_it_cannot_shard_before_launching(runs):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "--lora-r, --eval-every" in lines[0] and "multi-gpu.yaml" in lines[0]
     assert not (runs / "synth-mt" / "fsdp-lora").exists()
+
+
+LIMITED = """import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # inherited by the launcher and both processes
+os.execv(sys.executable, [sys.executable, "-m", "xkd_cli", *sys.argv[2:]])
+"""
+
+
+@pytest.mark.parametrize("sharding", list(SHARDING))
+def test_a_full_disk_stops_every_process_with_the_same_message(runs, sharding):
+    """Files may not grow past 1 MB: the first checkpoint cannot be written (by the main process alone in
+    data parallel, by both under FSDP). Every process learns it and stops with the same message; nothing
+    half-written is left."""
+    name = f"full-{sharding}"
+    args = [*SFT, "--batch-size", "4", "--processes", "2", "--save-every", "2", "--name", name, "--runs-dir", runs]
+    done = subprocess.run([sys.executable, "-c", LIMITED, str(1 << 20), *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, **ENV, **(SHARDING[sharding] or {})}, timeout=240)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: could not write the checkpoint")]
+    assert len(errors) == 2, done.stderr[-3000:]  # one per process
+    assert all("of step 2" in line and "there is no earlier checkpoint" in line for line in errors)
+    if sharding == "data-parallel":  # only the main process writes big files: the other hears of it
+        assert any("another process could not write its part" in line for line in errors)
+    run = runs / "synth-mt" / name
+    assert list((run / "checkpoints").iterdir()) == []
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"

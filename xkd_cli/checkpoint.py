@@ -465,7 +465,8 @@ class Checkpointer:
                            "delete its directory to resume from the one before, or pass --overwrite.") from None
         scheduler.load_state_dict(state["scheduler"])
         for name, obj in self.objects.items():
-            obj.load_state_dict(state["objects"][name])
+            if name in state["objects"]:  # absent from checkpoints of older versions: it starts afresh
+                obj.load_state_dict(state["objects"][name])
         loop = LoopState(**state["loop"])
         set_rng_state(_read_json(path / f"rng-rank{rank()}.json"))
         return loop
@@ -497,36 +498,36 @@ class Checkpointer:
                 "Run the same command again (or add --resume) to continue.", self.signal_received)
 
     def save(self, loop: LoopState, *, optimizer: torch.optim.Optimizer, scheduler: Any) -> Path:
-        """Write a checkpoint. With several processes, the main one writes everything but the other
-        processes' RNG states, which each writes into the same temporary directory before it is sealed."""
+        """Write a checkpoint in three phases: the main process makes the temporary directory; every process
+        writes its part (the main one everything but the other processes' RNG states and shards); the main
+        one seals it (rename, ``COMPLETE``, rotation). After each phase all processes agree whether any of them
+        failed, so a full disk on one process stops every process with the same message instead of leaving
+        the others waiting for it."""
         base = checkpoint_dir(self.run_dir)
         final = base / f"step-{loop.step:08d}"
         # Named after the main process, so a leftover of a killed writer is never mistaken for this one.
         tmp = base / f".tmp-step-{loop.step:08d}-{self.processes.main_value(os.getpid())}"
-        if not self.processes.is_main:
-            self.processes.wait()  # the main process has made ``tmp``
-            _write_json(tmp / f"rng-rank{rank()}.json", rng_state())
-            self._write_shards(tmp, optimizer)
-            self.processes.wait()  # every RNG file (and shard) is in
-            self.processes.wait()  # the checkpoint is sealed
-            return final
+        main = self.processes.is_main
         previous = latest_checkpoint(self.run_dir)
-        try:
+
+        def prepare() -> None:
             base.mkdir(exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            if self.processes.count > 1:
-                self.processes.wait()
-                self.processes.wait()
-            for name, module in self.modules.items():
-                if _trainable(module) and not _has_shards(module):
-                    _write(tmp / _module_file(name, module),
-                           safetensors_bytes(_module_tensors(module), metadata={"format": FORMAT}))
-            if not self.processes.sharded:
-                _write(tmp / OPTIMIZER_FILE, _optimizer_bytes(optimizer))
+
+        def write() -> None:
+            if main:
+                for name, module in self.modules.items():
+                    if _trainable(module) and not _has_shards(module):
+                        _write(tmp / _module_file(name, module),
+                               safetensors_bytes(_module_tensors(module), metadata={"format": FORMAT}))
+                if not self.processes.sharded:
+                    _write(tmp / OPTIMIZER_FILE, _optimizer_bytes(optimizer))
+                _write_json(tmp / STATE_FILE, self._state_record(loop, scheduler))
             self._write_shards(tmp, optimizer)
             _write_json(tmp / f"rng-rank{rank()}.json", rng_state())
-            _write_json(tmp / STATE_FILE, self._state_record(loop, scheduler))
+
+        def seal() -> None:
             sizes = {p.name: p.stat().st_size for p in tmp.iterdir()}
             _fsync_dir(tmp)
             if final.exists():  # a leftover without COMPLETE from a crash at this very step
@@ -538,17 +539,26 @@ class Checkpointer:
             _write_json(marker, {"step": loop.step, "files": sizes, "written": now()})
             os.rename(marker, final / COMPLETE)
             _fsync_dir(final)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if final.exists() and not _is_complete(final):
-                shutil.rmtree(final, ignore_errors=True)
-            kept = f"checkpoint step {previous.step} is intact" if previous else "there is no earlier checkpoint"
-            raise XKDError(f"could not write the checkpoint of step {loop.step} to {base}: "
-                           f"{exc.strerror or _first_line(exc)}; {kept}. Free disk space, then run the same "
-                           "command again to resume.") from None
-        self._rotate(keep=final)
-        if self.processes.count > 1:
-            self.processes.wait()
+
+        for phase in (prepare, write, seal):
+            error = None
+            if main or phase is write:
+                try:
+                    phase()
+                except OSError as exc:
+                    error = exc
+            if self.processes.agree(error is not None):
+                if main:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    if final.exists() and not _is_complete(final):
+                        shutil.rmtree(final, ignore_errors=True)
+                kept = f"checkpoint step {previous.step} is intact" if previous else "there is no earlier checkpoint"
+                reason = ("another process could not write its part" if error is None
+                          else error.strerror or _first_line(error))
+                raise XKDError(f"could not write the checkpoint of step {loop.step} to {base}: {reason}; {kept}. "
+                               "Free disk space, then run the same command again to resume.") from None
+        if main:
+            self._rotate(keep=final)
         return final
 
     def _write_shards(self, tmp: Path, optimizer: torch.optim.Optimizer) -> None:

@@ -206,6 +206,19 @@ class KDObjective:
         self._stats: dict[str, torch.Tensor] = {}  # F_ex statistics summed over this step's micro-batches
         self._td_tokens: torch.Tensor | int = 0
 
+    # Checkpoints keep the counters the step log reports, so a resumed run goes on counting where it stopped.
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"teacher_forwards": self.teacher_forwards}
+        if self.cache is not None:
+            state["cache"] = {k: getattr(self.cache, k) for k in ("hits", "misses", "corrupt", "stored_bytes")}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.teacher_forwards = state["teacher_forwards"]
+        if self.cache is not None and "cache" in state:
+            for key, value in state["cache"].items():
+                setattr(self.cache, key, value)
+
     def counts(self, batch: Batch) -> dict[str, int]:
         counts = {"tokens": batch.tokens}
         if self.head is not None:
@@ -450,6 +463,7 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
                                                 "student_samples": sampler.sequences},
                           resume_from=resume_from,
                           checkpointed={"sampler": sampler, **({"reward_head": head} if head is not None else {}),
+                                        **({"objective": objective} if isinstance(objective, KDObjective) else {}),
                                         **({"source": draw} if isinstance(draw, MixedSource) else {})})
     result.update(method=method.name, teacher=teacher_ref, student=student_ref,
                   generation_seconds=round(sampler.seconds, 2))
