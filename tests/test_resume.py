@@ -46,6 +46,8 @@ COMMANDS = {  # each draws randomness every step: dropout, or the α coin and st
     "sft": ["sft", "--model", "tiny-t5-small", "--dropout", "0.1"],
     "gkd": ["distill", "--method", "gkd", "--alpha", "0.5", *T5_PAIR],
     "gxkd": ["distill", "--method", "gxkd", "--alpha", "0.5", *T5_PAIR],
+    # fp16 autocast with loss scaling: the scaler's state (scale, growth counter) must come back too
+    "fp16": ["sft", "--model", "tiny-t5-small", "--dropout", "0.1", "--mixed-precision", "fp16"],
 }
 
 
@@ -179,7 +181,8 @@ def reference(tmp_path_factory):
 # -- SIGKILL at a random step, then SIGKILL while a checkpoint is half written ------------------------------------
 
 
-@pytest.mark.parametrize("command,phase", [("sft", "filling"), ("gkd", "unmarked"), ("gxkd", "filling")])
+@pytest.mark.parametrize("command,phase", [("sft", "filling"), ("gkd", "unmarked"), ("gxkd", "filling"),
+                                           ("fp16", "unmarked")])
 def test_a_run_killed_twice_resumes_bit_identically(tmp_path, reference, command, phase):
     runs = tmp_path / "runs"
     args = argv(command, runs)
@@ -215,9 +218,13 @@ def test_a_run_killed_twice_resumes_bit_identically(tmp_path, reference, command
     assert_bit_identical(trained_weights(run), reference(command), note)
     # Rotation kept the last two complete checkpoints and removed what the kills left behind.
     assert checkpoint_entries(run) == ["step-00000012", "step-00000015"]
+    if command == "fp16":  # the loss scaler goes on from the checkpoint (its growth counter counts every step)
+        final = "checkpoints/step-00000015/state.json"
+        scaler = json.loads((run / final).read_text())["scaler"]
+        assert scaler == json.loads((reference.root / TASK / command / final).read_text())["scaler"], note
     lines = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == list(range(1, 17))
-    if command != "sft":  # the step log's counters go on from the checkpoint, as in the uninterrupted run
+    if COMMANDS[command][0] == "distill":  # the step log's counters go on from the checkpoint, as uninterrupted
         uninterrupted = [json.loads(line) for line in
                          (reference.root / TASK / command / "train_log.jsonl").read_text().splitlines()]
         for key in ("teacher_forwards", "student_samples"):

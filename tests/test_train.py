@@ -10,14 +10,16 @@ from xkd_cli.tasks import get_task
 from xkd_cli.train import IndexStream, Schedule, linear_schedule, train
 
 
-def fit(batch_size, grad_accum, steps=2, model_name="tiny-t5-small", optimizer="adamw"):
+def fit(batch_size, grad_accum, steps=2, model_name="tiny-t5-small", optimizer="adamw", mixed_precision="no",
+        objective=None):
     loaded = build_tiny_model(model_name)
     examples = get_task("synth-mt").load("train", limit=64)
     data = EncodedSet(examples, loaded, max_input_len=48, max_output_len=24)
     stream = IndexStream(len(data), seed=0)
-    train(model=loaded.model, objective=NLLObjective(loaded.model), draw=lambda: data.batch(stream.take(batch_size)),
+    objective = (objective or NLLObjective)(loaded.model)
+    train(model=loaded.model, objective=objective, draw=lambda: data.batch(stream.take(batch_size)),
           schedule=Schedule(max_steps=steps, lr=1.0 if optimizer == "sgd" else 1e-3, grad_accum=grad_accum, max_grad_norm=0.0,
-                            optimizer=optimizer),
+                            optimizer=optimizer, mixed_precision=mixed_precision),
           params=loaded.model.parameters(), device=torch.device("cpu"))
     return {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
 
@@ -63,3 +65,32 @@ def test_linear_schedule_warmup_and_decay():
         schedule.step()
     assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert lrs[5:] == pytest.approx([5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+
+
+class LogitDtypes(NLLObjective):
+    """NLL, recording the dtype the model's logits came out in."""
+
+    seen: list = []
+
+    def terms(self, batch):
+        from xkd_cli.batches import forward
+
+        logits, _ = forward(self.model, batch)
+        LogitDtypes.seen.append(logits.dtype)
+        return super().terms(batch)
+
+
+@pytest.mark.parametrize("mode, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_mixed_precision_autocasts_the_forward_and_keeps_float32_weights(mode, dtype):
+    """--mixed-precision runs the forward passes in bf16 / fp16 (fp16 with loss scaling) while the weights
+    and their updates stay float32; the result is close to, not equal to, full precision."""
+    LogitDtypes.seen = []
+    start = build_tiny_model("tiny-t5-small").model.state_dict()
+    full = fit(8, 1, steps=1, optimizer="sgd")  # plain SGD with lr 1: the update is the gradient itself
+    mixed = fit(8, 1, steps=1, optimizer="sgd", mixed_precision=mode, objective=LogitDtypes)
+    assert set(LogitDtypes.seen) == {dtype}
+    assert all(v.dtype == torch.float32 for v in mixed.values())
+    g_full = torch.cat([(start[k] - full[k]).flatten() for k in full])
+    g_mixed = torch.cat([(start[k] - mixed[k]).flatten() for k in full])
+    assert (g_mixed - g_full).norm() / g_full.norm() < 0.05  # the same gradient up to half-precision rounding
+    assert not torch.equal(g_mixed, g_full)  # the autocast did change the arithmetic

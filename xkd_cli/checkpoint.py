@@ -7,8 +7,9 @@ A checkpoint is a directory ``<run>/checkpoints/step-NNNNNNNN/`` holding
   every other trained module (``reward_head.safetensors`` for the X-variants);
 * ``optimizer.pt``: the optimizer state, read back with ``torch.load(weights_only=True)`` (tensors and plain
   containers only: no arbitrary unpickling);
-* ``state.json``: step, LR scheduler, loop counters and evaluations so far, the data position (index stream,
-  the α coin, the student sampler's counters), the resolved config and its hashes;
+* ``state.json``: step, LR scheduler, the fp16 loss scaler (``--mixed-precision fp16``), loop counters and
+  evaluations so far, the data position (index stream, the α coin, the student sampler's counters), the
+  resolved config and its hashes;
 * ``rng-rank<R>.json``: the random states of process R (python ``random``, numpy, torch CPU, CUDA);
 * ``COMPLETE``: written last, with the step and the size of every file.
 
@@ -435,7 +436,7 @@ class Checkpointer:
 
     # restore ---------------------------------------------------------------------------------------------
 
-    def restore(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> LoopState:
+    def restore(self, optimizer: torch.optim.Optimizer, scheduler: Any, *, scaler: Any = None) -> LoopState:
         """Load the checkpoint into modules, optimizer, scheduler and objects; RNG states last. Call it right
         before the first step: nothing may draw random numbers between this and the step."""
         if self.resume is None:
@@ -464,6 +465,8 @@ class Checkpointer:
                            f"({type(exc).__name__}: {_first_line(exc)}). The checkpoint is damaged or not ours: "
                            "delete its directory to resume from the one before, or pass --overwrite.") from None
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and "scaler" in state:  # fp16 loss scaling: the scale and its growth counter
+            scaler.load_state_dict(state["scaler"])
         for name, obj in self.objects.items():
             if name in state["objects"]:  # absent from checkpoints of older versions: it starts afresh
                 obj.load_state_dict(state["objects"][name])
@@ -481,7 +484,8 @@ class Checkpointer:
 
     # save --------------------------------------------------------------------------------------------------
 
-    def step_done(self, loop: LoopState, *, max_steps: int, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    def step_done(self, loop: LoopState, *, max_steps: int, optimizer: torch.optim.Optimizer, scheduler: Any,
+                  scaler: Any = None) -> None:
         """After each optimizer step: save when due or when a stop signal came; stop after such a save."""
         if loop.step >= max_steps:
             return  # the final model is saved next: a checkpoint would only repeat it
@@ -489,7 +493,7 @@ class Checkpointer:
         # A signal may reach one process only (a node's own scheduler): all save and stop together.
         stop = self.processes.agree(self.signal_received is not None)
         if due or stop:
-            saved = self.save(loop, optimizer=optimizer, scheduler=scheduler)
+            saved = self.save(loop, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         if stop:
             self.signal_received = self.signal_received or signal.SIGTERM
             name = signal.Signals(self.signal_received).name
@@ -497,7 +501,7 @@ class Checkpointer:
                 f"{name} received: stopped after step {loop.step} of {max_steps} and saved checkpoint {saved}. "
                 "Run the same command again (or add --resume) to continue.", self.signal_received)
 
-    def save(self, loop: LoopState, *, optimizer: torch.optim.Optimizer, scheduler: Any) -> Path:
+    def save(self, loop: LoopState, *, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any = None) -> Path:
         """Write a checkpoint in three phases: the main process makes the temporary directory; every process
         writes its part (the main one everything but the other processes' RNG states and shards); the main
         one seals it (rename, ``COMPLETE``, rotation). After each phase all processes agree whether any of them
@@ -523,7 +527,7 @@ class Checkpointer:
                                safetensors_bytes(_module_tensors(module), metadata={"format": FORMAT}))
                 if not self.processes.sharded:
                     _write(tmp / OPTIMIZER_FILE, _optimizer_bytes(optimizer))
-                _write_json(tmp / STATE_FILE, self._state_record(loop, scheduler))
+                _write_json(tmp / STATE_FILE, self._state_record(loop, scheduler, scaler))
             self._write_shards(tmp, optimizer)
             _write_json(tmp / f"rng-rank{rank()}.json", rng_state())
 
@@ -571,7 +575,7 @@ class Checkpointer:
                        safetensors_bytes(_module_tensors(module), metadata={"format": FORMAT}))
         _write(tmp / _optimizer_file(True), _optimizer_bytes(optimizer))
 
-    def _state_record(self, loop: LoopState, scheduler: Any) -> dict[str, Any]:
+    def _state_record(self, loop: LoopState, scheduler: Any, scaler: Any = None) -> dict[str, Any]:
         return {
             "format": FORMAT, "kind": self.kind, "step": loop.step, "examples": self.examples,
             "config": to_dict(self.cfg), "config_hash": config_hash(self.cfg),
@@ -579,6 +583,7 @@ class Checkpointer:
             "loop": {"step": loop.step, "tokens_seen": loop.tokens_seen, "elapsed_s": loop.elapsed_s,
                      "evals": loop.evals},
             "scheduler": scheduler.state_dict(),
+            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
             "objects": {name: obj.state_dict() for name, obj in self.objects.items()},
             "xkd": __version__, "torch": torch.__version__, "world_size": self.processes.count,
             "sharded": self.processes.sharded, "written": now(),

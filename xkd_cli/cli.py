@@ -18,7 +18,7 @@ from .options import (BatchSize, Data, Device, Dropout, Dtype, EvalEvery, EvalLi
                       MaxGradNorm, MaxInputLen, MaxOutputLen, MaxSteps, Model, Name, Overwrite, Recipe, RunsDir,
                       Seed, Task, TrainFraction, WarmupSteps, WeightDecay, config_flags, recipe_value)
 from .options import LoadIn4bit, LoadIn8bit, LoraAlpha, LoraDropout, LoraR, LoraTargets, MergeLora
-from .options import TrustRemoteCode
+from .options import MixedPrecision, TrustRemoteCode
 from .options import KeepLast, Processes, Resume, SaveEvery
 from .workspace import default_task, runs_root
 
@@ -66,7 +66,8 @@ def sft(
     log_every: LogEvery = None,
     dropout: Dropout = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = False, processes: Processes = None,
-    dtype: Dtype = None, device: Device = None, trust_remote_code: TrustRemoteCode = None,
+    dtype: Dtype = None, mixed_precision: MixedPrecision = None, device: Device = None,
+    trust_remote_code: TrustRemoteCode = None,
     lora_r: LoraR = None, lora_alpha: LoraAlpha = None, lora_dropout: LoraDropout = None,
     lora_targets: LoraTargets = None, merge_lora: MergeLora = None,
     load_in_8bit: LoadIn8bit = None, load_in_4bit: LoadIn4bit = None,
@@ -125,7 +126,8 @@ def distill(
     log_every: LogEvery = None,
     dropout: Dropout = None,
     save_every: SaveEvery = None, keep_last: KeepLast = None, resume: Resume = False, processes: Processes = None,
-    dtype: Dtype = None, device: Device = None, trust_remote_code: TrustRemoteCode = None,
+    dtype: Dtype = None, mixed_precision: MixedPrecision = None, device: Device = None,
+    trust_remote_code: TrustRemoteCode = None,
     lora_r: LoraR = None, lora_alpha: LoraAlpha = None, lora_dropout: LoraDropout = None,
     lora_targets: LoraTargets = None, merge_lora: MergeLora = None,
     load_in_8bit: LoadIn8bit = None, load_in_4bit: LoadIn4bit = None,

@@ -139,6 +139,9 @@ def config_hash(cfg: Any, ignore: tuple[str, ...] = ()) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Options every training command shares (sft, and distill on top of it)."""
@@ -160,6 +163,7 @@ class TrainingConfig:
     eval_limit: int = 64
     log_every: int = 10
     dtype: str = "float32"
+    mixed_precision: str = "no"  # no | bf16 | fp16: autocast the forward passes, weights stay in --dtype
     device: str = "auto"
     dropout: float | None = None
     trust_remote_code: bool = False  # run a model's own Python code (auto_map) only when the user asks
@@ -190,6 +194,8 @@ class TrainingConfig:
         in_range(found, "dropout", self.dropout, 0, 1, hi_open=True)
         if self.dtype not in DTYPES:
             found.append(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            found.append(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
         if not (self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda")):
             found.append(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         from .lora import lora_problems

@@ -64,7 +64,8 @@ def check_shardable(cfg) -> None:
     if not _env_true(FSDP_ENV):
         return
     clashing = [flag for flag, value in (("--lora-r", cfg.lora_r), ("--load-in-8bit", cfg.load_in_8bit),
-                                         ("--load-in-4bit", cfg.load_in_4bit), ("--eval-every", cfg.eval_every))
+                                         ("--load-in-4bit", cfg.load_in_4bit), ("--eval-every", cfg.eval_every),
+                                         ("--mixed-precision fp16", cfg.mixed_precision == "fp16"))
                 if value]
     if clashing:
         raise XKDError(f"FSDP (this Accelerate config) does not combine with {', '.join(clashing)} in xkd: drop "

@@ -18,6 +18,7 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existin
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed.")]
 Dtype = Annotated[Optional[str], typer.Option(help="Model dtype: float32, bfloat16, float16, auto.")]
+MixedPrecision = Annotated[Optional[str], typer.Option(help="Autocast the forward passes to bf16 or fp16 (fp16 with loss scaling); weights, optimizer and losses stay float32. no (default), bf16, fp16.")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Run name, local path, Hugging Face id (t5-small … t5-xl aliases) or built-in tiny model.")]
 MaxInputLen = Annotated[Optional[int], typer.Option(help="Maximum prompt length in tokens.")]

@@ -59,7 +59,8 @@ class RewardHead(nn.Module):
         h = hidden.float()  # B x T x H
         if self.position == "next":
             h = torch.cat([h[:, 1:], torch.zeros_like(h[:, :1])], dim=1)  # h_{t+1}; zeros after the last
-        out = F.linear(h, self.proj.weight.float(), self.proj.bias.float())  # B x T x 2
+        with torch.autocast(device_type=h.device.type, enabled=False):  # float32 even under --mixed-precision
+            out = F.linear(h, self.proj.weight.float(), self.proj.bias.float())  # B x T x 2
         mu, log_sigma = out.unbind(-1)
         return mu, log_sigma.clamp(-self.log_sigma_bound, self.log_sigma_bound)
 

@@ -137,7 +137,7 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
     seed_everything(cfg.seed)
     schedule = Schedule(max_steps=cfg.max_steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
                         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, log_every=cfg.log_every,
-                        eval_every=cfg.eval_every)
+                        eval_every=cfg.eval_every, mixed_precision=cfg.mixed_precision)
 
     def evaluate(step: int) -> dict:
         return quick_eval(loaded, task, eval_examples, max_input_len=cfg.max_input_len,

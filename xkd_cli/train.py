@@ -46,6 +46,18 @@ class Schedule:
     log_every: int = 10
     eval_every: int = 0
     optimizer: str = "adamw"  # "sgd" makes the update a plain multiple of the gradient (tests, ablations)
+    mixed_precision: str = "no"  # no | bf16 | fp16 (autocast; fp16 adds loss scaling)
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(mode: str, device: torch.device):
+    """The forward passes' autocast for ``--mixed-precision`` (a no-op for "no"). Weights, gradients and the
+    optimizer stay in the model's dtype; the losses compute in float32 whatever the logits' dtype."""
+    if mode == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[mode])
 
 
 class TrainingDiverged(XKDError):
@@ -120,12 +132,14 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
     optimizer = (torch.optim.SGD if schedule.optimizer == "sgd" else torch.optim.AdamW)(
         params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     scheduler = linear_schedule(optimizer, schedule.warmup_steps, schedule.max_steps)
+    # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type) if schedule.mixed_precision == "fp16" else None
     model.train()
     log_file = open(log_path, "a", encoding="utf-8") if log_path else None
     board = tensorboard_writer(log_path)
     last: dict = {}
     # Last before the loop: a resume restores the RNG states here, so nothing may draw random numbers between.
-    resumed = checkpoints.restore(optimizer, scheduler) if checkpoints is not None else None
+    resumed = checkpoints.restore(optimizer, scheduler, scaler=scaler) if checkpoints is not None else None
     evals: list[dict] = list(resumed.evals) if resumed else []
     started = time.perf_counter() - (resumed.elapsed_s if resumed else 0.0)
     tokens_seen = resumed.tokens_seen if resumed else 0
@@ -135,7 +149,8 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
             task_id = bar.add_task(description, total=schedule.max_steps, completed=first - 1, info="")
             for step in range(first, schedule.max_steps + 1):
                 try:
-                    with PHASES("collate"):  # drawing the batches; student sampling is its own phase
+                    # drawing the batches (student sampling, its own phase, runs under the autocast too)
+                    with PHASES("collate"), autocast(schedule.mixed_precision, device):
                         batches = [draw().to(device) for _ in range(schedule.grad_accum)]
                     totals: dict[str, int] = {}
                     for batch in batches:
@@ -145,10 +160,11 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                     optimizer.zero_grad(set_to_none=True)
                     sums: dict[str, torch.Tensor] = {}
                     for batch in batches:
-                        terms = objective.terms(batch)
+                        with autocast(schedule.mixed_precision, device):
+                            terms = objective.terms(batch)
                         loss = sum(value / max(totals[key], 1) for value, key in terms.values())
                         with PHASES.backward():
-                            loss.backward()
+                            (loss if scaler is None else scaler.scale(loss)).backward()
                         for name, (value, key) in terms.items():
                             sums[name] = sums.get(name, 0.0) + value.detach() / max(totals[key], 1)
                 except XKDError as exc:  # e.g. a non-finite teacher: say where it happened
@@ -160,9 +176,15 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                     raise TrainingDiverged(
                         f"loss became {loss_value} at step {step} ({values}). Lower --lr or check the data; "
                         "nothing was saved from this step.")
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # after the gradients are summed: every process sees the same inf
                 grad_norm = clip_gradients(groups, schedule.max_grad_norm) if schedule.max_grad_norm > 0 else None
                 with PHASES("optimizer"):
-                    optimizer.step()
+                    if scaler is None:
+                        optimizer.step()
+                    else:  # skips the update when a gradient overflowed, and adapts the scale
+                        scaler.step(optimizer)
+                        scaler.update()
                 scheduler.step()
                 tokens_seen += totals.get("tokens", 0)
                 elapsed = time.perf_counter() - started
@@ -195,7 +217,7 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                 bar.update(task_id, advance=1, info=f"loss {loss_value:.4f} {parts}".strip())
                 if checkpoints is not None:
                     checkpoints.step_done(LoopState(step, tokens_seen, elapsed, evals), max_steps=schedule.max_steps,
-                                          optimizer=optimizer, scheduler=scheduler)
+                                          optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     finally:
         if log_file:
             log_file.close()
