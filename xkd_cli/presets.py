@@ -34,6 +34,12 @@ BUNDLED = {
 }
 
 
+# Larger models on bundled tasks, where the shared default does not suit them: as the paper lowers T5-large's LR
+# (Table 5), tiny-t5-large on synth-sum learns faster at half the LR (ROUGE-2 after 600 steps: 72.9 at 5e-4,
+# 71.9 at 3e-4, 68.1 at 1e-3, 44.9 at 3e-3 after 300), while tiny-t5-small is best at 1e-3 (67.2; 55.9 at 5e-4).
+BUNDLED_LARGE = {"synth-sum": dict(BUNDLED["synth-sum"], lr=5e-4)}
+
+
 def model_scale(model: str | None) -> str:
     """'large' / 'xl' / 'small' from a model reference, for picking the paper's table."""
     name = (model or "").lower()
@@ -44,7 +50,8 @@ def model_scale(model: str | None) -> str:
 
 def sft_defaults(task: str, model: str | None) -> dict[str, Any]:
     if task in BUNDLED:
-        return dict(BUNDLED[task])
+        large = model_scale(model) == "large" and task in BUNDLED_LARGE
+        return dict(BUNDLED_LARGE[task] if large else BUNDLED[task])
     table = {"small": PAPER_SMALL, "large": PAPER_LARGE, "xl": PAPER_XL}[model_scale(model)]
     return dict(table.get(task, PAPER_SMALL.get(task, {})))
 
