@@ -405,20 +405,16 @@ def _term_columns(
     for term in terms:
         if term.check is not None:
             term.check(labels, vocab)
-    spans, start = [], len(logits)  # where each term's extras sit among the rows
+    # The rows each term reads, by index into the pass's rows: the student's, then its own logits' and extras'.
+    picks, first_logit, first_extra = [], 1, len(logits)
     for term in terms:
-        spans.append(start)
-        start += len(term.extras)
-    logit_spans, first = [], 1
-    for term in terms:
-        logit_spans.append(first)
-        first += len(term.logits)
+        picks.append([0, *range(first_logit, first_logit + len(term.logits)),
+                      *range(first_extra, first_extra + len(term.extras))])
+        first_logit += len(term.logits)
+        first_extra += len(term.extras)
 
     def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
-        columns = []
-        for term, lo, ex in zip(terms, logit_spans, spans):
-            own = [rows[0], *rows[lo:lo + len(term.logits)], *rows[ex:ex + len(term.extras)]]
-            columns.append(term.row_fn(own, targets))
+        columns = [term.row_fn([rows[i] for i in pick], targets) for term, pick in zip(terms, picks)]
         return torch.stack(columns, -1)  # N x terms
 
     values, idx = _map_valid_rows(
