@@ -30,7 +30,7 @@ What is the same on both sides (the "same work"):
   ``gradient_checkpointing=True`` and ``bf16=True``, and with checkpointing on ``GKDTrainer`` also
   samples without a KV cache (``use_cache=False``), which would make its steps far slower.
 
-Phases: xkd reports them itself when ``xkd_cli.timing.PHASES`` is enabled (``phase_seconds`` in every
+Phases: xkd reports them itself when ``xkd_cli.training.timing.PHASES`` is enabled (``phase_seconds`` in every
 step's log line); the TRL worker measures the same boundaries from outside (forward hooks on student and
 teacher, a hook on the student's logits gradient to split the backward, and overrides that time
 ``generate_on_policy_outputs`` / ``compute_loss`` / ``get_batch_samples``). ``other`` is the step time no
@@ -122,7 +122,7 @@ def peak_rss_mb() -> float:
 
 
 def distill_config(settings: Settings, cfg: Config, *, name: str):
-    from xkd_cli.distill import DistillConfig
+    from xkd_cli.training.distill import DistillConfig
 
     teacher, student = PAIRS[cfg.pair]
     return DistillConfig(task=settings.task, name=name, method=cfg.method, teacher=teacher, student=student,
@@ -143,8 +143,8 @@ def run_xkd(settings: Settings, cfg: Config) -> dict:
     """``xkd distill`` in-process (``run_distill``, what the CLI calls after parsing flags) with the phase
     timers on; the step records come from the run's own ``train_log.jsonl``."""
     import torch
-    from xkd_cli.distill import run_distill
-    from xkd_cli.timing import PHASES
+    from xkd_cli.training.distill import run_distill
+    from xkd_cli.training.timing import PHASES
 
     torch.set_num_threads(settings.threads)
     baseline = current_rss_mb()
@@ -198,11 +198,11 @@ def run_trl(settings: Settings, cfg: Config) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
-    from xkd_cli.evaluate import keep_prompt_end
-    from xkd_cli.models import build_tiny_model
-    from xkd_cli.sft import EncodedSet, load_split
-    from xkd_cli.tasks import get_task
-    from xkd_cli.train import IndexStream, seed_everything
+    from xkd_cli.evaluation.evaluate import keep_prompt_end
+    from xkd_cli.models.loading import build_tiny_model
+    from xkd_cli.training.sft import EncodedSet, load_split
+    from xkd_cli.data.tasks import get_task
+    from xkd_cli.training.loop import IndexStream, seed_everything
 
     torch.set_num_threads(settings.threads)
     baseline = current_rss_mb()

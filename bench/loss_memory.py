@@ -82,7 +82,7 @@ def naive_experiential_sum(student, labels, mu, log_sigma, lam=LAM, gamma=GAMMA,
 
 
 def loss_fn(name: str):
-    from xkd_cli import losses
+    from xkd_cli.objectives import losses
 
     def xkd_gkd(s, t, labels, mu, log_sigma):
         return losses.divergence_sum("jsd", s, t, labels, beta=BETA).total
@@ -139,7 +139,7 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     if spec.get("chunk_elements"):
-        from xkd_cli import losses
+        from xkd_cli.objectives import losses
 
         losses.CHUNK_ELEMENTS = spec["chunk_elements"]  # read at every call: the chunk-size trade-off
     device = spec["device"]
@@ -185,7 +185,7 @@ def run_worker(spec: dict, timeout: int) -> dict:
 
 
 def _default_chunk_elements() -> int:
-    from xkd_cli.losses import CHUNK_ELEMENTS
+    from xkd_cli.objectives.losses import CHUNK_ELEMENTS
 
     return CHUNK_ELEMENTS
 

@@ -106,8 +106,8 @@ def worker(spec: dict) -> dict:
     import peft  # noqa: F401
     import transformers  # noqa: F401
 
-    from xkd_cli import distill
-    from xkd_cli.config import build_config
+    from xkd_cli.training import distill
+    from xkd_cli.config.core import build_config
 
     if spec["mode"] == "build":
         return build_models(Path(spec["folder"]), spec["quick"])
@@ -173,7 +173,7 @@ def build_models(folder: Path, quick: bool) -> dict[str, dict]:
     import torch
     from transformers import T5ForConditionalGeneration
 
-    from xkd_cli.models import TinyModelSpec, builtin_tokenizer, save_model
+    from xkd_cli.models.loading import TinyModelSpec, builtin_tokenizer, save_model
 
     tokenizer = builtin_tokenizer()
     info = {}

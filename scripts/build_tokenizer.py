@@ -5,7 +5,7 @@ merges are learned on the bundled synthetic tasks, so their examples come out co
 pre-tokenization and decoding make *any* UTF-8 text round-trip losslessly (no <unk> ever).
 
 Special tokens sit at fixed ids in this order: <pad>=0, </s>=1, <unk>=2. There is no
-post-processor: callers append </s> themselves (xkd_cli.batches does).
+post-processor: callers append </s> themselves (xkd_cli.data.batches does).
 
 The corpus is the training split of synth-sum, synth-mt and synth-gsm (prompts and references,
 exactly as the tasks produce them), the GSM8K few-shot exemplars, and a little varied English and
@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
-from xkd_cli import synth  # noqa: E402
-from xkd_cli.tasks import GSM8K_FEW_SHOT_PREFIX, get_task  # noqa: E402
+from xkd_cli.data import synth  # noqa: E402
+from xkd_cli.data.tasks import GSM8K_FEW_SHOT_PREFIX, get_task  # noqa: E402
 
 OUTPUT = ROOT / "xkd_cli" / "assets" / "tokenizer" / "tokenizer.json"
 VOCAB_SIZE = 2048

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("COLUMNS", "160")
 
 from openai_server import FakeOpenAI  # noqa: E402
-from xkd_cli.cli import main  # noqa: E402
+from xkd_cli.cli.app import main  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "sk-test-DO-NOT-LEAK-4f9a1c"  # an API key that must never show up in any output or file

@@ -1,4 +1,4 @@
-"""The benchmark scripts (bench/) in quick mode, and the opt-in phase timers they read (xkd_cli.timing)."""
+"""The benchmark scripts (bench/) in quick mode, and the opt-in phase timers they read (xkd_cli.training.timing)."""
 
 import importlib.util
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from xkd_cli.distill import DistillConfig, run_distill
-from xkd_cli.timing import PHASES, PhaseTimer
+from xkd_cli.training.distill import DistillConfig, run_distill
+from xkd_cli.training.timing import PHASES, PhaseTimer
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_TRL = importlib.util.find_spec("trl") is not None

@@ -2,8 +2,8 @@
 
 import pytest
 
-from xkd_cli.config import TrainingConfig, build_config, config_hash, load_recipe
-from xkd_cli.errors import XKDError
+from xkd_cli.config.core import TrainingConfig, build_config, config_hash, load_recipe
+from xkd_cli.core.errors import XKDError
 
 
 def write(tmp_path, text):

@@ -16,8 +16,8 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from xkd_cli.distributed import Processes, ShardedStream
-from xkd_cli.train import IndexStream
+from xkd_cli.training.distributed import Processes, ShardedStream
+from xkd_cli.training.loop import IndexStream
 
 from conftest import run_xkd_process
 

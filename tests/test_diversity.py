@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from xkd_cli.diversity import CSV_COLUMNS, DiversityConfig
-from xkd_cli.errors import XKDError
+from xkd_cli.evaluation.diversity import CSV_COLUMNS, DiversityConfig
+from xkd_cli.core.errors import XKDError
 
 MODELS = ["tiny-t5-small", "tiny-gpt-small"]
 SWEEP = ["--model", MODELS[0], "--model", MODELS[1], "--task", "synth-mt", "--limit", "3", "--num-samples", "2",
@@ -138,7 +138,7 @@ def test_config_checks_every_problem_at_once():
 
 
 def test_recipe_lists_models_and_temperatures(tmp_path):
-    from xkd_cli.config import build_config
+    from xkd_cli.config.core import build_config
 
     recipe = tmp_path / "sweep.yaml"
     recipe.write_text("task: synth-mt\nmodels: [gkd, gxkd]\ntemperatures: [0.1, 1]\nnum-samples: 3\n")

@@ -6,10 +6,10 @@ import json
 import pytest
 
 from openai_server import FakeOpenAI
-from xkd_cli.errors import XKDError
-from xkd_cli.gen_teacher import load_teacher_data
-from xkd_cli.models import build_tiny_model, save_model
-from xkd_cli.tasks import get_task
+from xkd_cli.core.errors import XKDError
+from xkd_cli.training.gen_teacher import load_teacher_data
+from xkd_cli.models.loading import build_tiny_model, save_model
+from xkd_cli.data.tasks import get_task
 
 from conftest import SECRET
 WHITE = ["--teacher", "tiny-t5-small", "--task", "synth-sum", "--limit", "4", "--num-samples", "2",

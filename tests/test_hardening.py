@@ -20,8 +20,8 @@ import pytest
 
 from conftest import SECRET
 from openai_server import FakeOpenAI
-from xkd_cli.cli import main
-from xkd_cli.models import build_tiny_model, save_model
+from xkd_cli.cli.app import main
+from xkd_cli.models.loading import build_tiny_model, save_model
 
 TINY = ["--max-steps", "1", "--batch-size", "2", "--max-input-len", "32", "--max-output-len", "8",
         "--train-fraction", "0.005"]  # tokenising all of synth-sum's training set would dominate the run time
@@ -412,7 +412,7 @@ def assert_secret_nowhere(root: Path, *texts: str) -> None:
 
 
 def predictions_run(root: Path, name: str, texts: dict[str, str]) -> None:
-    from xkd_cli.workspace import create_run
+    from xkd_cli.core.workspace import create_run
 
     run = create_run(root, "synth-sum", name, kind="distill", config={}, seed=0)
     write(run.path / "eval" / "validation-greedy" / "predictions.jsonl",

@@ -8,9 +8,9 @@ import re
 import pytest
 
 from openai_server import FakeOpenAI
-from xkd_cli.errors import XKDError
-from xkd_cli.judge import combine, load_template, parse_template, parse_verdict
-from xkd_cli.workspace import create_run
+from xkd_cli.core.errors import XKDError
+from xkd_cli.evaluation.judge import combine, load_template, parse_template, parse_verdict
+from xkd_cli.core.workspace import create_run
 
 from conftest import SECRET
 TASK = "synth-sum"
@@ -337,7 +337,7 @@ def test_no_shared_ids_is_an_error(xkd, runs, key):
 def test_a_run_without_predictions_is_evaluated_first(xkd, runs, key):
     """--a names a built-in tiny model with no eval yet: `xkd eval`'s engine runs first (limit 2, no training)."""
     make_run(runs, "seqkd", PRED_B)
-    from xkd_cli.tasks import get_task
+    from xkd_cli.data.tasks import get_task
 
     ids = [e.id for e in get_task(TASK).load("validation", limit=2)]
     make_run_ids = {i: f"summary {n}" for n, i in enumerate(ids)}

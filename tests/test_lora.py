@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-from xkd_cli.lora import adaptable_module_names, apply_lora
-from xkd_cli.models import build_tiny_model, load_model, save_model
-from xkd_cli.reward import RewardHead
-from xkd_cli.train import set_dropout
+from xkd_cli.models.lora import adaptable_module_names, apply_lora
+from xkd_cli.models.loading import build_tiny_model, load_model, save_model
+from xkd_cli.objectives.reward import RewardHead
+from xkd_cli.training.loop import set_dropout
 
 pytest.importorskip("bitsandbytes")
 

@@ -1,4 +1,4 @@
-"""Tests for xkd_cli.losses: hand-computed values, properties, equivalences, gradients.
+"""Tests for xkd_cli.objectives.losses: hand-computed values, properties, equivalences, gradients.
 
 References are computed independently (plain Python / NumPy float64 loops), never by calling the
 code under test.
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from xkd_cli.errors import XKDError
-from xkd_cli.losses import (
+from xkd_cli.core.errors import XKDError
+from xkd_cli.objectives.losses import (
     DIVERGENCES,
     IGNORE_INDEX,
     check_hparams,
@@ -38,7 +38,7 @@ from xkd_cli.losses import (
     topk_divergence_term,
     valid_mask,
 )
-from xkd_cli.reward import RewardHead
+from xkd_cli.objectives.reward import RewardHead
 
 NAMES = ["jsd", "fkl", "rkl", "mix", "tvd"]
 INF = float("inf")
@@ -185,7 +185,7 @@ def test_chunked_equals_unchunked(chunk_size):
 
 
 def test_default_chunking_follows_the_vocabulary(monkeypatch):
-    import xkd_cli.losses as losses
+    import xkd_cli.objectives.losses as losses
 
     s, t, labels = rand_batch(v=11)
     ref = divergence_sum("jsd", s, t, labels, chunk_size=10**6).total

@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values (xkd_cli.metrics)."""
+"""Metrics against hand-computed values (xkd_cli.evaluation.metrics)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from xkd_cli import metrics
-from xkd_cli.errors import XKDError
+from xkd_cli.evaluation import metrics
+from xkd_cli.core.errors import XKDError
 
 
 # ---------------------------------------------------------------- ROUGE

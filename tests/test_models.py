@@ -1,4 +1,4 @@
-"""Tests for xkd_cli.models: builtin tiny models, reference resolution, loading, saving, tokenizers.
+"""Tests for xkd_cli.models.loading: builtin tiny models, reference resolution, loading, saving, tokenizers.
 
 Nothing here touches the network: hub ids are only resolved, and the one hub load runs in offline mode.
 """
@@ -14,9 +14,9 @@ import torch
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from xkd_cli import models
-from xkd_cli.errors import XKDError
-from xkd_cli.models import (
+from xkd_cli.models import loading as models
+from xkd_cli.core.errors import XKDError
+from xkd_cli.models.loading import (
     BUILTIN_MODELS,
     HUB_ALIASES,
     LoadedModel,

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xkd_cli.config import build_config
-from xkd_cli.presets import sft_defaults
-from xkd_cli.sft import SFTConfig
+from xkd_cli.config.core import build_config
+from xkd_cli.config.defaults import sft_defaults
+from xkd_cli.training.sft import SFTConfig
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("sft-*.yaml"))
 

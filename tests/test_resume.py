@@ -28,11 +28,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xkd_cli.checkpoint import COMPLETE, DELAY_ENV
+from xkd_cli.training.checkpoint import COMPLETE, DELAY_ENV
 
 CTX = multiprocessing.get_context("forkserver")
 # The CLI imports lazily: preload what a training run imports, so each forked run starts at once.
-CTX.set_forkserver_preload(["xkd_cli.cli", "xkd_cli.sft", "xkd_cli.distill", "transformers.models.t5.modeling_t5"])
+CTX.set_forkserver_preload(["xkd_cli.cli.app", "xkd_cli.training.sft", "xkd_cli.training.distill", "transformers.models.t5.modeling_t5"])
 THREADS = torch.get_num_threads()  # every run uses the same thread count: float sums depend on it
 SEED = int(os.environ.get("XKD_RESUME_SEED") or random.randrange(10**6))
 RNG = random.Random(SEED)
@@ -68,7 +68,7 @@ def _child(args, err_path, threads, env, fsize_limit):
     fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    from xkd_cli.cli import main
+    from xkd_cli.cli.app import main
 
     code = 0
     try:

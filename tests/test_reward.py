@@ -1,4 +1,4 @@
-"""Tests for xkd_cli.reward.RewardHead (q_φ)."""
+"""Tests for xkd_cli.objectives.reward.RewardHead (q_φ)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from xkd_cli.errors import XKDError
-from xkd_cli.losses import experiential_sum
-from xkd_cli.reward import RewardHead
+from xkd_cli.core.errors import XKDError
+from xkd_cli.objectives.losses import experiential_sum
+from xkd_cli.objectives.reward import RewardHead
 
 
 def test_zero_init_gives_the_prior():

@@ -1,4 +1,4 @@
-"""The bundled synthetic tasks (xkd_cli.synth) and the shared byte-level tokenizer built from them."""
+"""The bundled synthetic tasks (xkd_cli.data.synth) and the shared byte-level tokenizer built from them."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from xkd_cli import metrics, synth
-from xkd_cli.errors import XKDError
-from xkd_cli.synth import ADJECTIVES, NOUN_BY_EN, NP, PRONOUNS, VERBS, Clause, MTSentence
-from xkd_cli.tasks import get_task
+from xkd_cli.evaluation import metrics
+from xkd_cli.data import synth
+from xkd_cli.core.errors import XKDError
+from xkd_cli.data.synth import ADJECTIVES, NOUN_BY_EN, NP, PRONOUNS, VERBS, Clause, MTSentence
+from xkd_cli.data.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_FILE = ROOT / "xkd_cli" / "assets" / "tokenizer" / "tokenizer.json"

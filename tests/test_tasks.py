@@ -1,4 +1,4 @@
-"""Task registry and data loading (xkd_cli.tasks), on fixture files in the real datasets' schemas.
+"""Task registry and data loading (xkd_cli.data.tasks), on fixture files in the real datasets' schemas.
 
 Committed fixtures: tests/fixtures/{xsum,wmt,gsm8k}/ (jsonl, csv, json). Parquet files and broken
 inputs are written into tmp_path by the tests. Nothing here touches the network.
@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from xkd_cli.errors import XKDError
-from xkd_cli.tasks import GSM8K_EXEMPLARS, SPLITS, TASKS, WMT_TRAIN_PAIRS, Example, get_task
+from xkd_cli.core.errors import XKDError
+from xkd_cli.data.tasks import GSM8K_EXEMPLARS, SPLITS, TASKS, WMT_TRAIN_PAIRS, Example, get_task
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xkd_cli import losses
-from xkd_cli.models import build_tiny_model
-from xkd_cli.sft import EncodedSet
-from xkd_cli.tasks import get_task
-from xkd_cli.teacher_cache import CACHE_DIRNAME, KEY_FILE, cache_fields, fields_key, row_tokens
+from xkd_cli.objectives import losses
+from xkd_cli.models.loading import build_tiny_model
+from xkd_cli.training.sft import EncodedSet
+from xkd_cli.data.tasks import get_task
+from xkd_cli.training.teacher_cache import CACHE_DIRNAME, KEY_FILE, cache_fields, fields_key, row_tokens
 
 T5_PAIR = ["--teacher", "tiny-t5-base", "--student", "tiny-t5-small"]
 GPT_PAIR = ["--teacher", "tiny-gpt-large", "--student", "tiny-gpt-small"]

@@ -4,10 +4,10 @@
 import pytest
 import torch
 
-from xkd_cli.models import build_tiny_model
-from xkd_cli.sft import EncodedSet, NLLObjective
-from xkd_cli.tasks import get_task
-from xkd_cli.train import IndexStream, Schedule, linear_schedule, train
+from xkd_cli.models.loading import build_tiny_model
+from xkd_cli.training.sft import EncodedSet, NLLObjective
+from xkd_cli.data.tasks import get_task
+from xkd_cli.training.loop import IndexStream, Schedule, linear_schedule, train
 
 
 def fit(batch_size, grad_accum, steps=2, model_name="tiny-t5-small", optimizer="adamw", mixed_precision="no",
@@ -73,7 +73,7 @@ class LogitDtypes(NLLObjective):
     seen: list = []
 
     def terms(self, batch):
-        from xkd_cli.batches import forward
+        from xkd_cli.data.batches import forward
 
         logits, _ = forward(self.model, batch)
         LogitDtypes.seen.append(logits.dtype)

@@ -1,0 +1,195 @@
+"""Evaluation: generate on a task split, append predictions as they come, score with the task metric.
+
+Results live in ``<run>/eval/<split>-<decoding>/``: ``predictions.jsonl`` (one row per input id) and
+``metrics.json``. A re-run with the same settings skips finished ids; other settings are refused
+unless ``--overwrite``, so two decodings never mix in one file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from xkd_cli.evaluation import metrics
+from xkd_cli.data.batches import encode_prompts, special_ids
+from xkd_cli.config.core import DTYPES, check, in_range, to_dict
+from xkd_cli.core.errors import XKDError
+from xkd_cli.models.generate import Sampling, decode, generate_batched
+from xkd_cli.core.jsonl import append_rows, read_rows
+from xkd_cli.models.lora import quantization_of, quantization_problems
+from xkd_cli.models.loading import LoadedModel, load_model
+from xkd_cli.data.tasks import Example, Task, get_task
+from xkd_cli.training.loop import resolve_device, seed_everything
+from xkd_cli.core.ui import console, progress
+from xkd_cli.core.workspace import Run, create_run, open_run, read_json, run_path, slug, write_json
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    task: str = ""
+    model: str = ""
+    name: str | None = None
+    data: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    batch_size: int = 32
+    max_input_len: int = 512
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    num_samples: int = 1
+    seed: int = 42
+    use_stemmer: bool = False
+    dtype: str = "float32"
+    device: str = "auto"
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False  # run a model's own code (auto_map) only when asked
+
+    def __post_init__(self) -> None:
+        found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
+        if not self.task:
+            found.append("--task is required")
+        if not self.model:
+            found.append("--model is required (a run name, a path, a hub id or a built-in model)")
+        if self.split is not None and self.split not in SPLITS:
+            found.append(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        for name in ("batch_size", "max_input_len", "max_new_tokens", "num_samples", "limit"):
+            in_range(found, name, getattr(self, name), 1)
+        in_range(found, "temperature", self.temperature, 0)
+        in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
+        if self.dtype not in DTYPES:
+            found.append(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check(found)
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                        num_samples=self.num_samples)
+
+
+def keep_prompt_end(task: Task) -> bool:
+    """Few-shot prompts carry the question at the end: truncate those from the left."""
+    return task.family == "gsm"
+
+
+def predict(loaded: LoadedModel, task: Task, examples: Sequence[Example], sampling: Sampling, *, max_input_len: int,
+            batch_size: int, seed: int | None = None, on_rows=None, description: str = "generate") -> list[list[str]]:
+    """Generated texts per example (``num_samples`` each); ``on_rows(rows)`` gets finished rows batch by batch."""
+    pad, eos, _ = special_ids(loaded.tokenizer, loaded.model.config)
+    prompts = encode_prompts(loaded.tokenizer, [e.prompt for e in examples], is_encoder_decoder=loaded.is_encoder_decoder,
+                             max_len=max_input_len, keep_end=keep_prompt_end(task))
+    with progress() as bar:
+        bar_id = bar.add_task(description, total=len(examples), info="")
+
+        def finished(indices: list[int], outputs: list[list[list[int]]]) -> None:
+            if on_rows is not None:
+                on_rows([(examples[i], decode(loaded.tokenizer, out)) for i, out in zip(indices, outputs)])
+            bar.update(bar_id, advance=len(indices))
+
+        outputs = generate_batched(loaded.model, prompts, sampling, is_encoder_decoder=loaded.is_encoder_decoder,
+                                   pad_id=pad, eos_id=eos, batch_size=batch_size, seed=seed, on_batch=finished)
+    return [decode(loaded.tokenizer, out) for out in outputs]
+
+
+def score(task: Task, predictions: Sequence[Sequence[str]], references: Sequence[str], *,
+          use_stemmer: bool = False) -> dict[str, Any]:
+    """Task metric of each sample index, averaged over samples; SelfBLEU too when there are several samples."""
+    k = len(predictions[0]) if predictions else 1
+    per_sample = [task.score([p[j] for p in predictions], list(references), **({"use_stemmer": True} if use_stemmer else {}))
+                  for j in range(k)]
+    out: dict[str, Any] = {}
+    for key, value in per_sample[0].items():
+        out[key] = sum(s[key] for s in per_sample) / k if isinstance(value, (int, float)) else value
+    if k > 1:
+        out["self_bleu"] = metrics.self_bleu([list(p) for p in predictions])
+        out["diversity"] = 100.0 - out["self_bleu"]
+    return out
+
+
+def quick_eval(loaded: LoadedModel, task: Task, examples: Sequence[Example], *, max_input_len: int,
+               max_new_tokens: int, batch_size: int) -> dict[str, float]:
+    """Greedy metric on a few examples, for progress checks during training."""
+    texts = predict(loaded, task, examples, Sampling(max_new_tokens=max_new_tokens), max_input_len=max_input_len,
+                    batch_size=batch_size, description="eval")
+    result = score(task, texts, [e.reference for e in examples])
+    return {k: v for k, v in result.items() if isinstance(v, (int, float))}
+
+
+def _eval_run(cfg: EvalConfig, task: Task, runs_root: Path, source: str) -> Run:
+    """The run that receives the results: the model's own run, or an 'eval' run named after the model."""
+    if source == "run" and cfg.name is None:
+        run = open_run(runs_root, task.name, cfg.model)
+        run.record()  # a damaged run.json fails now, before any result is written into the run
+        return run
+    name = cfg.name or f"eval-{slug(cfg.model)}"
+    path = run_path(runs_root, task.name, name)
+    if path.exists():
+        run = open_run(runs_root, task.name, name)
+        kind = run.record().get("kind")
+        if kind != "eval" and name != cfg.model:  # never write one model's results into another run
+            raise XKDError(f"run '{name}' at {path} is a {kind} run, not an eval run of {cfg.model!r}: "
+                           "pick another --name (or leave it out)")
+        return run
+    return create_run(runs_root, task.name, name, kind="eval", config={"model": cfg.model}, seed=cfg.seed,
+                      extra={"base_model": cfg.model})
+
+
+def run_eval(cfg: EvalConfig, *, runs_root: Path, overwrite: bool = False) -> dict[str, Any]:
+    task = get_task(cfg.task)
+    split = cfg.split or task.eval_split
+    examples = task.load(split, cfg.data, limit=cfg.limit)
+    if not examples:
+        raise XKDError(f"the {split} split of task '{task.name}' is empty. Check --data / --split.")
+    quantization = quantization_of(cfg.load_in_8bit, cfg.load_in_4bit)
+    loaded = load_model(cfg.model, task=task.name, runs_dir=runs_root, dtype=cfg.dtype,
+                        device=str(resolve_device(cfg.device)), for_training=False, quantization=quantization,
+                        trust_remote_code=cfg.trust_remote_code)
+    run = _eval_run(cfg, task, runs_root, loaded.source)
+    out_dir = run.path / "eval" / f"{split}-{cfg.sampling.label()}"
+    settings = {"task": task.name, "model": cfg.model, "model_location": loaded.location, "data": cfg.data,
+                "split": split, "max_input_len": cfg.max_input_len, "seed": cfg.seed, **to_dict(cfg.sampling),
+                **({"quantization": quantization} if quantization else {})}
+    if out_dir.exists() and overwrite:
+        shutil.rmtree(out_dir)
+    if (out_dir / "settings.json").is_file():
+        previous = read_json(out_dir / "settings.json")
+        changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+        if changed:
+            raise XKDError(f"{out_dir} holds results made with other settings ({', '.join(changed)}). "
+                           "Pass --overwrite to replace them, or --name to write elsewhere.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "settings.json", settings)
+    pred_path = out_dir / "predictions.jsonl"
+    done = {row["id"]: row for row in read_rows(pred_path)}
+    todo = [e for e in examples if e.id not in done]
+    started = time.time()
+    if todo:
+        if done:
+            console.print(f"resuming: {len(done)} of {len(examples)} predictions already in {pred_path}")
+        seed_everything(cfg.seed)
+
+        def save(rows) -> None:
+            records = [{"id": e.id, "source": e.source, "prompt": e.prompt, "reference": e.reference,
+                        "prediction": texts[0],
+                        **({"predictions": texts} if cfg.num_samples > 1 else {})} for e, texts in rows]
+            append_rows(pred_path, records)
+            done.update((r["id"], r) for r in records)
+
+        predict(loaded, task, todo, cfg.sampling, max_input_len=cfg.max_input_len, batch_size=cfg.batch_size,
+                seed=cfg.seed, on_rows=save, description=f"eval {task.name}/{run.name}")
+    rows = [done[e.id] for e in examples]
+    texts = [r.get("predictions", [r["prediction"]]) for r in rows]
+    values = score(task, texts, [r["reference"] for r in rows], use_stemmer=cfg.use_stemmer)
+    result = {"task": task.name, "model": cfg.model, "run": run.name, "split": split, "examples": len(rows),
+              "decoding": cfg.sampling.label(), "headline": task.headline, "metrics": values,
+              "predictions": str(pred_path), "seconds": round(time.time() - started, 2)}
+    write_json(out_dir / "metrics.json", result)
+    if run.record().get("kind") == "eval":
+        run.update_record(status="completed")
+    return result

@@ -1,0 +1,277 @@
+"""A whole experiment from one YAML recipe: SFT teacher and student → gen-teacher → distill each method
+→ eval → diversity → judge → report, with optional one-parameter sweeps.
+
+Each step is an ordinary command's config run through the same engine function the command uses.
+A step whose run already exists, completed, with the same config is skipped, so an interrupted
+pipeline resumes; a run of the same name made with another config is refused (the keys are named)
+unless ``--overwrite``.
+
+Recipe keys (all optional except ``tasks`` or ``task``)::
+
+    tasks: [synth-sum, synth-mt]     # or task: synth-sum
+    teacher: {model: tiny-t5-large, max_steps: 600}        # sft options; run name "teacher"
+    student: {model: tiny-t5-small}                        # run name "student"
+    gen_teacher: {num_samples: 1}                          # gen-teacher options (api_model/api_base for black-box)
+    methods: [seqkd, seqxkd, skd, sxkd, gkd, gxkd, minillm]
+    distill: {max_steps: 300}                              # options shared by every method
+    method_options: {gxkd: {lam: 0.001}}                   # per-method options
+    eval: {limit: 200}
+    diversity: {models: [student, gkd, gxkd], temperatures: [0.1, 0.3, 0.5, 1.0], num_samples: 4, limit: 20}
+    judge: {a: seqxkd, b: seqkd, judge_model: gpt-4, base_url: http://..., limit: 50}
+    sweep: {param: lam, values: [0, 0.001, 0.01], methods: [gxkd]}
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from xkd_cli.config.core import build_config, load_recipe, to_dict
+from xkd_cli.core.errors import XKDError
+from xkd_cli.config.defaults import distill_defaults, eval_defaults, sft_defaults
+from xkd_cli.data.tasks import get_task
+from xkd_cli.core.ui import console
+from xkd_cli.core.workspace import RUN_RECORD, open_run, read_json, read_record, run_path
+
+TOP_KEYS = ("task", "tasks", "teacher", "student", "gen_teacher", "methods", "distill", "method_options", "eval",
+            "diversity", "judge", "sweep")
+SWEEP_PARAMS = ("train_fraction", "lam", "tau", "teacher", "student")
+DEFAULT_METHODS = ["seqkd", "seqxkd", "skd", "sxkd", "gkd", "gxkd", "minillm"]
+
+
+@dataclass
+class Step:
+    kind: str                      # sft | gen-teacher | distill | eval | diversity | judge
+    task: str
+    name: str                      # the run it writes (eval: the run it evaluates)
+    config: Any                    # the command's frozen config
+    run: Callable[..., dict] = field(repr=False)
+    note: str = ""
+    record: dict = field(default_factory=dict)  # written into the run's run.json (e.g. sweep membership)
+
+    def describe(self) -> str:
+        return f"{self.kind:<11} {self.task}/{self.name}" + (f"  ({self.note})" if self.note else "")
+
+
+def _mapping(recipe: dict, key: str) -> dict:
+    value = recipe.get(key) or {}
+    if not isinstance(value, dict):
+        raise XKDError(f"pipeline key '{key}' must be a mapping of options, got {type(value).__name__}.")
+    return {str(k).replace("-", "_"): v for k, v in value.items()}
+
+
+def _names(value: Any, key: str) -> list[str]:
+    """A list of names from the recipe; one name alone is a list of one (not a string of letters)."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise XKDError(f"pipeline key '{key}' must be a name or a list of names, e.g. [synth-sum], got {value!r}.")
+    return list(items)
+
+
+def _config(cls, defaults: dict, options: dict, where: str):
+    """Build a command config from recipe options; an unknown option is named with its recipe section."""
+    fields = {f for f in cls.__dataclass_fields__}
+    for key in options:
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise XKDError(f"unknown option '{key}' in pipeline section '{where}'.{hint}")
+    return build_config(cls, defaults=defaults, flags=options)
+
+
+def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
+    """Validate the recipe and list the steps in order, building every config (no compute)."""
+    from xkd_cli.training.distill import DistillConfig, METHODS, run_distill
+    from xkd_cli.evaluation.evaluate import EvalConfig, run_eval
+    from xkd_cli.training.gen_teacher import GenTeacherConfig, run_gen_teacher
+    from xkd_cli.models.loading import resolve_model
+    from xkd_cli.training.sft import SFTConfig, run_sft
+
+    recipe = load_recipe(recipe_path)
+    unknown = [k for k in recipe if k not in TOP_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], TOP_KEYS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise XKDError(f"unknown key '{unknown[0]}' in pipeline recipe {recipe_path}.{hint} "
+                       f"Valid keys: {', '.join(TOP_KEYS)}.")
+    tasks = _names(recipe.get("tasks") or recipe.get("task"), "tasks")
+    if not tasks:
+        raise XKDError(f"pipeline recipe {recipe_path} names no task: add 'tasks: [synth-sum]'.")
+    for task in tasks:
+        get_task(task)
+    methods = _names(recipe.get("methods"), "methods") or list(DEFAULT_METHODS)
+    for method in methods:
+        METHODS.get(method)
+    method_options = _mapping(recipe, "method_options")
+    for method in method_options:
+        if method not in methods:
+            raise XKDError(f"method_options names '{method}', which is not in 'methods' ({', '.join(methods)}).")
+    sweep = _mapping(recipe, "sweep")
+    if sweep:
+        if sweep.get("param") not in SWEEP_PARAMS:
+            raise XKDError(f"sweep param must be one of {', '.join(SWEEP_PARAMS)}, got {sweep.get('param')!r}.")
+        if not isinstance(sweep.get("values"), list) or not sweep["values"]:
+            raise XKDError("sweep needs a non-empty list 'values'.")
+        unknown_sweep = set(sweep) - {"param", "values", "methods"}
+        if unknown_sweep:
+            raise XKDError(f"unknown key '{sorted(unknown_sweep)[0]}' in pipeline section 'sweep' "
+                           "(valid: param, values, methods).")
+
+    steps: list[Step] = []
+    for task in tasks:
+        roles, sft_cfgs = {}, {}
+        gen_options = _mapping(recipe, "gen_teacher")
+        black_box = "api_model" in gen_options or "api_base" in gen_options
+        needs_local_teacher = not black_box or any(METHODS.get(m).needs_teacher_model for m in methods)
+        for role in ("teacher", "student") if needs_local_teacher else ("student",):
+            options = _mapping(recipe, role)
+            model = options.get("model") or ("tiny-t5-large" if role == "teacher" else "tiny-t5-small")
+            cfg = _config(SFTConfig, sft_defaults(task, model),
+                          {**options, "task": task, "model": model, "role": role, "name": options.get("name", role)},
+                          role)
+            resolve_model(cfg.model, task=task, runs_dir=runs_root)  # an unknown model fails the plan, not step N
+            roles[role], sft_cfgs[role] = cfg.run_name(), cfg
+            steps.append(Step("sft", task, cfg.run_name(), cfg, run_sft, note=model))
+        if sweep.get("param") in ("teacher", "student"):  # each size is SFT'd like the default pair
+            for model in sweep["values"]:
+                role = sweep["param"]
+                options = {**_mapping(recipe, role), "task": task, "model": model, "role": role,
+                           "name": f"{role}-{model}"}
+                cfg = _config(SFTConfig, sft_defaults(task, model), options, f"sweep {role}")
+                resolve_model(cfg.model, task=task, runs_dir=runs_root)
+                steps.append(Step("sft", task, cfg.run_name(), cfg, run_sft, note=f"{role} size sweep"))
+
+        gen_name = None
+        if any(METHODS.get(m).data == "teacher-samples" for m in methods):
+            defaults = {**eval_defaults(task), "max_input_len": sft_cfgs["student"].max_input_len}
+            cfg = _config(GenTeacherConfig, defaults,
+                          {**gen_options, "task": task, **({} if black_box else {"teacher": roles["teacher"]})},
+                          "gen_teacher")
+            steps.append(Step("gen-teacher", task, cfg.name, cfg, run_gen_teacher,
+                              note="black-box" if black_box else "white-box"))
+            gen_name = cfg.name
+
+        distill_options = _mapping(recipe, "distill")
+        eval_options = _mapping(recipe, "eval")
+        evaluated = list(roles.values())
+
+        def add_distill(method: str, name: str, extra: dict, note: str = "", record: dict | None = None) -> None:
+            options = {"task": task, "method": method, "name": name, "teacher": roles.get("teacher"),
+                       "student": roles["student"], **distill_options, **method_options.get(method, {}), **extra}
+            if METHODS.get(method).data == "teacher-samples":
+                options.setdefault("teacher_data", gen_name)
+            cfg = _config(DistillConfig, distill_defaults(task, options["student"]), options, f"distill/{method}")
+            steps.append(Step("distill", task, name, cfg, run_distill, note=note or METHODS.get(method).paper_name,
+                              record=record or {}))
+            evaluated.append(name)
+
+        for method in methods:
+            add_distill(method, method, {})
+        if sweep:
+            param = sweep["param"]
+            for method in sweep.get("methods") or methods:
+                if method not in methods:
+                    raise XKDError(f"sweep method '{method}' is not in 'methods' ({', '.join(methods)}).")
+                for value in sweep["values"]:
+                    if param in ("teacher", "student"):
+                        extra = {param: f"{param}-{value}"}
+                    else:
+                        extra = {param: value}
+                    add_distill(method, f"{method}-{param}-{value}", extra, note=f"sweep {param}={value}",
+                                record={"sweep": {"param": param, "value": value, "method": method}})
+
+        for name in evaluated:
+            cfg = _config(EvalConfig, eval_defaults(task), {**eval_options, "task": task, "model": name}, "eval")
+            steps.append(Step("eval", task, name, cfg, run_eval))
+
+        for kind, key in (("diversity", "diversity"), ("judge", "judge")):
+            options = _mapping(recipe, key)
+            if options:
+                steps.append(_extra_step(kind, task, options, roles))
+    return steps
+
+
+def _extra_step(kind: str, task: str, options: dict, roles: dict) -> Step:
+    """Diversity and judge steps, built by their own modules."""
+    if kind == "diversity":
+        from xkd_cli.evaluation.diversity import DiversityConfig, run_diversity
+
+        models = [roles.get(m, m) for m in _names(options.pop("models", None), "diversity.models") or [roles["student"]]]
+        cfg = _config(DiversityConfig, eval_defaults(task), {**options, "task": task, "models": models}, "diversity")
+        return Step("diversity", task, cfg.name, cfg, run_diversity, note=", ".join(models))
+    from xkd_cli.evaluation.judge import JudgeConfig, run_judge
+
+    cfg = _config(JudgeConfig, {}, {**options, "task": task, "a": roles.get(options.get("a"), options.get("a")),
+                                    "b": roles.get(options.get("b"), options.get("b"))}, "judge")
+    return Step("judge", task, cfg.name or f"judge-{cfg.a}-vs-{cfg.b}", cfg, run_judge, note=f"{cfg.a} vs {cfg.b}")
+
+
+def _state(step: Step, runs_root: Path) -> tuple[str, list[str]]:
+    """'new', 'done' (same config, completed), 'resume' (incomplete, with a checkpoint this config may
+    continue), 'stale' (incomplete otherwise) or 'changed' (other config: keys)."""
+    if step.kind in ("eval", "diversity", "judge"):
+        return "always", []  # resumable on their own: finished items are skipped inside
+    path = run_path(runs_root, step.task, step.name)
+    if not (path / RUN_RECORD).is_file():
+        return "new", []
+    record = read_record(path / RUN_RECORD)
+    if record.get("status") != "completed":
+        from xkd_cli.training.checkpoint import resumable_checkpoint
+
+        resumable = step.kind in ("sft", "distill") and resumable_checkpoint(path, step.config) is not None
+        return ("resume" if resumable else "stale"), []
+    previous = read_json(path / "config.json") if (path / "config.json").is_file() else {}
+    wanted = to_dict(step.config)
+    changed = sorted(k for k in wanted if previous.get(k) != wanted[k])  # commands may record more keys
+    return ("changed", changed) if changed else ("done", [])
+
+
+def run_pipeline(recipe_path: str | Path, *, runs_root: Path, dry_run: bool = False,
+                 overwrite: bool = False) -> dict[str, Any]:
+    steps = plan(recipe_path, runs_root)
+    states = [_state(step, runs_root) for step in steps]
+    conflicts = [(s, keys) for s, (state, keys) in zip(steps, states) if state == "changed"]
+    if conflicts and not overwrite and not dry_run:
+        step, keys = conflicts[0]
+        raise XKDError(f"run {step.task}/{step.name} exists with another config ({', '.join(keys)}). "
+                       "Pass --overwrite to redo it, or change its name.")
+    listed = [{"step": i + 1, "kind": s.kind, "task": s.task, "name": s.name, "note": s.note,
+               "state": state, **({"changed": keys} if keys else {})}
+              for i, (s, (state, keys)) in enumerate(zip(steps, states))]
+    if dry_run:
+        return {"recipe": str(recipe_path), "dry_run": True, "steps": listed}
+    started = time.time()
+    results = []
+    for i, (step, (state, _)) in enumerate(zip(steps, states), start=1):
+        if state == "done":
+            console.print(f"[dim]{i}/{len(steps)} skip {step.describe()} (done, same config)[/]")
+            results.append({**listed[i - 1], "skipped": True})
+            continue
+        console.print(f"[bold]{i}/{len(steps)}[/] {step.describe()}")
+        if step.kind == "judge" and not _judge_configured(step.config):
+            console.print("[yellow]judge skipped: no API key (set OPENAI_API_KEY or the recipe's api_key_env) "
+                          "and endpoint configured[/]")
+            results.append({**listed[i - 1], "skipped": True, "reason": "no judge endpoint configured"})
+            continue
+        t0 = time.time()
+        result = step.run(step.config, runs_root=runs_root, **({"overwrite": True} if state in ("stale", "changed")
+                                                                else {}))
+        if step.record:
+            open_run(runs_root, step.task, step.name).update_record(**step.record)
+        results.append({**listed[i - 1], "seconds": round(time.time() - t0, 1), "result": result})
+    from xkd_cli.experiments.report import build_report
+
+    console.print(f"[bold]{len(steps) + 1}/{len(steps) + 1}[/] report")
+    report = build_report(runs_root)
+    return {"recipe": str(recipe_path), "steps": results, "seconds": round(time.time() - started, 1),
+            "report": report}
+
+
+def _judge_configured(cfg: Any) -> bool:
+    return bool(os.environ.get(getattr(cfg, "api_key_env", "OPENAI_API_KEY") or "OPENAI_API_KEY"))

@@ -1,0 +1,376 @@
+"""``xkd gen-teacher``: the teacher-behaviour dataset for sequence-level KD (SeqKD / SeqX-KD, Algorithm 2).
+
+For each training prompt, ``num_samples`` teacher responses (temperature 1.0, top-p 0.95 by default,
+Table 7), from a local model (white-box: batched, KV-cached generation) or from any OpenAI-compatible
+endpoint (black-box: ``--api-base`` / ``--api-model``, bounded concurrency, our retry policy).
+
+The run ``<runs>/<task>/<name>/`` holds ``samples.jsonl``: one row per (prompt id, sample index),
+appended as they finish. A re-run of the same command resumes: finished pairs are skipped, a torn
+last line is redone, nothing is duplicated. Other settings are refused unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from xkd_cli.evaluation.api import DEFAULT_KEY_ENV, OPENAI_BASE, ChatClient, key_env_problem, public_url, url_problem
+from xkd_cli.config.core import DTYPES, build_config, check, in_range, to_dict
+from xkd_cli.core.errors import XKDError
+from xkd_cli.core.jsonl import append_rows, read_rows
+from xkd_cli.cli.options import (BatchSize, Data, Device, Dtype, Json, MaxInputLen, Name, Overwrite, Recipe, RunsDir, Seed,
+                      Task, recipe_value)
+from xkd_cli.cli.options import LoadIn4bit, LoadIn8bit, TrustRemoteCode
+from xkd_cli.core.ui import console, emit, out, table
+from xkd_cli.core.workspace import create_run, find_runs, open_run, read_record, resumable_run, run_path, runs_root
+
+KIND = "gen-teacher"
+SAMPLES_FILE = "samples.jsonl"
+DEFAULT_NAME = "teacher-samples"
+ROW_COLUMNS = ("id", "sample", "prompt", "response")
+# Settings that change the samples: a resumed run must match them all.
+_WHITE_KEYS = ("task", "mode", "teacher_location", "data", "train_fraction", "limit", "num_samples",
+               "max_input_len", "max_new_tokens", "temperature", "top_p", "seed", "quantization")
+_BLACK_KEYS = ("task", "mode", "teacher", "api_base", "data", "train_fraction", "limit", "num_samples",
+               "max_new_tokens", "temperature", "top_p")
+
+
+@dataclass(frozen=True)
+class GenTeacherConfig:
+    task: str = ""
+    teacher: str | None = None       # white-box model (run, path, builtin, hub id); None: the task's SFT teacher run
+    name: str = DEFAULT_NAME
+    data: str | None = None
+    train_fraction: float = 1.0
+    limit: int | None = None         # first N training prompts (the paper's black-box study: 1000)
+    num_samples: int = 1             # responses per prompt (the paper's black-box study: 10)
+    max_input_len: int = 512
+    max_new_tokens: int = 64
+    temperature: float = 1.0         # Table 7
+    top_p: float = 0.95              # Table 7
+    batch_size: int = 32
+    seed: int = 42
+    dtype: str = "float32"
+    device: str = "auto"
+    load_in_8bit: bool = False       # quantize the white-box teacher (bitsandbytes)
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False  # run a model's own code (auto_map) only when asked
+    api_base: str | None = None      # black-box: an OpenAI-compatible endpoint (default OpenAI's own)
+    api_model: str | None = None
+    api_key_env: str = DEFAULT_KEY_ENV
+    concurrency: int = 8
+    max_retries: int = 6
+    timeout: float = 60.0
+
+    @property
+    def black_box(self) -> bool:
+        return self.api_base is not None or self.api_model is not None
+
+    def __post_init__(self) -> None:
+        from xkd_cli.models.lora import quantization_problems
+
+        found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
+        if not self.task:
+            found.append("--task is required")
+        if self.black_box:
+            if not self.api_model:
+                found.append("--api-model is required with --api-base (the model name the endpoint serves)")
+            if self.teacher:
+                found.append("--teacher (a local model) and --api-base/--api-model (an API teacher) exclude each other")
+        found += [p for p in (key_env_problem(self.api_key_env), url_problem(self.api_base, "--api-base")) if p]
+        for name in ("num_samples", "limit", "max_input_len", "max_new_tokens", "batch_size", "concurrency"):
+            in_range(found, name, getattr(self, name), 1)
+        in_range(found, "max_retries", self.max_retries, 0)
+        in_range(found, "timeout", self.timeout, 0, lo_open=True)
+        in_range(found, "train_fraction", self.train_fraction, 0, 1, lo_open=True)
+        in_range(found, "temperature", self.temperature, 0)
+        in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
+        if self.dtype not in DTYPES:
+            found.append(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check(found)
+
+
+def default_teacher(root: Path, task: str) -> str:
+    """The task's latest completed SFT run with role 'teacher'."""
+    found = find_runs(root, task, kind="sft", role="teacher")
+    if not found:
+        raise XKDError(f"no teacher for task '{task}' in {root}: run `xkd sft --role teacher --task {task} ...` "
+                       "first or pass --teacher")
+    return found[-1].name
+
+
+def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool = False,
+                    client: ChatClient | None = None) -> dict[str, Any]:
+    """Sample the teacher on the training prompts into ``<run>/samples.jsonl`` (resumable)."""
+    from xkd_cli.models.loading import load_model, resolve_model, tokenizer_fingerprint
+    from xkd_cli.data.tasks import get_task
+
+    task = get_task(cfg.task)
+    examples = task.load("train", cfg.data, train_fraction=cfg.train_fraction, limit=cfg.limit)
+    decoding = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
+    common = {"task": task.name, "data": cfg.data, "train_fraction": cfg.train_fraction, "limit": cfg.limit,
+              "num_samples": cfg.num_samples, **decoding}
+    if cfg.black_box:
+        if client is None:  # checks the key now, before anything is written
+            client = ChatClient(cfg.api_base, cfg.api_model or "", api_key_env=cfg.api_key_env, timeout=cfg.timeout,
+                                max_retries=cfg.max_retries, concurrency=cfg.concurrency)
+        settings = {**common, "mode": "black-box", "teacher": client.model, "api_base": public_url(client.base_url)}
+        keys, teacher_info = _BLACK_KEYS, {**client.describe(), "tokenizer": "api"}
+    else:
+        teacher = cfg.teacher or default_teacher(runs_root, task.name)
+        _, location = resolve_model(teacher, task=task.name, runs_dir=runs_root)
+        from xkd_cli.models.lora import quantization_of
+
+        settings = {**common, "mode": "white-box", "teacher": teacher, "teacher_location": location,
+                    "max_input_len": cfg.max_input_len, "seed": cfg.seed,
+                    "quantization": quantization_of(cfg.load_in_8bit, cfg.load_in_4bit)}
+        keys, teacher_info = _WHITE_KEYS, {"teacher_location": location, "tokenizer": location}
+    run = resumable_run(runs_root, task.name, cfg.name, kind=KIND, settings={k: settings[k] for k in keys},
+                        overwrite=overwrite, what="teacher samples")
+    samples_path = run.path / SAMPLES_FILE if run else None
+    done: set[tuple[str, int]] = set()
+    if samples_path is not None:
+        done = {(str(r.get("id")), r.get("sample")) for r in read_rows(samples_path)}  # drops a torn last line
+    pairs = [(e, k) for e in examples for k in range(cfg.num_samples)]
+    todo = [(e, k) for e, k in pairs if (e.id, k) not in done]
+    started = time.time()
+
+    loaded = None
+    if todo and not cfg.black_box:
+        from xkd_cli.training.loop import resolve_device
+
+        loaded = load_model(settings["teacher"], task=task.name, runs_dir=runs_root, dtype=cfg.dtype,
+                            device=str(resolve_device(cfg.device)), for_training=False,
+                            quantization=settings["quantization"], trust_remote_code=cfg.trust_remote_code)
+    # Which tokenizer the samples belong to, so `distill` can refuse them for a student of another family.
+    tokenizer_sha = tokenizer_fingerprint(loaded.tokenizer) if loaded is not None else None
+    if tokenizer_sha:
+        teacher_info["tokenizer_sha"] = tokenizer_sha
+    if run is None:  # every input checked and the teacher loaded: now the disk may change
+        run = create_run(runs_root, task.name, cfg.name, kind=KIND, config={**to_dict(cfg), **settings},
+                         seed=cfg.seed, overwrite=overwrite,
+                         extra={"mode": settings["mode"], "teacher": settings["teacher"], **teacher_info,
+                                "num_samples": cfg.num_samples, "limit": cfg.limit,
+                                "train_fraction": cfg.train_fraction, "prompts": len(examples), "decoding": decoding})
+        samples_path = run.path / SAMPLES_FILE
+        samples_path.touch()
+    elif done and todo:
+        console.print(f"resuming: {len(pairs) - len(todo)} of {len(pairs)} teacher samples already in {samples_path}")
+
+    row_settings = {"task": task.name, "teacher": settings["teacher"], "mode": settings["mode"], **decoding,
+                    **({"tokenizer_sha": tokenizer_sha} if tokenizer_sha else {})}
+
+    def row(example, k: int, text: str) -> dict[str, Any]:
+        return {"id": example.id, "sample": k, "prompt": example.prompt, "response": text, "source": example.source,
+                **row_settings}
+
+    description = f"gen-teacher {task.name}/{run.name}"
+    if todo and cfg.black_box:
+        assert client is not None
+
+        def ask(pair) -> str:
+            return client.complete(pair[0].prompt, temperature=cfg.temperature, top_p=cfg.top_p,
+                                   max_tokens=cfg.max_new_tokens)
+
+        client.map(ask, todo, on_result=lambda pair, text: append_rows(samples_path, [row(pair[0], pair[1], text)]),
+                   description=description)
+    elif todo:
+        from xkd_cli.evaluation.evaluate import predict
+        from xkd_cli.models.generate import Sampling
+        from xkd_cli.training.loop import seed_everything
+
+        missing: dict[str, list[int]] = {}
+        for e, k in todo:
+            missing.setdefault(e.id, []).append(k)
+        prompts = [e for e in examples if e.id in missing]  # a prompt with any sample missing is sampled again
+
+        def save(finished) -> None:
+            append_rows(samples_path, [row(e, k, texts[k]) for e, texts in finished for k in missing[e.id]])
+
+        seed_everything(cfg.seed)
+        predict(loaded, task, prompts, Sampling(num_samples=cfg.num_samples, **decoding),
+                max_input_len=cfg.max_input_len, batch_size=cfg.batch_size, seed=cfg.seed, on_rows=save,
+                description=description)
+
+    rows = read_rows(samples_path)
+    have = {(str(r["id"]), r["sample"]) for r in rows}
+    if len(rows) != len(have) or any((e.id, k) not in have for e, k in pairs):
+        raise XKDError(f"{samples_path} does not hold exactly one row per (prompt, sample) "
+                       f"({len(rows)} rows for {len(pairs)} pairs). Re-run with --overwrite to start afresh.")
+    if todo or run.record().get("status") != "completed":
+        run.finish(started, rows=len(rows))
+    result = {"task": task.name, "run": run.name, "path": str(run.path), "samples": str(samples_path),
+              "mode": settings["mode"], "teacher": settings["teacher"], "prompts": len(examples),
+              "num_samples": cfg.num_samples, "rows": len(rows), "new_rows": len(todo),
+              "decoding": decoding, "seconds": round(time.time() - started, 2)}
+    if cfg.black_box and client is not None:
+        result.update(requests=client.requests, retries=client.retries)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading teacher data back (for `xkd distill --method seqkd/seqxkd`)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TeacherData:
+    rows: list[dict[str, Any]]                   # id, sample, prompt, response (+ task and settings)
+    record: dict[str, Any] = field(default_factory=dict)  # the gen-teacher run's run.json, or {} for a bare file
+    path: Path = Path()
+
+    @property
+    def num_samples(self) -> int:
+        return 1 + max(int(r["sample"]) for r in self.rows)
+
+    def check_tokenizer(self, tokenizer, student: str) -> None:
+        """Refuse samples a white-box teacher made with another tokenizer than ``student``'s: the file was made
+        for another model family (X-KD pairs a teacher and student that share one vocabulary). Samples of an
+        API teacher, or from a file that does not say, fit any student."""
+        from xkd_cli.models.loading import tokenizer_fingerprint
+
+        made_with = {r.get("tokenizer_sha") for r in self.rows} | {self.record.get("tokenizer_sha")}
+        made_with.discard(None)
+        if made_with and made_with != {tokenizer_fingerprint(tokenizer)}:
+            teacher = self.record.get("teacher") or self.rows[0].get("teacher") or "its teacher"
+            raise XKDError(f"{self.path} was made by {teacher!r}, whose tokenizer differs from the one of student "
+                           f"{student!r}: "
+                           "re-create the samples with `xkd gen-teacher --teacher MODEL` using a teacher of the "
+                           "student's family, or pick a student with that teacher's tokenizer")
+
+
+def load_teacher_data(ref: str | None, *, task: str, runs_root: Path) -> TeacherData:
+    """Teacher samples from ``ref``: None (the task's latest completed gen-teacher run), a run name, or a
+    path to a samples JSONL file (or a run directory holding one). Checked: non-empty, columns present,
+    one row per (id, sample), made for ``task``."""
+    root = Path(runs_root)
+    record: dict[str, Any] = {}
+    if ref is None:
+        found = find_runs(root, task, kind=KIND)
+        if not found:
+            raise XKDError(f"no teacher samples for task {task} in {root}: run `xkd gen-teacher --task {task} ...` "
+                           "first or pass --teacher-data")
+        path, record = found[-1].path / SAMPLES_FILE, found[-1].record()
+    else:
+        try:
+            candidate = run_path(root, task, ref)
+        except XKDError:  # not a run name: a path
+            candidate = None
+        if candidate is not None and (candidate / "run.json").is_file():
+            record = open_run(root, task, ref).record()
+            if record.get("kind") != KIND:
+                raise XKDError(f"run '{ref}' of task {task} is a {record.get('kind')} run, not a {KIND} run: "
+                               "pass a gen-teacher run or a samples .jsonl file as --teacher-data")
+            if record.get("status") != "completed":
+                raise XKDError(f"teacher samples in run '{ref}' are incomplete: re-run the same `xkd gen-teacher` "
+                               "command to finish them")
+            path = candidate / SAMPLES_FILE
+        else:
+            path = Path(ref).expanduser()
+            if path.is_dir():
+                path = path / SAMPLES_FILE
+            if not path.is_file():
+                raise XKDError(f"no gen-teacher run '{ref}' for task {task} in {root} and no file {path}: "
+                               "pass a run name or the path of a samples .jsonl file")
+            if (path.parent / "run.json").is_file():
+                record = read_record(path.parent / "run.json")
+    if record.get("task") not in (None, task):
+        raise XKDError(f"{path} holds teacher samples for task {record['task']}, not {task}: "
+                       f"pass --task {record['task']} or teacher data made for {task}")
+    return TeacherData(_checked_rows(path, task), record, path)
+
+
+def _checked_rows(path: Path, task: str) -> list[dict[str, Any]]:
+    rows = read_rows(path, repair=False)  # a bad line is an error here: loading never edits the file
+    if not rows:
+        raise XKDError(f"{path} holds no teacher samples: re-run `xkd gen-teacher --task {task} ...`")
+    numbers = [n for n, line in enumerate(path.read_bytes().split(b"\n"), start=1) if line.strip()]
+    first_line: dict[tuple[str, int], int] = {}
+    for number, row in zip(numbers, rows):
+        where = f"{path} line {number}"
+        missing = [c for c in ROW_COLUMNS if c not in row]
+        if missing:
+            raise XKDError(f"{where} lacks {', '.join(repr(c) for c in missing)}: every row needs "
+                           f"{', '.join(ROW_COLUMNS)}. Fix that line or re-create the file with `xkd gen-teacher`")
+        if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool) \
+                or not isinstance(row["sample"], int) or isinstance(row["sample"], bool) or row["sample"] < 0 \
+                or not isinstance(row["prompt"], str) or not isinstance(row["response"], str):
+            raise XKDError(f"{where}: 'id' must be a string, 'sample' a whole number >= 0, 'prompt' and 'response' "
+                           "text. Fix that line or re-create the file with `xkd gen-teacher`")
+        if row.get("task") not in (None, task):
+            raise XKDError(f"{where} is a teacher sample for task {row['task']}, not {task}: "
+                           f"pass --task {row['task']} or teacher data made for {task}")
+        key = (str(row["id"]), row["sample"])
+        if key in first_line:
+            raise XKDError(f"{where} repeats id {key[0]!r} sample {key[1]} (also line {first_line[key]}). "
+                           "Delete the duplicate line")
+        first_line[key] = number
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+EPILOG = ("Examples:\n\n  xkd gen-teacher --task synth-sum --num-samples 2\n\n"
+          "  xkd gen-teacher --teacher sft-t5-large --task xsum --limit 1000 --num-samples 10\n\n"
+          "  OPENAI_API_KEY=... xkd gen-teacher --task xsum --api-base http://localhost:8000/v1 "
+          "--api-model meta-llama/Llama-2-7b-chat-hf --limit 1000 --num-samples 10 --concurrency 16")
+
+
+def gen_teacher(
+    task: Task = None,
+    teacher: Annotated[Optional[str], typer.Option(help="White-box teacher: run name, path, hub id or built-in model "
+                                                        "(default: the task's latest `xkd sft --role teacher` run).")] = None,
+    name: Name = None, data: Data = None, recipe: Recipe = None,
+    train_fraction: Annotated[Optional[float], typer.Option(help="Keep the first fraction of the training set.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Keep the first N training prompts.")] = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="Teacher responses per prompt (default: 1).")] = None,
+    max_input_len: MaxInputLen = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Maximum response tokens (default: the task's output length).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (default: 1.0, Table 7).")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass (default: 0.95, Table 7).")] = None,
+    batch_size: BatchSize = None, seed: Seed = None, dtype: Dtype = None, device: Device = None,
+    load_in_8bit: LoadIn8bit = None, load_in_4bit: LoadIn4bit = None, trust_remote_code: TrustRemoteCode = None,
+    api_base: Annotated[Optional[str], typer.Option(help=f"Black-box teacher: OpenAI-compatible endpoint (default with --api-model: {OPENAI_BASE}).")] = None,
+    api_model: Annotated[Optional[str], typer.Option(help="Black-box teacher: model name at the endpoint.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option(help=f"Environment variable holding the API key (default: {DEFAULT_KEY_ENV}).")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help="Parallel API requests (default: 8).")] = None,
+    max_retries: Annotated[Optional[int], typer.Option(help="Retries of a request on 429 / 5xx / timeout (default: 6).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds to wait for one API answer (default: 60).")] = None,
+    runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
+) -> None:
+    """Sample teacher responses on the training prompts (the dataset for seqkd / seqxkd); resumable."""
+    from xkd_cli.config.defaults import eval_defaults
+
+    flags = dict(task=task, teacher=teacher, name=name, data=data, train_fraction=train_fraction, limit=limit,
+                 num_samples=num_samples, max_input_len=max_input_len, max_new_tokens=max_new_tokens,
+                 temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, dtype=dtype, device=device,
+                 load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code, api_base=api_base, api_model=api_model, api_key_env=api_key_env, concurrency=concurrency,
+                 max_retries=max_retries, timeout=timeout)
+    task_name = recipe_value(recipe, "task", task)
+    cfg = build_config(GenTeacherConfig, defaults=eval_defaults(task_name) if task_name else {}, recipe=recipe,
+                       flags=flags)
+    result = run_gen_teacher(cfg, runs_root=runs_root(runs_dir), overwrite=overwrite)
+    emit(result, as_json=json, render=_render)
+
+
+def _render(result: dict[str, Any]) -> None:
+    d = result["decoding"]
+    rows = [("run", result["path"]), ("mode", result["mode"]), ("teacher", result["teacher"]),
+            ("prompts", result["prompts"]), ("samples per prompt", result["num_samples"]), ("rows", result["rows"]),
+            ("new rows", result["new_rows"]),
+            ("decoding", f"temperature {d['temperature']:g}, top-p {d['top_p']:g}, max {d['max_new_tokens']} tokens")]
+    if "requests" in result:
+        rows += [("API requests", result["requests"]), ("retries", result["retries"])]
+    rows.append(("time (s)", result["seconds"]))
+    out.print(table(f"{result['task']} · gen-teacher · {result['run']}", ["", "value"], rows))
+    out.print(f"samples: {result['samples']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="gen-teacher", epilog=EPILOG)(gen_teacher)
