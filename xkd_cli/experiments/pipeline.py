@@ -87,7 +87,8 @@ def _config(cls, defaults: dict, options: dict, where: str):
 
 def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
     """Validate the recipe and list the steps in order, building every config (no compute)."""
-    from xkd_cli.training.distill import DistillConfig, METHODS, run_distill
+    from xkd_cli.objectives.methods import METHODS
+    from xkd_cli.training.distill import DistillConfig, run_distill
     from xkd_cli.evaluation.evaluate import EvalConfig, run_eval
     from xkd_cli.training.gen_teacher import GenTeacherConfig, run_gen_teacher
     from xkd_cli.models.loading import resolve_model

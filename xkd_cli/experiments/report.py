@@ -153,7 +153,7 @@ def greedy_eval(run: RunInfo, root: Path) -> dict[str, Any] | None:
 
 
 def _methods():
-    from xkd_cli.training.distill import METHODS
+    from xkd_cli.objectives.methods import METHODS
 
     return METHODS
 

@@ -29,7 +29,8 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.models.generate import Sampling, generate_ids
 from xkd_cli.models.lora import load_trained_model, lora_record, quantization_of, quantization_problems
 from xkd_cli.models.loading import LoadedModel, check_same_tokenizer, load_model
-from xkd_cli.core.registry import Registry, unknown_name_message
+from xkd_cli.core.registry import unknown_name_message
+from xkd_cli.objectives.methods import METHODS, Method
 from xkd_cli.objectives.reward import POSITIONS, RewardHead
 from xkd_cli.training.sft import EncodedSet, load_split, run_training
 from xkd_cli.training.teacher_cache import MODES as TEACHER_CACHE_MODES, TeacherCache, TopKTeacher
@@ -41,33 +42,6 @@ from xkd_cli.training.loop import IndexStream, resolve_device
 from xkd_cli.core.workspace import Run, find_runs
 
 REWARD_HEAD_FILE = "reward_head.safetensors"
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    paper_name: str
-    data: str            # "teacher-samples" | "ground-truth" | "mixed" | "student-mixed"
-    loss: str            # "nll" | "divergence" | "minillm"
-    experiential: bool
-    default_divergence: str | None = None
-
-    @property
-    def needs_teacher_model(self) -> bool:
-        return self.loss != "nll"
-
-
-METHODS: Registry[Method] = Registry("method")
-for _m in (
-    Method("seqkd", "SeqKD", "teacher-samples", "nll", False),
-    Method("seqxkd", "SeqXKD", "teacher-samples", "nll", True),
-    Method("skd", "SKD", "ground-truth", "divergence", False, "fkl"),
-    Method("sxkd", "S-XKD", "ground-truth", "divergence", True, "fkl"),
-    Method("gkd", "GKD", "mixed", "divergence", False, "jsd"),
-    Method("gxkd", "G-XKD", "mixed", "divergence", True, "jsd"),
-    Method("minillm", "MiniLLM", "student-mixed", "minillm", False),
-):
-    METHODS.register(_m.name, _m)
 
 
 @dataclass(frozen=True)
