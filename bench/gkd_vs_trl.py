@@ -122,7 +122,7 @@ def peak_rss_mb() -> float:
 
 
 def distill_config(settings: Settings, cfg: Config, *, name: str):
-    from xkd_cli.training.distill import DistillConfig
+    from xkd_cli.config.training import DistillConfig
 
     teacher, student = PAIRS[cfg.pair]
     return DistillConfig(task=settings.task, name=name, method=cfg.method, teacher=teacher, student=student,

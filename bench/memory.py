@@ -108,6 +108,7 @@ def worker(spec: dict) -> dict:
 
     from xkd_cli.training import distill
     from xkd_cli.config.core import build_config
+    from xkd_cli.config.training import DistillConfig
 
     if spec["mode"] == "build":
         return build_models(Path(spec["folder"]), spec["quick"])
@@ -144,7 +145,7 @@ def worker(spec: dict) -> dict:
                  max_input_len=spec["max_input_len"], max_output_len=spec["max_output_len"], log_every=1,
                  dtype=dtype, device="cpu", lora_r=rank, load_in_4bit=student_q == "4bit",
                  teacher_load_in_8bit=teacher_q == "8bit", teacher_load_in_4bit=teacher_q == "4bit")
-    cfg = build_config(distill.DistillConfig, flags=flags)
+    cfg = build_config(DistillConfig, flags=flags)
     with tempfile.TemporaryDirectory(prefix="xkd-bench-memory-") as runs:
         result = distill.run_distill(cfg, runs_root=Path(runs))
     training_peak = _status_mib("VmHWM") if seen.get("peak_reset") else None

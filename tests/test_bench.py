@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from xkd_cli.training.distill import DistillConfig, run_distill
+from xkd_cli.config.training import DistillConfig
+from xkd_cli.training.distill import run_distill
 from xkd_cli.training.timing import PHASES, PhaseTimer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,8 @@
 
 import pytest
 
-from xkd_cli.config.core import TrainingConfig, build_config, config_hash, load_recipe
+from xkd_cli.config.core import build_config, config_hash, load_recipe
+from xkd_cli.config.training import TrainingConfig
 from xkd_cli.core.errors import XKDError
 
 

@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from xkd_cli.evaluation.diversity import CSV_COLUMNS, DiversityConfig
+from xkd_cli.config.evaluation import DiversityConfig
+from xkd_cli.evaluation.diversity import CSV_COLUMNS
 from xkd_cli.core.errors import XKDError
 
 MODELS = ["tiny-t5-small", "tiny-gpt-small"]

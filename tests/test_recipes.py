@@ -7,7 +7,7 @@ import yaml
 
 from xkd_cli.config.core import build_config
 from xkd_cli.config.defaults import sft_defaults
-from xkd_cli.training.sft import SFTConfig
+from xkd_cli.config.training import SFTConfig
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("sft-*.yaml"))
 

@@ -1,12 +1,21 @@
-"""Per-task defaults: the paper's Appendix C for the real tasks, CPU-sized ones for the bundled tasks.
+"""Per-task defaults: the paper's Appendix C for the real tasks, CPU-sized ones for the bundled tasks, and
+:func:`make_config`, the one place a command's config is merged: defaults → YAML recipe → flags.
 
-Defaults are the first layer of a job's config (defaults → recipe → flags); the same numbers ship as
-recipes under ``recipes/`` so they can be read and copied.
+The same numbers ship as recipes under ``recipes/`` so they can be read and copied.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+
+from xkd_cli.config.core import build_config, load_recipe
+from xkd_cli.config.evaluation import DiversityConfig, EvalConfig, JudgeConfig
+from xkd_cli.config.generation import GenTeacherConfig
+from xkd_cli.config.training import DistillConfig, SFTConfig
+from xkd_cli.core.workspace import default_task
+
+C = TypeVar("C")
 
 # Table 4 (T5-small/base SFT) and Table 7 (distillation): steps, batch, LR, warmup, input/output length.
 PAPER_SMALL = {
@@ -74,3 +83,33 @@ def distill_defaults(task: str, student: str | None) -> dict[str, Any]:
     if model_scale(student) == "large":
         return dict(PAPER_LARGE.get(task, {}))
     return dict(PAPER_DISTILL.get(task, {}))
+
+
+def task_defaults(cls: type, task: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The per-task defaults of a command's config; ``values`` are the options given so far (recipe and flags),
+    which pick the paper's table by model size."""
+    if cls is SFTConfig:
+        return sft_defaults(task, values.get("model"))
+    if cls is DistillConfig:
+        return distill_defaults(task, values.get("student"))
+    if cls in (EvalConfig, DiversityConfig, GenTeacherConfig):
+        return eval_defaults(task)
+    return {}
+
+
+# The options whose default depends on the task (or the model), for the command-line help.
+PER_TASK = {SFTConfig: set(BUNDLED["synth-sum"]), DistillConfig: set(BUNDLED["synth-sum"]),
+            EvalConfig: {"max_input_len", "max_new_tokens"}, DiversityConfig: {"max_input_len", "max_new_tokens"},
+            GenTeacherConfig: {"max_input_len", "max_new_tokens"}, JudgeConfig: set()}
+
+
+def make_config(cls: type[C], flags: dict[str, Any], *, recipe: str | Path | None = None,
+                runs_root: Path | None = None) -> C:
+    """A command's config: per-task defaults, then the recipe, then the flags given (``None``: not given).
+    Commands that may (``cls.TASK_FROM_RUNS``) take the task from the runs directory when neither names it."""
+    given = {**load_recipe(recipe), **{k: v for k, v in flags.items() if v is not None}}
+    task = given.get("task")
+    if not task and getattr(cls, "TASK_FROM_RUNS", False) and runs_root is not None:
+        task = default_task(runs_root)
+    defaults = task_defaults(cls, task, given) if task else {}
+    return build_config(cls, defaults=defaults, recipe=recipe, flags={**flags, "task": task or flags.get("task")})

@@ -18,18 +18,16 @@ import email.utils
 import os
 import queue
 import random
-import re
 import threading
 import time
 from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from xkd_cli.config.checks import DEFAULT_KEY_ENV, OPENAI_BASE
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.ui import progress
 
-DEFAULT_KEY_ENV = "OPENAI_API_KEY"
-OPENAI_BASE = "https://api.openai.com/v1"
 MAX_RETRY_AFTER_S = 600.0  # a server asking for more than this is treated as asking for this
 
 T = TypeVar("T")
@@ -79,25 +77,6 @@ def public_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def key_env_problem(name: str) -> str | None:
-    """Why ``name`` cannot name the variable holding the key, or None. The value is never echoed: a user who
-    typed the key itself there would see it printed (and logged) otherwise."""
-    if name and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        return None
-    return ("--api-key-env takes the NAME of the environment variable that holds the key (e.g. OPENAI_API_KEY), "
-            "not the key itself")
-
-
-def url_problem(url: str | None, flag: str) -> str | None:
-    """Why ``url`` is not an http(s) endpoint, or None (the value is not echoed: it may carry credentials)."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.scheme in ("http", "https") and parts.hostname:
-        return None
-    return f"{flag} must be an http(s) URL such as http://localhost:8000/v1 (got a value without http:// or https:// and a host)"
 
 
 class ChatClient:

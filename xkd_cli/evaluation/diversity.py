@@ -23,110 +23,18 @@ import io
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any
 
-import typer
-
-from xkd_cli.config.core import DTYPES, build_config, check, in_range, to_dict
+from xkd_cli.config.core import to_dict
+from xkd_cli.config.evaluation import DiversityConfig
 from xkd_cli.core.errors import XKDError
-from xkd_cli.cli.options import (BatchSize, Data, Device, Dtype, Json, MaxInputLen, Name, Overwrite, Recipe, RunsDir, Seed,
-                      Task, recipe_value)
-from xkd_cli.cli.options import LoadIn4bit, LoadIn8bit, TrustRemoteCode
-from xkd_cli.core.ui import emit, out, table
-from xkd_cli.core.workspace import Run, check_run_name, create_run, default_task, now, open_run, run_path, runs_root, write_json
+from xkd_cli.core.workspace import Run, create_run, now, open_run, run_path, write_json
 
 KIND = "diversity"
-DEFAULT_NAME = "diversity"
-DEFAULT_TEMPERATURES = (0.1, 0.3, 0.5, 1.0)  # the paper's sweep (METHOD.md)
 FILES = {"csv": "diversity.csv", "json": "diversity.json", "png": "diversity.png", "svg": "diversity.svg"}
 CSV_COLUMNS = ("model", "temperature", "top_p", "num_samples", "examples", "metric", "value", "self_bleu",
                "diversity", "eval_dir")
-
-
-@dataclass(frozen=True)
-class DiversityConfig:
-    task: str = ""
-    models: tuple[str, ...] = ()     # each: run name, path, hub id or built-in model
-    name: str = DEFAULT_NAME         # the summary run
-    data: str | None = None
-    split: str | None = None         # default: the task's evaluation split
-    limit: int | None = None
-    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
-    top_p: float = 1.0
-    num_samples: int = 4
-    batch_size: int = 32
-    max_input_len: int = 512
-    max_new_tokens: int = 64
-    seed: int = 42
-    dtype: str = "float32"
-    device: str = "auto"
-    load_in_8bit: bool = False
-    load_in_4bit: bool = False
-    trust_remote_code: bool = False  # run a model's own code (auto_map) only when asked
-
-    def __post_init__(self) -> None:
-        found: list[str] = []
-        if not self.task:
-            found.append("--task is required")
-        if not self.models:
-            found.append("--model is required: give it once per model to compare (run name, path, hub id or "
-                         "built-in model)")
-        repeated = sorted({m for m in self.models if self.models.count(m) > 1})
-        if repeated:
-            found.append(f"--model {repeated[0]} is given twice: name each model once")
-        if self.num_samples < 2:
-            found.append(f"--num-samples must be at least 2, got {self.num_samples}: SelfBLEU scores each sample "
-                         "against the other samples of the same input")
-        if not self.temperatures:
-            found.append("--temperatures needs at least one temperature, e.g. 0.1,0.3,0.5,1.0")
-        bad = [t for t in self.temperatures if not t > 0]
-        if bad:
-            found.append(f"--temperatures must all be > 0 (0 is greedy decoding, which has no diversity), "
-                         f"got {bad[0]:g}")
-        if len(set(self.temperatures)) != len(self.temperatures):
-            found.append(f"--temperatures lists a temperature twice: {','.join(f'{t:g}' for t in self.temperatures)}")
-        in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
-        for key in ("limit", "batch_size", "max_input_len", "max_new_tokens"):
-            in_range(found, key, getattr(self, key), 1)
-        if self.dtype not in DTYPES:
-            found.append(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        try:
-            check_run_name(self.name)
-        except XKDError as exc:
-            found.append(f"--name: {str(exc).rstrip('.')}")
-        if not found:  # the evaluation's own checks (split, …), once, with a valid model and temperature
-            try:
-                self.eval_config(self.models[0], self.temperatures[0])
-            except XKDError as exc:
-                found.append(str(exc).rstrip("."))
-        check(found)
-
-    def eval_config(self, model: str, temperature: float):
-        """The evaluation of one (model, temperature) point: where its results live is run_eval's choice."""
-        from xkd_cli.evaluation.evaluate import EvalConfig
-
-        return EvalConfig(task=self.task, model=model, data=self.data, split=self.split, limit=self.limit,
-                          batch_size=self.batch_size, max_input_len=self.max_input_len,
-                          max_new_tokens=self.max_new_tokens, temperature=temperature, top_p=self.top_p,
-                          num_samples=self.num_samples, seed=self.seed, dtype=self.dtype, device=self.device,
-                          load_in_8bit=self.load_in_8bit, load_in_4bit=self.load_in_4bit,
-                          trust_remote_code=self.trust_remote_code)
-
-
-def parse_temperatures(text: str | None) -> tuple[float, ...] | None:
-    """``"0.1,0.3, 1"`` → (0.1, 0.3, 1.0); a word that is not a number is a one-line error."""
-    if text is None:
-        return None
-    values = []
-    for part in text.split(","):
-        try:
-            values.append(float(part))
-        except ValueError:
-            raise XKDError(f"--temperatures takes numbers separated by commas, e.g. 0.1,0.3,0.5,1.0; "
-                           f"{part.strip()!r} in {text!r} is not a number") from None
-    return tuple(values)
 
 
 def _summary_run(root: Path, task: str, cfg: DiversityConfig, settings: dict[str, Any], overwrite: bool) -> Run:
@@ -232,58 +140,3 @@ def draw(summary: dict[str, Any], stem: Path) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
-
-EPILOG = ("Examples:\n\n  xkd diversity --model sft-student --model gxkd --task synth-mt\n\n"
-          "  xkd diversity -m gkd -m gxkd --task xsum --temperatures 0.1,0.3,0.5,1.0 --num-samples 4 --limit 500\n\n"
-          "  xkd diversity --model tiny-t5-small --task synth-mt --limit 3 --num-samples 2 "
-          "--temperatures 0.5,1.0 --json")
-
-Models = Annotated[Optional[list[str]], typer.Option(
-    "--model", "-m", help="A model to compare; repeat for several. Run name, local path, Hugging Face id or "
-                          "built-in tiny model.")]
-
-
-def diversity(
-    model: Models = None, task: Task = None, name: Name = None, data: Data = None, recipe: Recipe = None,
-    temperatures: Annotated[Optional[str], typer.Option(help="Sampling temperatures, comma-separated, each > 0 "
-                                                             "(default: 0.1,0.3,0.5,1.0, the paper's).")] = None,
-    num_samples: Annotated[Optional[int], typer.Option(help="Samples per input, at least 2 (default: 4).")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass (default: 1.0).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="train, validation or test (default: the task's eval split).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Use the first N evaluation inputs only.")] = None,
-    batch_size: BatchSize = None, max_input_len: MaxInputLen = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Maximum generated tokens.")] = None,
-    seed: Seed = None, dtype: Dtype = None, device: Device = None,
-    load_in_8bit: LoadIn8bit = None, load_in_4bit: LoadIn4bit = None, trust_remote_code: TrustRemoteCode = None,
-    runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
-) -> None:
-    """Quality vs diversity: sample each model at several temperatures, score the task metric and SelfBLEU,
-    plot metric against diversity (100 − SelfBLEU); resumable. Results: <runs>/<task>/<name>/ (default name
-    'diversity'): diversity.csv, .json, .png, .svg. --overwrite also regenerates the evaluations."""
-    from xkd_cli.config.defaults import eval_defaults
-
-    root = runs_root(runs_dir)
-    task_name = recipe_value(recipe, "task", task) or default_task(root)
-    flags = dict(task=task_name, models=tuple(model) if model else None, name=name, data=data, split=split,
-                 limit=limit, temperatures=parse_temperatures(temperatures), top_p=top_p, num_samples=num_samples,
-                 batch_size=batch_size, max_input_len=max_input_len, max_new_tokens=max_new_tokens, seed=seed,
-                 dtype=dtype, device=device, load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit,
-                 trust_remote_code=trust_remote_code)
-    cfg = build_config(DiversityConfig, defaults=eval_defaults(task_name), recipe=recipe, flags=flags)
-    result = run_diversity(cfg, runs_root=root, overwrite=overwrite)
-    emit(result, as_json=json, render=_render)
-
-
-def _render(result: dict[str, Any]) -> None:
-    label = result["metric_label"]
-    rows = [(r["model"], f"{r['temperature']:g}", r["value"], r["self_bleu"], r["diversity"]) for r in result["rows"]]
-    out.print(table(f"{result['task']} · {result['run']} · {result['split']} · top-p {result['top_p']:g} · "
-                    f"{result['num_samples']} samples × {result['examples']} inputs",
-                    ["model", "temperature", label, "SelfBLEU", "diversity"], rows))
-    files = result["files"]
-    out.print(f"figure: {files['png']} (and .svg)")
-    out.print(f"table: {files['csv']}, {files['json']}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="diversity", epilog=EPILOG)(diversity)

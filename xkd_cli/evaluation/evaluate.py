@@ -9,68 +9,28 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from xkd_cli.evaluation import metrics
 from xkd_cli.data.batches import encode_prompts, special_ids
-from xkd_cli.config.core import DTYPES, check, in_range, to_dict
+from xkd_cli.config.checks import quantization_of
+from xkd_cli.config.core import to_dict
+from xkd_cli.config.evaluation import EvalConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.models.generate import Sampling, decode, generate_batched
 from xkd_cli.core.jsonl import append_rows, read_rows
-from xkd_cli.models.lora import quantization_of, quantization_problems
 from xkd_cli.models.loading import LoadedModel, load_model
 from xkd_cli.data.tasks import Example, Task, get_task
 from xkd_cli.training.loop import resolve_device, seed_everything
 from xkd_cli.core.ui import console, progress
 from xkd_cli.core.workspace import Run, create_run, open_run, read_json, run_path, slug, write_json
 
-SPLITS = ("train", "validation", "test")
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    task: str = ""
-    model: str = ""
-    name: str | None = None
-    data: str | None = None
-    split: str | None = None
-    limit: int | None = None
-    batch_size: int = 32
-    max_input_len: int = 512
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    num_samples: int = 1
-    seed: int = 42
-    use_stemmer: bool = False
-    dtype: str = "float32"
-    device: str = "auto"
-    load_in_8bit: bool = False
-    load_in_4bit: bool = False
-    trust_remote_code: bool = False  # run a model's own code (auto_map) only when asked
-
-    def __post_init__(self) -> None:
-        found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
-        if not self.task:
-            found.append("--task is required")
-        if not self.model:
-            found.append("--model is required (a run name, a path, a hub id or a built-in model)")
-        if self.split is not None and self.split not in SPLITS:
-            found.append(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        for name in ("batch_size", "max_input_len", "max_new_tokens", "num_samples", "limit"):
-            in_range(found, name, getattr(self, name), 1)
-        in_range(found, "temperature", self.temperature, 0)
-        in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
-        if self.dtype not in DTYPES:
-            found.append(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        check(found)
-
-    @property
-    def sampling(self) -> Sampling:
-        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                        num_samples=self.num_samples)
+def sampling_of(cfg: EvalConfig) -> Sampling:
+    return Sampling(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                    num_samples=cfg.num_samples)
 
 
 def keep_prompt_end(task: Task) -> bool:
@@ -146,14 +106,15 @@ def run_eval(cfg: EvalConfig, *, runs_root: Path, overwrite: bool = False) -> di
     examples = task.load(split, cfg.data, limit=cfg.limit)
     if not examples:
         raise XKDError(f"the {split} split of task '{task.name}' is empty. Check --data / --split.")
+    sampling = sampling_of(cfg)
     quantization = quantization_of(cfg.load_in_8bit, cfg.load_in_4bit)
     loaded = load_model(cfg.model, task=task.name, runs_dir=runs_root, dtype=cfg.dtype,
                         device=str(resolve_device(cfg.device)), for_training=False, quantization=quantization,
                         trust_remote_code=cfg.trust_remote_code)
     run = _eval_run(cfg, task, runs_root, loaded.source)
-    out_dir = run.path / "eval" / f"{split}-{cfg.sampling.label()}"
+    out_dir = run.path / "eval" / f"{split}-{sampling.label()}"
     settings = {"task": task.name, "model": cfg.model, "model_location": loaded.location, "data": cfg.data,
-                "split": split, "max_input_len": cfg.max_input_len, "seed": cfg.seed, **to_dict(cfg.sampling),
+                "split": split, "max_input_len": cfg.max_input_len, "seed": cfg.seed, **to_dict(sampling),
                 **({"quantization": quantization} if quantization else {})}
     if out_dir.exists() and overwrite:
         shutil.rmtree(out_dir)
@@ -181,13 +142,13 @@ def run_eval(cfg: EvalConfig, *, runs_root: Path, overwrite: bool = False) -> di
             append_rows(pred_path, records)
             done.update((r["id"], r) for r in records)
 
-        predict(loaded, task, todo, cfg.sampling, max_input_len=cfg.max_input_len, batch_size=cfg.batch_size,
+        predict(loaded, task, todo, sampling, max_input_len=cfg.max_input_len, batch_size=cfg.batch_size,
                 seed=cfg.seed, on_rows=save, description=f"eval {task.name}/{run.name}")
     rows = [done[e.id] for e in examples]
     texts = [r.get("predictions", [r["prediction"]]) for r in rows]
     values = score(task, texts, [r["reference"] for r in rows], use_stemmer=cfg.use_stemmer)
     result = {"task": task.name, "model": cfg.model, "run": run.name, "split": split, "examples": len(rows),
-              "decoding": cfg.sampling.label(), "headline": task.headline, "metrics": values,
+              "decoding": sampling.label(), "headline": task.headline, "metrics": values,
               "predictions": str(pred_path), "seconds": round(time.time() - started, 2)}
     write_json(out_dir / "metrics.json", result)
     if run.record().get("kind") == "eval":

@@ -35,24 +35,20 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any
 
-import typer
-
-from xkd_cli.evaluation.api import DEFAULT_KEY_ENV, OPENAI_BASE, ChatClient, key_env_problem, public_url, url_problem
-from xkd_cli.config.core import build_config, check, in_range, to_dict
+from xkd_cli.evaluation.api import ChatClient, public_url
+from xkd_cli.config.core import to_dict
+from xkd_cli.config.evaluation import JudgeConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.jsonl import append_rows, read_rows
-from xkd_cli.cli.options import Data, Json, Overwrite, Recipe, RunsDir, Task, recipe_value
-from xkd_cli.core.ui import console, emit, out, table
-from xkd_cli.core.workspace import (create_run, default_task, now, resumable_run, run_path, runs_root, slug,
-                        write_json)
+from xkd_cli.core.ui import console
+from xkd_cli.core.workspace import create_run, now, resumable_run, run_path, slug, write_json
 
 KIND = "judge"
 VERDICTS_FILE = "verdicts.jsonl"
 RESULTS_FILE = "results.json"
 CACHE_FILE = "judge_cache.sqlite"
-DEFAULT_JUDGE = "gpt-4"
 ORDERS = ("a_first", "b_first")  # a_first: answer 1 is run A's; b_first: answer 1 is run B's
 PLACEHOLDERS = ("source", "answer_1", "answer_2")
 REASK = ("Your reply did not contain exactly one verdict marker. Reply with only one of these markers and "
@@ -65,54 +61,6 @@ RESULT_KEYS = ("task", "a", "b", "split", "limit", "data", "judge_model", "api_b
 # ---------------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    task: str = ""
-    a: str = ""                       # run (or model) whose win rate is reported, e.g. seqxkd
-    b: str = ""                       # the run it is compared with, e.g. seqkd
-    name: str | None = None           # results run; default judge-<a>-vs-<b>
-    split: str | None = None          # default: the task's eval split
-    limit: int | None = None          # judge the first N shared inputs
-    data: str | None = None           # only used when a run has to be evaluated first
-    judge_model: str = DEFAULT_JUDGE
-    base_url: str | None = None       # default: OpenAI's own endpoint
-    api_key_env: str = DEFAULT_KEY_ENV
-    template: str | None = None       # a template file; default the task family's built-in one
-    temperature: float = 0.0
-    max_tokens: int = 256
-    parse_retries: int = 2            # re-asks after a reply without exactly one verdict marker
-    concurrency: int = 8
-    max_retries: int = 6
-    timeout: float = 60.0
-
-    def __post_init__(self) -> None:
-        from xkd_cli.evaluation.evaluate import SPLITS
-
-        found: list[str] = []
-        if not self.task:
-            found.append("--task is required")
-        if not self.a or not self.b:
-            found.append("--a and --b are required: the two runs to compare (e.g. --a seqxkd --b seqkd)")
-        elif self.a == self.b:
-            found.append(f"--a and --b both name {self.a!r}: pass two different runs")
-        if not self.judge_model:
-            found.append("--judge-model must not be empty (e.g. gpt-4, or the model a vLLM/Ollama server serves)")
-        if self.split is not None and self.split not in SPLITS:
-            found.append(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        found += [p for p in (key_env_problem(self.api_key_env), url_problem(self.base_url, "--base-url")) if p]
-        for name in ("limit", "max_tokens", "concurrency"):
-            in_range(found, name, getattr(self, name), 1)
-        in_range(found, "parse_retries", self.parse_retries, 0)
-        in_range(found, "max_retries", self.max_retries, 0)
-        in_range(found, "timeout", self.timeout, 0, lo_open=True)
-        in_range(found, "temperature", self.temperature, 0)
-        check(found)
-
-    @property
-    def results_name(self) -> str:
-        return self.name or f"judge-{slug(self.a)}-vs-{slug(self.b)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,68 +437,3 @@ def run_judge(cfg: JudgeConfig, *, runs_root: Path, overwrite: bool = False,
 # ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
-
-EPILOG = ("Examples:\n\n  OPENAI_API_KEY=... xkd judge --a seqxkd --b seqkd --task xsum --limit 200\n\n"
-          "  OPENAI_API_KEY=... xkd judge --a seqxkd --b seqkd --judge-model gpt-4o --concurrency 4 --json\n\n"
-          "  OPENAI_API_KEY=local xkd judge --a gkd --b skd --task synth-sum "
-          "--base-url http://localhost:8000/v1 --judge-model meta-llama/Meta-Llama-3-8B-Instruct\n\n"
-          f"Answers are cached in <runs-dir>/{CACHE_FILE}: a re-run makes no API call. "
-          "Rates are percent of the items whose both orders were parsed.")
-
-
-def judge(
-    a: Annotated[Optional[str], typer.Option("--a", help="Run whose win rate is reported (e.g. seqxkd); evaluated first if it has no greedy predictions.")] = None,
-    b: Annotated[Optional[str], typer.Option("--b", help="Run it is compared with (e.g. seqkd).")] = None,
-    task: Task = None, name: Annotated[Optional[str], typer.Option(help="Results run name (default: judge-<a>-vs-<b>).")] = None,
-    data: Data = None, recipe: Recipe = None,
-    split: Annotated[Optional[str], typer.Option(help="train, validation or test (default: the task's eval split).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Judge the first N inputs both runs answered.")] = None,
-    judge_model: Annotated[Optional[str], typer.Option("--judge-model", "--api-model", help=f"Judge model at the endpoint (default: {DEFAULT_JUDGE}).")] = None,
-    base_url: Annotated[Optional[str], typer.Option("--base-url", "--api-base", help=f"OpenAI-compatible endpoint (default: {OPENAI_BASE}).")] = None,
-    api_key_env: Annotated[Optional[str], typer.Option(help=f"Environment variable holding the API key (default: {DEFAULT_KEY_ENV}).")] = None,
-    template: Annotated[Optional[str], typer.Option(help="Judge prompt template file (default: the built-in one of the task's family).")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Judge sampling temperature (default: 0).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Maximum tokens of a judge reply (default: 256).")] = None,
-    parse_retries: Annotated[Optional[int], typer.Option(help="Re-asks after a reply without exactly one verdict marker (default: 2).")] = None,
-    concurrency: Annotated[Optional[int], typer.Option(help="Parallel API requests (default: 8).")] = None,
-    max_retries: Annotated[Optional[int], typer.Option(help="Retries of a request on 429 / 5xx / timeout (default: 6).")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds to wait for one API answer (default: 60).")] = None,
-    runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
-) -> None:
-    """Pairwise LLM-judge win / tie / lose rates of run A against run B (both answer orders; Table 2)."""
-    flags = dict(a=a, b=b, name=name, data=data, split=split, limit=limit, judge_model=judge_model,
-                 base_url=base_url, api_key_env=api_key_env, template=template, temperature=temperature,
-                 max_tokens=max_tokens, parse_retries=parse_retries, concurrency=concurrency,
-                 max_retries=max_retries, timeout=timeout)
-    root = runs_root(runs_dir)
-    flags["task"] = recipe_value(recipe, "task", task) or default_task(root)
-    cfg = build_config(JudgeConfig, recipe=recipe, flags=flags)
-    result = run_judge(cfg, runs_root=root, overwrite=overwrite)
-    emit(result, as_json=json, render=_render)
-
-
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}%"
-
-
-def _render(result: dict[str, Any]) -> None:
-    j = result["judge"]
-    rows = [("inputs judged", f"{result['items']} (shared by both: {result['shared']}; "
-                              f"{result['a']}: {result['predictions_a']}, {result['b']}: {result['predictions_b']})"),
-            (f"win ({result['a']} better)", f"{_rate(result['win_rate'])} ({result['win']})"),
-            ("tie", f"{_rate(result['tie_rate'])} ({result['tie']})"),
-            (f"lose ({result['b']} better)", f"{_rate(result['lose_rate'])} ({result['lose']})"),
-            ("orders disagree", f"{_rate(result['inconsistency_rate'])} ({result['inconsistent']})"),
-            ("unparsed (left out)", result["unparsed"]),
-            ("judge", f"{j['model']} at {j['api_base']}"),
-            ("template", f"{j['template']} v{j['template_version']}"),
-            ("decoding", f"temperature {j['temperature']:g}, max {j['max_tokens']} tokens"),
-            ("API requests", f"{result['requests']} ({result['retries']} retries, {result['reasks']} re-asks, "
-                             f"{result['cached']} cached answers)"),
-            ("time (s)", result["seconds"])]
-    out.print(table(f"{result['task']} · judge · {result['a']} vs {result['b']} · {result['split']}", ["", "value"], rows))
-    out.print(f"verdicts: {result['verdicts']}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="judge", epilog=EPILOG)(judge)

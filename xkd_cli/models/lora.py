@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
+from xkd_cli.config.checks import quantization_of
 from xkd_cli.core.errors import XKDError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,43 +45,6 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
 }
 """Attention query and value projections, the LoRA paper's choice; other architectures fall back to
 peft's own per-architecture table."""
-
-
-# -- config checks (no model needed) ----------------------------------------------------------------------
-
-
-def quantization_of(load_in_8bit: bool, load_in_4bit: bool) -> str | None:
-    """The ``load_model`` quantization a pair of ``--load-in-*`` flags asks for (both: checked elsewhere)."""
-    return "4bit" if load_in_4bit else "8bit" if load_in_8bit else None
-
-
-def quantization_problems(load_in_8bit: bool, load_in_4bit: bool, prefix: str = "") -> list[str]:
-    if load_in_8bit and load_in_4bit:
-        return [f"--{prefix}load-in-8bit and --{prefix}load-in-4bit exclude each other: pass one"]
-    return []
-
-
-def lora_problems(cfg: Any) -> list[str]:
-    """One-line problems of a training config's LoRA/quantization options (see TrainingConfig)."""
-    from xkd_cli.config.core import in_range
-
-    found: list[str] = quantization_problems(cfg.load_in_8bit, cfg.load_in_4bit)
-    in_range(found, "lora_r", cfg.lora_r, 0)
-    in_range(found, "lora_alpha", cfg.lora_alpha, 0, lo_open=True)
-    in_range(found, "lora_dropout", cfg.lora_dropout, 0, 1, hi_open=True)
-    quantization = quantization_of(cfg.load_in_8bit, cfg.load_in_4bit)
-    if quantization and not cfg.lora_r:
-        found.append(f"--load-in-{quantization} cannot train the quantized weights themselves: add --lora-r 8 "
-                     f"(QLoRA: the quantized model stays frozen, LoRA adapters train), or drop --load-in-{quantization}")
-    if cfg.lora_targets is not None:
-        if not cfg.lora_r:
-            found.append("--lora-targets needs --lora-r > 0 (LoRA is off at --lora-r 0)")
-        if not cfg.lora_targets or any(not t.strip() for t in cfg.lora_targets):
-            found.append(f"--lora-targets must be comma-separated module names such as q,v or q_proj,v_proj, "
-                         f"got {','.join(cfg.lora_targets)!r}")
-    if cfg.merge_lora and not cfg.lora_r:
-        found.append("--merge-lora needs --lora-r > 0 (without LoRA the saved model is already a full model)")
-    return found
 
 
 # -- applying adapters ------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,16 +23,15 @@ import torch
 from xkd_cli.objectives import losses
 from xkd_cli.data.batches import Batch, forward
 from xkd_cli.training.checkpoint import find_resume
-from xkd_cli.config.core import TrainingConfig, in_range
+from xkd_cli.config.checks import quantization_of
+from xkd_cli.config.training import DistillConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.models.generate import Sampling, generate_ids
-from xkd_cli.models.lora import load_trained_model, lora_record, quantization_of, quantization_problems
+from xkd_cli.models.lora import load_trained_model, lora_record
 from xkd_cli.models.loading import LoadedModel, check_same_tokenizer, load_model
-from xkd_cli.core.registry import unknown_name_message
-from xkd_cli.objectives.methods import METHODS, Method
-from xkd_cli.objectives.reward import POSITIONS, RewardHead
+from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.training.sft import EncodedSet, load_split, run_training
-from xkd_cli.training.teacher_cache import MODES as TEACHER_CACHE_MODES, TeacherCache, TopKTeacher
+from xkd_cli.training.teacher_cache import TeacherCache, TopKTeacher
 from xkd_cli.evaluation.evaluate import keep_prompt_end
 from xkd_cli.data.tasks import Example, get_task
 from xkd_cli.training.timing import PHASES
@@ -42,66 +40,6 @@ from xkd_cli.training.loop import IndexStream, resolve_device
 from xkd_cli.core.workspace import Run, find_runs
 
 REWARD_HEAD_FILE = "reward_head.safetensors"
-
-
-@dataclass(frozen=True)
-class DistillConfig(TrainingConfig):
-    method: str = "gxkd"
-    teacher: str | None = None
-    student: str | None = None
-    teacher_data: str | None = None
-    lam: float = 0.001
-    gamma: float = 1.0
-    tau: float = 1.0
-    alpha: float = 0.5
-    beta: float = 0.5
-    divergence: str | None = None
-    temperature: float = 1.0
-    top_p: float = 0.95
-    reward_position: str = "current"
-    mix: float = 0.2
-    teacher_dtype: str | None = None
-    teacher_device: str | None = None
-    teacher_load_in_8bit: bool = False  # a quantized teacher only runs forward: no LoRA needed
-    teacher_load_in_4bit: bool = False
-    teacher_cache: str = "off"  # off | full | topk: the teacher on fixed targets, computed once (teacher_cache.py)
-    teacher_cache_k: int = 64
-
-    def problems(self) -> list[str]:
-        found = super().problems()
-        found += quantization_problems(self.teacher_load_in_8bit, self.teacher_load_in_4bit, prefix="teacher-")
-        if self.method not in METHODS:
-            found.append(unknown_name_message("method", self.method, METHODS.names()).rstrip("."))
-        if self.divergence is not None and self.divergence not in losses.DIVERGENCES:
-            found.append(unknown_name_message("divergence", self.divergence, losses.DIVERGENCES.names()).rstrip("."))
-        if self.reward_position not in POSITIONS:
-            found.append(f"--reward-position must be one of {', '.join(POSITIONS)}, got {self.reward_position!r}")
-        in_range(found, "lam", self.lam, 0)
-        in_range(found, "gamma", self.gamma, 0, 1)
-        in_range(found, "tau", self.tau, 0, lo_open=True)
-        for name in ("alpha", "beta", "mix"):
-            in_range(found, name, getattr(self, name), 0, 1)
-        in_range(found, "temperature", self.temperature, 0, lo_open=True)
-        in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
-        if self.teacher_cache not in TEACHER_CACHE_MODES:
-            found.append(f"--teacher-cache must be one of {', '.join(TEACHER_CACHE_MODES)}, got {self.teacher_cache!r}")
-        elif self.teacher_cache != "off" and self.method in METHODS and \
-                METHODS.get(self.method).data not in ("ground-truth", "mixed"):
-            found.append(f"--teacher-cache {self.teacher_cache} caches the teacher on fixed targets, which {self.method} "
-                         "never runs it on: use it with skd, sxkd, gkd or gxkd, or pass --teacher-cache off")
-        in_range(found, "teacher_cache_k", self.teacher_cache_k, 1)
-        return found
-
-    @property
-    def spec(self) -> Method:
-        return METHODS.get(self.method)
-
-    @property
-    def divergence_name(self) -> str | None:
-        return self.divergence or self.spec.default_divergence
-
-    def run_name(self) -> str:
-        return self.name or self.method
 
 
 # -- data sources ---------------------------------------------------------------------------------------

@@ -14,84 +14,25 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any
 
-import typer
-
-from xkd_cli.evaluation.api import DEFAULT_KEY_ENV, OPENAI_BASE, ChatClient, key_env_problem, public_url, url_problem
-from xkd_cli.config.core import DTYPES, build_config, check, in_range, to_dict
+from xkd_cli.evaluation.api import ChatClient, public_url
+from xkd_cli.config.core import to_dict
+from xkd_cli.config.generation import GenTeacherConfig
+from xkd_cli.config.checks import quantization_of
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.jsonl import append_rows, read_rows
-from xkd_cli.cli.options import (BatchSize, Data, Device, Dtype, Json, MaxInputLen, Name, Overwrite, Recipe, RunsDir, Seed,
-                      Task, recipe_value)
-from xkd_cli.cli.options import LoadIn4bit, LoadIn8bit, TrustRemoteCode
-from xkd_cli.core.ui import console, emit, out, table
-from xkd_cli.core.workspace import create_run, find_runs, open_run, read_record, resumable_run, run_path, runs_root
+from xkd_cli.core.ui import console
+from xkd_cli.core.workspace import create_run, find_runs, open_run, read_record, resumable_run, run_path
 
 KIND = "gen-teacher"
 SAMPLES_FILE = "samples.jsonl"
-DEFAULT_NAME = "teacher-samples"
 ROW_COLUMNS = ("id", "sample", "prompt", "response")
 # Settings that change the samples: a resumed run must match them all.
 _WHITE_KEYS = ("task", "mode", "teacher_location", "data", "train_fraction", "limit", "num_samples",
                "max_input_len", "max_new_tokens", "temperature", "top_p", "seed", "quantization")
 _BLACK_KEYS = ("task", "mode", "teacher", "api_base", "data", "train_fraction", "limit", "num_samples",
                "max_new_tokens", "temperature", "top_p")
-
-
-@dataclass(frozen=True)
-class GenTeacherConfig:
-    task: str = ""
-    teacher: str | None = None       # white-box model (run, path, builtin, hub id); None: the task's SFT teacher run
-    name: str = DEFAULT_NAME
-    data: str | None = None
-    train_fraction: float = 1.0
-    limit: int | None = None         # first N training prompts (the paper's black-box study: 1000)
-    num_samples: int = 1             # responses per prompt (the paper's black-box study: 10)
-    max_input_len: int = 512
-    max_new_tokens: int = 64
-    temperature: float = 1.0         # Table 7
-    top_p: float = 0.95              # Table 7
-    batch_size: int = 32
-    seed: int = 42
-    dtype: str = "float32"
-    device: str = "auto"
-    load_in_8bit: bool = False       # quantize the white-box teacher (bitsandbytes)
-    load_in_4bit: bool = False
-    trust_remote_code: bool = False  # run a model's own code (auto_map) only when asked
-    api_base: str | None = None      # black-box: an OpenAI-compatible endpoint (default OpenAI's own)
-    api_model: str | None = None
-    api_key_env: str = DEFAULT_KEY_ENV
-    concurrency: int = 8
-    max_retries: int = 6
-    timeout: float = 60.0
-
-    @property
-    def black_box(self) -> bool:
-        return self.api_base is not None or self.api_model is not None
-
-    def __post_init__(self) -> None:
-        from xkd_cli.models.lora import quantization_problems
-
-        found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
-        if not self.task:
-            found.append("--task is required")
-        if self.black_box:
-            if not self.api_model:
-                found.append("--api-model is required with --api-base (the model name the endpoint serves)")
-            if self.teacher:
-                found.append("--teacher (a local model) and --api-base/--api-model (an API teacher) exclude each other")
-        found += [p for p in (key_env_problem(self.api_key_env), url_problem(self.api_base, "--api-base")) if p]
-        for name in ("num_samples", "limit", "max_input_len", "max_new_tokens", "batch_size", "concurrency"):
-            in_range(found, name, getattr(self, name), 1)
-        in_range(found, "max_retries", self.max_retries, 0)
-        in_range(found, "timeout", self.timeout, 0, lo_open=True)
-        in_range(found, "train_fraction", self.train_fraction, 0, 1, lo_open=True)
-        in_range(found, "temperature", self.temperature, 0)
-        in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
-        if self.dtype not in DTYPES:
-            found.append(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        check(found)
 
 
 def default_teacher(root: Path, task: str) -> str:
@@ -123,7 +64,6 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
     else:
         teacher = cfg.teacher or default_teacher(runs_root, task.name)
         _, location = resolve_model(teacher, task=task.name, runs_dir=runs_root)
-        from xkd_cli.models.lora import quantization_of
 
         settings = {**common, "mode": "white-box", "teacher": teacher, "teacher_location": location,
                     "max_input_len": cfg.max_input_len, "seed": cfg.seed,
@@ -315,62 +255,3 @@ def _checked_rows(path: Path, task: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
-
-EPILOG = ("Examples:\n\n  xkd gen-teacher --task synth-sum --num-samples 2\n\n"
-          "  xkd gen-teacher --teacher sft-t5-large --task xsum --limit 1000 --num-samples 10\n\n"
-          "  OPENAI_API_KEY=... xkd gen-teacher --task xsum --api-base http://localhost:8000/v1 "
-          "--api-model meta-llama/Llama-2-7b-chat-hf --limit 1000 --num-samples 10 --concurrency 16")
-
-
-def gen_teacher(
-    task: Task = None,
-    teacher: Annotated[Optional[str], typer.Option(help="White-box teacher: run name, path, hub id or built-in model "
-                                                        "(default: the task's latest `xkd sft --role teacher` run).")] = None,
-    name: Name = None, data: Data = None, recipe: Recipe = None,
-    train_fraction: Annotated[Optional[float], typer.Option(help="Keep the first fraction of the training set.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Keep the first N training prompts.")] = None,
-    num_samples: Annotated[Optional[int], typer.Option(help="Teacher responses per prompt (default: 1).")] = None,
-    max_input_len: MaxInputLen = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help="Maximum response tokens (default: the task's output length).")] = None,
-    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature (default: 1.0, Table 7).")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass (default: 0.95, Table 7).")] = None,
-    batch_size: BatchSize = None, seed: Seed = None, dtype: Dtype = None, device: Device = None,
-    load_in_8bit: LoadIn8bit = None, load_in_4bit: LoadIn4bit = None, trust_remote_code: TrustRemoteCode = None,
-    api_base: Annotated[Optional[str], typer.Option(help=f"Black-box teacher: OpenAI-compatible endpoint (default with --api-model: {OPENAI_BASE}).")] = None,
-    api_model: Annotated[Optional[str], typer.Option(help="Black-box teacher: model name at the endpoint.")] = None,
-    api_key_env: Annotated[Optional[str], typer.Option(help=f"Environment variable holding the API key (default: {DEFAULT_KEY_ENV}).")] = None,
-    concurrency: Annotated[Optional[int], typer.Option(help="Parallel API requests (default: 8).")] = None,
-    max_retries: Annotated[Optional[int], typer.Option(help="Retries of a request on 429 / 5xx / timeout (default: 6).")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds to wait for one API answer (default: 60).")] = None,
-    runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
-) -> None:
-    """Sample teacher responses on the training prompts (the dataset for seqkd / seqxkd); resumable."""
-    from xkd_cli.config.defaults import eval_defaults
-
-    flags = dict(task=task, teacher=teacher, name=name, data=data, train_fraction=train_fraction, limit=limit,
-                 num_samples=num_samples, max_input_len=max_input_len, max_new_tokens=max_new_tokens,
-                 temperature=temperature, top_p=top_p, batch_size=batch_size, seed=seed, dtype=dtype, device=device,
-                 load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit, trust_remote_code=trust_remote_code, api_base=api_base, api_model=api_model, api_key_env=api_key_env, concurrency=concurrency,
-                 max_retries=max_retries, timeout=timeout)
-    task_name = recipe_value(recipe, "task", task)
-    cfg = build_config(GenTeacherConfig, defaults=eval_defaults(task_name) if task_name else {}, recipe=recipe,
-                       flags=flags)
-    result = run_gen_teacher(cfg, runs_root=runs_root(runs_dir), overwrite=overwrite)
-    emit(result, as_json=json, render=_render)
-
-
-def _render(result: dict[str, Any]) -> None:
-    d = result["decoding"]
-    rows = [("run", result["path"]), ("mode", result["mode"]), ("teacher", result["teacher"]),
-            ("prompts", result["prompts"]), ("samples per prompt", result["num_samples"]), ("rows", result["rows"]),
-            ("new rows", result["new_rows"]),
-            ("decoding", f"temperature {d['temperature']:g}, top-p {d['top_p']:g}, max {d['max_new_tokens']} tokens")]
-    if "requests" in result:
-        rows += [("API requests", result["requests"]), ("retries", result["retries"])]
-    rows.append(("time (s)", result["seconds"]))
-    out.print(table(f"{result['task']} · gen-teacher · {result['run']}", ["", "value"], rows))
-    out.print(f"samples: {result['samples']}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command(name="gen-teacher", epilog=EPILOG)(gen_teacher)

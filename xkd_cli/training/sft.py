@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -13,7 +12,8 @@ import torch
 from xkd_cli.objectives import losses
 from xkd_cli.data.batches import Batch, encode_prompts, encode_targets, forward, make_batch, special_ids
 from xkd_cli.training.checkpoint import Checkpoint, Checkpointer, TrainingInterrupted, find_resume, latest_checkpoint, reopen_run
-from xkd_cli.config.core import TrainingConfig, to_dict
+from xkd_cli.config.core import to_dict
+from xkd_cli.config.training import SFTConfig, TrainingConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.evaluation.evaluate import keep_prompt_end, quick_eval
 from xkd_cli.models.lora import MERGED_DIR, export_merged, load_trained_model, lora_record
@@ -22,27 +22,7 @@ from xkd_cli.data.tasks import Example, Task, get_task
 from xkd_cli.training.distributed import ShardedStream, check_shardable
 from xkd_cli.training.distributed import current as current_processes
 from xkd_cli.training.loop import IndexStream, Schedule, resolve_device, seed_everything, set_dropout, train
-from xkd_cli.core.workspace import Run, create_run, run_path, slug
-
-ROLES = ("teacher", "student")
-
-
-@dataclass(frozen=True)
-class SFTConfig(TrainingConfig):
-    model: str = ""
-    role: str | None = None
-
-    def problems(self) -> list[str]:
-        found = super().problems()
-        if not self.model:
-            found.append("--model is required (a built-in name such as tiny-t5-small, a run name, a path or a hub id)")
-        if self.role is not None and self.role not in ROLES:
-            found.append(f"--role must be one of {', '.join(ROLES)}, got {self.role!r}")
-        return found
-
-    def run_name(self) -> str:
-        return self.name or f"sft-{slug(self.model)}"
-
+from xkd_cli.core.workspace import Run, create_run, run_path
 
 class EncodedSet:
     """A task split tokenised once: prompt and target ids per example, ready for ``make_batch``."""

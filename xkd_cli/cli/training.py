@@ -1,0 +1,82 @@
+"""``xkd sft`` and ``xkd distill``: thin commands over the training stage; their options come from
+``xkd_cli.config.training``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from xkd_cli.cli.options import config_command
+from xkd_cli.config.defaults import make_config
+from xkd_cli.config.training import DistillConfig, SFTConfig, TrainingConfig
+from xkd_cli.core.ui import emit, out, table
+from xkd_cli.core.workspace import runs_root
+
+TRAINING_STEERING = ("recipe", "resume", "processes", "runs_dir", "overwrite", "json")
+
+SFT_EPILOG = ("Examples:\n\n  xkd sft --model tiny-t5-large --task synth-sum --role teacher\n\n"
+              "  xkd sft --model t5-large --task xsum\n\n"
+              "  xkd sft --model tiny-gpt-small --task xsum --data ./xsum.jsonl --max-steps 100\n\n"
+              "  xkd sft --recipe recipes/sft-t5-large-xsum.yaml --max-steps 10 --json\n\n"
+              "  xkd sft --model t5-xl --task xsum --role teacher --lora-r 64 --load-in-8bit --merge-lora")
+
+DISTILL_EPILOG = ("Examples:\n\n  xkd distill --method gxkd --lam 0.001\n\n"
+                  "  xkd distill --task synth-sum --method gkd --alpha 0.5 --beta 0.5\n\n"
+                  "  xkd distill --task synth-mt --method seqxkd --teacher-data teacher-samples\n\n"
+                  "  xkd distill --task xsum --method sxkd --teacher my-t5-large --student my-t5-small --divergence fkl\n\n"
+                  "  xkd distill --method gxkd --teacher-load-in-4bit --lora-r 8")
+
+
+@config_command(SFTConfig, *TRAINING_STEERING, first=("model", "task", "name", "data", "recipe", "role"))
+def sft(flags: dict[str, Any], *, recipe, resume, processes, runs_dir, overwrite, json) -> None:
+    """Fine-tune a model on a task (the teacher and student starting points)."""
+    root = runs_root(runs_dir)
+    cfg = make_config(SFTConfig, flags, recipe=recipe, runs_root=root)
+    _launch_processes(processes, cfg)
+    from xkd_cli.training.sft import run_sft  # torch and transformers load only once the options are valid
+
+    emit(run_sft(cfg, runs_root=root, overwrite=overwrite, resume=resume), as_json=json, render=render_training)
+
+
+@config_command(DistillConfig, *TRAINING_STEERING, first=("method", "task", "teacher", "student", "teacher_data",
+                                                          "name", "data"))
+def distill(flags: dict[str, Any], *, recipe, resume, processes, runs_dir, overwrite, json) -> None:
+    """Distil a teacher into a student with one of the seven methods (X-KD and its baselines)."""
+    root = runs_root(runs_dir)
+    cfg = make_config(DistillConfig, flags, recipe=recipe, runs_root=root)
+    _launch_processes(processes, cfg)
+    from xkd_cli.training.distill import run_distill  # torch and transformers load only once the options are valid
+
+    emit(run_distill(cfg, runs_root=root, overwrite=overwrite, resume=resume), as_json=json, render=render_training)
+
+
+def _launch_processes(processes: int | None, cfg: TrainingConfig) -> None:
+    """--processes N (N > 1): run this very command again under ``accelerate launch`` with N processes and
+    end with its exit code (settings that cannot run sharded are refused first, here, rather than once per
+    process); inside the launch (or with N = 1) do nothing."""
+    from xkd_cli.training.distributed import check_shardable, launched, relaunch  # imports torch
+
+    if processes is None or processes == 1 or launched():
+        return
+    check_shardable(cfg)
+    argv = []
+    skip = False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--processes":
+            skip = True
+        elif not arg.startswith("--processes="):
+            argv.append(arg)
+    raise typer.Exit(relaunch(processes, argv))
+
+
+def render_training(result: dict) -> None:
+    rows = [("run", result["path"]), ("model", result["model"]), ("steps", result["steps"]),
+            ("final loss", result["final_loss"]), ("tokens/s", result["tokens_per_s"]),
+            ("time (s)", result["train_seconds"])]
+    if result.get("final_eval"):
+        rows += [(f"eval {k}", v) for k, v in result["final_eval"].items() if k != "step"]
+    out.print(table(f"{result['task']} · {result['run']}", ["", "value"], rows))

@@ -1,0 +1,142 @@
+"""Range and consistency checks shared by the job configs: each returns one-line problems, so a config can
+report every problem at once (``check``)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from xkd_cli.core.errors import XKDError
+
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+OPENAI_BASE = "https://api.openai.com/v1"
+
+
+def check(problems: list[str]) -> None:
+    """Raise one error that lists every problem found, so the user fixes them all in one go."""
+    if problems:
+        raise XKDError("; ".join(problems) + ".")
+
+
+def in_range(problems: list[str], name: str, value: float | None, lo: float | None = None, hi: float | None = None,
+             *, lo_open: bool = False, hi_open: bool = False) -> None:
+    """Append a message to ``problems`` when ``value`` lies outside [lo, hi] (open ends where asked)."""
+    if value is None:
+        return
+    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
+          (hi is not None and (value >= hi if hi_open else value > hi))
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+        problems.append(f"--{name.replace('_', '-')} must be in {span}, got {value}")
+
+
+def choice(problems: list[str], name: str, value: str | None, choices: tuple[str, ...]) -> None:
+    """Append a message to ``problems`` when ``value`` is set and not one of ``choices``."""
+    if value is not None and value not in choices:
+        problems.append(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def quantization_of(load_in_8bit: bool, load_in_4bit: bool) -> str | None:
+    """The ``load_model`` quantization a pair of ``--load-in-*`` flags asks for (both: checked elsewhere)."""
+    return "4bit" if load_in_4bit else "8bit" if load_in_8bit else None
+
+
+def quantization_problems(load_in_8bit: bool, load_in_4bit: bool, prefix: str = "") -> list[str]:
+    if load_in_8bit and load_in_4bit:
+        return [f"--{prefix}load-in-8bit and --{prefix}load-in-4bit exclude each other: pass one"]
+    return []
+
+
+def lora_problems(cfg: Any) -> list[str]:
+    """One-line problems of a training config's LoRA/quantization options (see TrainingConfig)."""
+    found: list[str] = quantization_problems(cfg.load_in_8bit, cfg.load_in_4bit)
+    in_range(found, "lora_r", cfg.lora_r, 0)
+    in_range(found, "lora_alpha", cfg.lora_alpha, 0, lo_open=True)
+    in_range(found, "lora_dropout", cfg.lora_dropout, 0, 1, hi_open=True)
+    quantization = quantization_of(cfg.load_in_8bit, cfg.load_in_4bit)
+    if quantization and not cfg.lora_r:
+        found.append(f"--load-in-{quantization} cannot train the quantized weights themselves: add --lora-r 8 "
+                     f"(QLoRA: the quantized model stays frozen, LoRA adapters train), or drop --load-in-{quantization}")
+    if cfg.lora_targets is not None:
+        if not cfg.lora_r:
+            found.append("--lora-targets needs --lora-r > 0 (LoRA is off at --lora-r 0)")
+        if not cfg.lora_targets or any(not t.strip() for t in cfg.lora_targets):
+            found.append(f"--lora-targets must be comma-separated module names such as q,v or q_proj,v_proj, "
+                         f"got {','.join(cfg.lora_targets)!r}")
+    if cfg.merge_lora and not cfg.lora_r:
+        found.append("--merge-lora needs --lora-r > 0 (without LoRA the saved model is already a full model)")
+    return found
+
+
+def key_env_problem(name: str) -> str | None:
+    """Why ``name`` cannot name the variable holding the key, or None. The value is never echoed: a user who
+    typed the key itself there would see it printed (and logged) otherwise."""
+    if name and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return None
+    return ("--api-key-env takes the NAME of the environment variable that holds the key (e.g. OPENAI_API_KEY), "
+            "not the key itself")
+
+
+def url_problem(url: str | None, flag: str) -> str | None:
+    """Why ``url`` is not an http(s) endpoint, or None (the value is not echoed: it may carry credentials)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return None
+    return f"{flag} must be an http(s) URL such as http://localhost:8000/v1 (got a value without http:// or https:// and a host)"
+
+
+@dataclass(frozen=True)
+class Range:
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    note: str = ""
+    integer: bool = False
+
+
+# The one table of the losses' hyperparameter ranges: the job configs check their options against it, and the
+# loss functions check their arguments against it when called directly.
+HPARAMS: dict[str, Range] = {
+    "beta": Range(0, 1, note="0 = forward KL, 1 = reverse KL"),
+    "temperature": Range(0, lo_open=True, note="1.0 leaves the logits as they are"),
+    "lam": Range(0, note="the experiential weight lambda; paper: 0.001; 0 = the baseline"),
+    "gamma": Range(0, 1, note="the TD discount; paper: 1.0"),
+    "tau": Range(0, lo_open=True, note="tau' of the Q-value decoder, Eq. 28; paper: 1.0"),
+    "alpha": Range(0, 1, note="the share of on-policy batches"),
+    "mix": Range(0, 1, note="teacher-mixed sampling; MiniLLM: 0.2"),
+    "clip": Range(0, 1, hi_open=True, note="the PPO clip range; MiniLLM: 0.2"),
+    "discount": Range(0, 1, note="the return discount; MiniLLM: 0.95"),
+    "chunk_size": Range(1, integer=True),
+}
+
+
+def hparam_problems(**values: float | int | None) -> list[str]:
+    """One line per hyperparameter outside its range in :data:`HPARAMS` (None: not given, not checked)."""
+    found: list[str] = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        r = HPARAMS[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        before = len(found)
+        if not number or (r.integer and not float(value).is_integer()):
+            found.append(f"--{name.replace('_', '-')} must be a finite {'integer' if r.integer else 'number'}, "
+                         f"got {value!r}")
+        else:
+            in_range(found, name, value, r.lo, r.hi, lo_open=r.lo_open, hi_open=r.hi_open)
+        if r.note and len(found) > before:
+            found[-1] += f" ({r.note})"
+    return found
+
+
+def check_hparams(**values: float | int | None) -> None:
+    """Raise one :class:`XKDError` naming every out-of-range hyperparameter (see :func:`hparam_problems`)."""
+    check(hparam_problems(**values))

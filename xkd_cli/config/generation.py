@@ -1,0 +1,68 @@
+"""The options of ``xkd gen-teacher`` (teacher samples for seqkd / seqxkd), each declared once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from xkd_cli.config.checks import (DEFAULT_KEY_ENV, OPENAI_BASE, check, choice, in_range, key_env_problem,
+                                   quantization_problems, url_problem)
+from xkd_cli.config.core import DTYPES, option
+from xkd_cli.config.training import (DATA_HELP, DEVICE_HELP, DTYPE_HELP, LOAD_4BIT_HELP, LOAD_8BIT_HELP, NAME_HELP,
+                                     REMOTE_CODE_HELP, TASK_HELP)
+
+
+@dataclass(frozen=True)
+class GenTeacherConfig:
+    task: str = option("", TASK_HELP, flags=("--task", "-t"))
+    teacher: str | None = option(None, "White-box teacher: run name, path, hub id or built-in model (default: the "
+                                       "task's latest `xkd sft --role teacher` run).")
+    name: str = option("teacher-samples", NAME_HELP)
+    data: str | None = option(None, DATA_HELP)
+    train_fraction: float = option(1.0, "Keep the first fraction of the training set.")
+    limit: int | None = option(None, "Keep the first N training prompts (the paper's black-box study: 1000).")
+    num_samples: int = option(1, "Teacher responses per prompt (the paper's black-box study: 10).")
+    max_input_len: int = option(512, "Maximum prompt length in tokens.")
+    max_new_tokens: int = option(64, "Maximum response tokens.")
+    temperature: float = option(1.0, "Sampling temperature (Table 7).")
+    top_p: float = option(0.95, "Nucleus sampling mass (Table 7).")
+    batch_size: int = option(32, "Batch size.")
+    seed: int = option(42, "Random seed.")
+    dtype: str = option("float32", DTYPE_HELP)
+    device: str = option("auto", DEVICE_HELP)
+    load_in_8bit: bool = option(False, LOAD_8BIT_HELP + ".")
+    load_in_4bit: bool = option(False, LOAD_4BIT_HELP + ".")
+    trust_remote_code: bool = option(False, REMOTE_CODE_HELP)
+    api_base: str | None = option(None, f"Black-box teacher: OpenAI-compatible endpoint (default with --api-model: "
+                                        f"{OPENAI_BASE}).")
+    api_model: str | None = option(None, "Black-box teacher: model name at the endpoint.")
+    api_key_env: str = option(DEFAULT_KEY_ENV, "Environment variable holding the API key.")
+    concurrency: int = option(8, "Parallel API requests.")
+    max_retries: int = option(6, "Retries of a request on 429 / 5xx / timeout.")
+    timeout: float = option(60.0, "Seconds to wait for one API answer.")
+
+    TASK_FROM_RUNS: ClassVar[bool] = False
+
+    @property
+    def black_box(self) -> bool:
+        return self.api_base is not None or self.api_model is not None
+
+    def __post_init__(self) -> None:
+        found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
+        if not self.task:
+            found.append("--task is required")
+        if self.black_box:
+            if not self.api_model:
+                found.append("--api-model is required with --api-base (the model name the endpoint serves)")
+            if self.teacher:
+                found.append("--teacher (a local model) and --api-base/--api-model (an API teacher) exclude each other")
+        found += [p for p in (key_env_problem(self.api_key_env), url_problem(self.api_base, "--api-base")) if p]
+        for name in ("num_samples", "limit", "max_input_len", "max_new_tokens", "batch_size", "concurrency"):
+            in_range(found, name, getattr(self, name), 1)
+        in_range(found, "max_retries", self.max_retries, 0)
+        in_range(found, "timeout", self.timeout, 0, lo_open=True)
+        in_range(found, "train_fraction", self.train_fraction, 0, 1, lo_open=True)
+        in_range(found, "temperature", self.temperature, 0)
+        in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
+        choice(found, "dtype", self.dtype, DTYPES)
+        check(found)

@@ -1,0 +1,167 @@
+"""The options of the training commands, each declared once: ``xkd sft`` (SFTConfig) and ``xkd distill``
+(DistillConfig), both on top of the options every training run shares (TrainingConfig)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from xkd_cli.config.checks import check, choice, hparam_problems, in_range, lora_problems, quantization_problems
+from xkd_cli.config.core import DTYPES, MIXED_PRECISION, option
+from xkd_cli.core.registry import unknown_name_message
+from xkd_cli.core.workspace import slug
+from xkd_cli.objectives.methods import DIVERGENCE_NAMES, METHODS, REWARD_POSITIONS, Method
+
+ROLES = ("teacher", "student")
+TEACHER_CACHE_MODES = ("off", "full", "topk")
+
+TASK_HELP = "Task name: xsum, wmt, gsm8k, synth-sum, synth-mt, synth-gsm."
+NAME_HELP = "Run name (a directory under <runs-dir>/<task>/)."
+DATA_HELP = "Local data file or directory in the task's Hugging Face schema (JSONL/JSON/CSV/Parquet)."
+MODEL_HELP = "Run name, local path, Hugging Face id (t5-small … t5-xl aliases) or built-in tiny model."
+DTYPE_HELP = "Model dtype: float32, bfloat16, float16, auto."
+DEVICE_HELP = "auto, cpu, cuda or cuda:N."
+REMOTE_CODE_HELP = "Run Python code shipped with a model (auto_map) to load it. Off by default: review that code first."
+LOAD_8BIT_HELP = "Load the model quantized to 8 bits (bitsandbytes)"
+LOAD_4BIT_HELP = "Load the model quantized to 4 bits (bitsandbytes NF4)"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Options every training command shares (sft, and distill on top of it)."""
+    task: str = option("", TASK_HELP, flags=("--task", "-t"))
+    name: str | None = option(None, NAME_HELP)
+    data: str | None = option(None, DATA_HELP)
+    max_steps: int = option(1000, "Optimizer steps.")
+    batch_size: int = option(8, "Batch size (per process).")
+    grad_accum: int = option(1, "Micro-batches per optimizer step.")
+    lr: float = option(1e-3, "Peak learning rate (AdamW).")
+    warmup_steps: int = option(0, "Linear warm-up steps, then linear decay.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    max_grad_norm: float = option(1.0, "Gradient clipping by global norm (0 = off).")
+    max_input_len: int = option(512, "Maximum prompt length in tokens.")
+    max_output_len: int = option(64, "Maximum target / sample length in tokens.")
+    seed: int = option(42, "Random seed.")
+    train_fraction: float = option(1.0, "Keep the first fraction of the training set.")
+    eval_every: int = option(0, "Evaluate every N steps (0 = never).")
+    eval_limit: int = option(64, "Examples per in-training evaluation.")
+    log_every: int = option(10, "Write a log line every N steps.")
+    dropout: float | None = option(None, "Override the model's dropout rate.")
+    save_every: int = option(0, "Write a checkpoint every N steps (0 = off; SIGTERM/SIGINT always write one).")
+    keep_last: int = option(2, "Complete checkpoints to keep.")
+    dtype: str = option("float32", DTYPE_HELP)
+    mixed_precision: str = option("no", "Autocast the forward passes to bf16 or fp16 (fp16 with loss scaling); "
+                                        "weights, optimizer and losses stay float32: no, bf16, fp16.")
+    device: str = option("auto", DEVICE_HELP)
+    trust_remote_code: bool = option(False, REMOTE_CODE_HELP)
+    # LoRA / QLoRA of the trained model: r = 0 trains every weight.
+    lora_r: int = option(0, "LoRA rank: train rank-R adapters instead of all weights (0 = off).")
+    lora_alpha: float = option(16.0, "LoRA scaling α (update scale α/r).")
+    lora_dropout: float = option(0.05, "Dropout on the LoRA adapters' input.")
+    lora_targets: tuple[str, ...] | None = option(
+        None, "Comma-separated layer names to adapt (default: T5 q,v; Llama q_proj,v_proj).", cli_type=str)
+    merge_lora: bool = option(False, "Also save <run>/merged: the adapter folded into the base, a plain "
+                                     "transformers model.")
+    # --load-in-* quantize the command's own model (sft's --model, distill's --student).
+    load_in_8bit: bool = option(False, LOAD_8BIT_HELP + "; training needs --lora-r.")
+    load_in_4bit: bool = option(False, LOAD_4BIT_HELP + "; training needs --lora-r (QLoRA).")
+
+    # Whether a command may take the task from the runs directory when it holds runs of one task only.
+    TASK_FROM_RUNS: ClassVar[bool] = False
+
+    def problems(self) -> list[str]:
+        found: list[str] = []
+        if not self.task:
+            found.append("--task is required")
+        for name in ("max_steps", "batch_size", "grad_accum", "max_input_len", "max_output_len", "log_every"):
+            in_range(found, name, getattr(self, name), 1)
+        for name in ("warmup_steps", "eval_every", "eval_limit", "save_every"):
+            in_range(found, name, getattr(self, name), 0)
+        in_range(found, "keep_last", self.keep_last, 1)
+        in_range(found, "lr", self.lr, 0, lo_open=True)
+        in_range(found, "weight_decay", self.weight_decay, 0)
+        in_range(found, "max_grad_norm", self.max_grad_norm, 0)
+        in_range(found, "train_fraction", self.train_fraction, 0, 1, lo_open=True)
+        in_range(found, "dropout", self.dropout, 0, 1, hi_open=True)
+        choice(found, "dtype", self.dtype, DTYPES)
+        choice(found, "mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if not (self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda")):
+            found.append(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        return found + lora_problems(self)
+
+    def __post_init__(self) -> None:
+        check(self.problems())
+
+
+@dataclass(frozen=True)
+class SFTConfig(TrainingConfig):
+    model: str = option("", MODEL_HELP, flags=("--model", "-m"))
+    role: str | None = option(None, "Record the run as the task's 'teacher' or 'student' (distill picks them up).")
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if not self.model:
+            found.append("--model is required (a built-in name such as tiny-t5-small, a run name, a path or a hub id)")
+        choice(found, "role", self.role, ROLES)
+        return found
+
+    def run_name(self) -> str:
+        return self.name or f"sft-{slug(self.model)}"
+
+
+@dataclass(frozen=True)
+class DistillConfig(TrainingConfig):
+    method: str = option("gxkd", "seqkd, seqxkd, skd, sxkd, gkd, gxkd or minillm.")
+    teacher: str | None = option(None, "Teacher model (default: the task's SFT run with --role teacher).")
+    student: str | None = option(None, "Student model (default: the task's SFT run with --role student).")
+    teacher_data: str | None = option(None, "gen-teacher run or samples JSONL for seqkd/seqxkd (default: latest).")
+    lam: float = option(0.001, "Experiential weight λ (0 = the baseline).")
+    gamma: float = option(1.0, "TD discount γ.")
+    tau: float = option(1.0, "τ′ of the Q-value decoder, Eq. 28.")
+    alpha: float = option(0.5, "On-policy (student sample) probability α for gkd/gxkd.")
+    beta: float = option(0.5, "β of the generalized JSD / β-mix.")
+    divergence: str | None = option(None, "jsd, fkl, rkl, mix or tvd (default: fkl for skd/sxkd, jsd for gkd/gxkd).")
+    temperature: float = option(1.0, "Student sampling temperature.")
+    top_p: float = option(0.95, "Student sampling top-p.")
+    reward_position: str = option("current", "Reward head input: 'current' (h_t) or 'next' (h_t+1).")
+    mix: float = option(0.2, "MiniLLM teacher-mixed sampling weight.")
+    teacher_dtype: str | None = option(None, "Teacher dtype (default: --dtype).")
+    teacher_device: str | None = option(None, "Teacher device (default: --device).")
+    # A quantized teacher only runs forward: no LoRA needed.
+    teacher_load_in_8bit: bool = option(False, "Load the teacher quantized to 8 bits (bitsandbytes).")
+    teacher_load_in_4bit: bool = option(False, "Load the teacher quantized to 4 bits (bitsandbytes NF4).")
+    teacher_cache: str = option("off", "Keep the teacher's view of ground-truth batches on disk and reuse it across "
+                                       "epochs and runs: off, full (exact) or topk (top-k + tail, small).")
+    teacher_cache_k: int = option(64, "Tokens per position kept by --teacher-cache topk.")
+
+    TASK_FROM_RUNS: ClassVar[bool] = True
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        found += quantization_problems(self.teacher_load_in_8bit, self.teacher_load_in_4bit, prefix="teacher-")
+        if self.method not in METHODS:
+            found.append(unknown_name_message("method", self.method, METHODS.names()).rstrip("."))
+        if self.divergence is not None and self.divergence not in DIVERGENCE_NAMES:
+            found.append(unknown_name_message("divergence", self.divergence, list(DIVERGENCE_NAMES)).rstrip("."))
+        choice(found, "reward_position", self.reward_position, REWARD_POSITIONS)
+        found += hparam_problems(lam=self.lam, gamma=self.gamma, tau=self.tau, alpha=self.alpha, beta=self.beta,
+                                 mix=self.mix, temperature=self.temperature)
+        in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
+        choice(found, "teacher_cache", self.teacher_cache, TEACHER_CACHE_MODES)
+        if self.teacher_cache in TEACHER_CACHE_MODES[1:] and self.method in METHODS and \
+                METHODS.get(self.method).data not in ("ground-truth", "mixed"):
+            found.append(f"--teacher-cache {self.teacher_cache} caches the teacher on fixed targets, which {self.method} "
+                         "never runs it on: use it with skd, sxkd, gkd or gxkd, or pass --teacher-cache off")
+        in_range(found, "teacher_cache_k", self.teacher_cache_k, 1)
+        return found
+
+    @property
+    def spec(self) -> Method:
+        return METHODS.get(self.method)
+
+    @property
+    def divergence_name(self) -> str | None:
+        return self.divergence or self.spec.default_divergence
+
+    def run_name(self) -> str:
+        return self.name or self.method
