@@ -66,7 +66,7 @@ def main() -> None:
     for task in tasks:
         for model, role in (("tiny-t5-large", "teacher"), ("tiny-t5-small", "student")):
             if not done(root, task, role):
-                xkd("sft", "--recipe", f"recipes/sft-{model}-{task}.yaml", "--name", role, "--overwrite")
+                xkd("sft", "--recipe", f"recipes/sft/{model}-{task}.yaml", "--name", role, "--overwrite")
         if any(m.startswith("seq") for m in methods) and not done(root, task, "teacher-samples"):
             xkd("gen-teacher", "--task", task, "--teacher", "teacher", "--num-samples", "1")
         for method in methods:

@@ -13,9 +13,9 @@ from xkd_cli.core.workspace import runs_root
 from xkd_cli.experiments.pipeline import run_pipeline
 from xkd_cli.experiments.report import render as render_report
 
-PIPELINE_EPILOG = ("Examples:\n\n  xkd pipeline recipes/offline-quick.yaml\n\n"
-                   "  xkd pipeline recipes/paper-xsum-large-small.yaml --dry-run\n\n"
-                   "  xkd pipeline recipes/ablation-lambda.yaml --runs-dir ./lambda-runs")
+PIPELINE_EPILOG = ("Examples:\n\n  xkd pipeline recipes/pipeline/offline-quick.yaml\n\n"
+                   "  xkd pipeline recipes/pipeline/paper-table1-large-small.yaml --dry-run\n\n"
+                   "  xkd pipeline recipes/pipeline/offline-ablation-lambda.yaml --runs-dir ./lambda-runs")
 
 
 def pipeline(

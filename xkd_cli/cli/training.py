@@ -19,7 +19,7 @@ TRAINING_STEERING = ("recipe", "resume", "processes", "runs_dir", "overwrite", "
 SFT_EPILOG = ("Examples:\n\n  xkd sft --model tiny-t5-large --task synth-sum --role teacher\n\n"
               "  xkd sft --model t5-large --task xsum\n\n"
               "  xkd sft --model tiny-gpt-small --task xsum --data ./xsum.jsonl --max-steps 100\n\n"
-              "  xkd sft --recipe recipes/sft-t5-large-xsum.yaml --max-steps 10 --json\n\n"
+              "  xkd sft --recipe recipes/sft/t5-large-xsum.yaml --max-steps 10 --json\n\n"
               "  xkd sft --model t5-xl --task xsum --role teacher --lora-r 64 --load-in-8bit --merge-lora")
 
 DISTILL_EPILOG = ("Examples:\n\n  xkd distill --method gxkd --lam 0.001\n\n"

@@ -644,7 +644,7 @@ def build_report(root: Path, task: str | None = None, output: Path | None = None
         get_task(task)  # an unknown name lists the valid ones
     available = task_dirs(root)
     if not available:
-        raise XKDError(f"no runs in {root}: run an experiment first (e.g. `xkd pipeline recipes/offline-quick.yaml`) "
+        raise XKDError(f"no runs in {root}: run an experiment first (e.g. `xkd pipeline recipes/pipeline/offline-quick.yaml`) "
                        "or pass --runs-dir (env XKD_RUNS_DIR) pointing at one.")
     if task is not None and task not in available:
         raise XKDError(f"no runs for task '{task}' in {root} (tasks with runs: {', '.join(available)}). "
@@ -662,7 +662,7 @@ def build_report(root: Path, task: str | None = None, output: Path | None = None
     if not evaluated:
         names = sorted({m["run"] for m in missing})
         hint = (f"evaluate them first, e.g. `xkd eval --model {names[0]} --task {missing[0]['task']}`" if names
-                else "train and evaluate a student first (`xkd pipeline recipes/offline-quick.yaml`)")
+                else "train and evaluate a student first (`xkd pipeline recipes/pipeline/offline-quick.yaml`)")
         raise XKDError(f"no evaluated runs in {root}{' for task ' + task if task else ''} "
                        f"(no <run>/eval/<split>-greedy/metrics.json): {hint}.")
 
