@@ -123,7 +123,8 @@ class DistillConfig(TrainingConfig):
     divergence: str | None = option(None, "jsd, fkl, rkl, mix or tvd (default: fkl for skd/sxkd, jsd for gkd/gxkd).")
     temperature: float = option(1.0, "Student sampling temperature.")
     top_p: float = option(0.95, "Student sampling top-p.")
-    reward_position: str = option("current", "Reward head input: 'current' (h_t) or 'next' (h_t+1).")
+    reward_position: str = option("next", "Reward head input: 'next' (h_t+1, the state after the action, as the "
+                                          "paper's q_φ(·|x, y_1:t+1)) or 'current' (h_t, an ablation).")
     mix: float = option(0.2, "MiniLLM teacher-mixed sampling weight.")
     teacher_dtype: str | None = option(None, "Teacher dtype (default: --dtype).")
     teacher_device: str | None = option(None, "Teacher device (default: --device).")
@@ -143,6 +144,11 @@ class DistillConfig(TrainingConfig):
             found.append(unknown_name_message("method", self.method, METHODS.names()).rstrip("."))
         if self.divergence is not None and self.divergence not in DIVERGENCE_NAMES:
             found.append(unknown_name_message("divergence", self.divergence, list(DIVERGENCE_NAMES)).rstrip("."))
+        elif self.divergence is not None and self.method in METHODS and self.spec.loss != "divergence":
+            users = ", ".join(m for m in METHODS if METHODS.get(m).loss == "divergence")
+            found.append(f"--divergence {self.divergence} has no effect on {self.method}, whose loss is "
+                         f"{'NLL on teacher samples' if self.spec.loss == 'nll' else 'a policy gradient'}: drop it, "
+                         f"or pick one of {users}")
         choice(found, "reward_position", self.reward_position, REWARD_POSITIONS)
         found += hparam_problems(lam=self.lam, gamma=self.gamma, tau=self.tau, alpha=self.alpha, beta=self.beta,
                                  mix=self.mix, temperature=self.temperature)
