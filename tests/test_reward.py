@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.objectives.losses import experiential_sum
+from xkd_cli.objectives.experiential import experiential_sum
 from xkd_cli.objectives.reward import RewardHead
 
 

@@ -34,8 +34,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from xkd_cli.core.errors import XKDError
+from xkd_cli.objectives.methods import REWARD_POSITIONS
 
-POSITIONS = ("current", "next")
 LOG_SIGMA_BOUND = 5.0
 _FORMAT = "xkd-reward-head-v1"
 
@@ -43,8 +43,8 @@ _FORMAT = "xkd-reward-head-v1"
 class RewardHead(nn.Module):
     def __init__(self, hidden_size: int, position: str = "current", log_sigma_bound: float = LOG_SIGMA_BOUND):
         super().__init__()
-        if position not in POSITIONS:
-            raise XKDError(f"unknown reward head position {position!r}; use one of: {', '.join(POSITIONS)}.")
+        if position not in REWARD_POSITIONS:
+            raise XKDError(f"unknown reward head position {position!r}; use one of: {', '.join(REWARD_POSITIONS)}.")
         if hidden_size < 1:
             raise ValueError(f"hidden_size must be positive, got {hidden_size}")
         self.hidden_size = hidden_size
