@@ -1,7 +1,8 @@
-"""Tests for the loss engine (xkd_cli.objectives.engine, .divergences, .experiential, .minillm): hand-computed values, properties, equivalences, gradients.
+"""Tests for the loss engine (xkd_cli.objectives.engine, .divergences, .experiential, .minillm):
+hand-computed values, properties, equivalences, gradients.
 
-References are computed independently (plain Python / NumPy float64 loops), never by calling the
-code under test.
+References are computed independently of the code under test: by hand, by plain NumPy float64 loops
+(analytic gradients), or by xkd_cli.objectives.reference, the paper's math on full float64 tensors.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.batches import IGNORE
-from xkd_cli.objectives import engine
+from xkd_cli.objectives import engine, reference
 from xkd_cli.objectives.divergences import (
     DIVERGENCES,
     divergence_sum,
@@ -107,6 +108,16 @@ def test_temperature_scales_both_logits():
     torch.testing.assert_close(a.total, b.total)
 
 
+def test_the_reference_reproduces_the_hand_values():
+    """The oracle itself (xkd_cli.objectives.reference) against the hand computations above."""
+    p_t = torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64)
+    p_s = torch.tensor([[0.125, 0.375, 0.5]], dtype=torch.float64)
+    for name, value in HAND.items():
+        assert reference.divergence(name, p_s, p_t, 0.5).item() == pytest.approx(value, abs=2e-6), name
+    nll = reference.token_nll(torch.tensor([[0.5, 0.25, 0.25], [0.125, 0.375, 0.5]]), torch.tensor([1, 2]))
+    assert nll.sum().item() == pytest.approx(math.log(4) + math.log(2), abs=1e-6)
+
+
 # ------------------------------------------------------------------------------------------
 # Properties
 # ------------------------------------------------------------------------------------------
@@ -148,6 +159,19 @@ def test_jsd_limits_near_the_endpoints():
     assert errors_low == sorted(errors_low, reverse=True) and errors_high == sorted(errors_high, reverse=True)
 
 
+def test_the_reference_jsd_endpoints_are_its_limits():
+    g = torch.Generator().manual_seed(4)
+    p_s = torch.randn(5, 9, generator=g, dtype=torch.float64).softmax(-1)
+    p_t = torch.randn(5, 9, generator=g, dtype=torch.float64).softmax(-1)
+    fkl, rkl = reference.forward_kl(p_s, p_t), reference.reverse_kl(p_s, p_t)
+    assert torch.equal(reference.generalized_jsd(p_s, p_t, 0.0), fkl)
+    assert torch.equal(reference.generalized_jsd(p_s, p_t, 1.0), rkl)
+    eps = 1e-6
+    torch.testing.assert_close(reference.generalized_jsd(p_s, p_t, eps) / eps, fkl, rtol=1e-4, atol=0)
+    torch.testing.assert_close(reference.generalized_jsd(p_s, p_t, 1 - eps) / eps, rkl, rtol=1e-4, atol=0)
+    torch.testing.assert_close(reference.beta_mix(p_s, p_t, 0.3), 0.3 * fkl + 0.7 * rkl)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_divergences_are_nonnegative(name):
     s, t, labels = rand_batch(seed=5)
@@ -178,6 +202,44 @@ def test_chunked_equals_unchunked(chunk_size):
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("beta,temperature", [(0.0, 1.0), (0.3, 1.0), (1.0, 1.0), (0.7, 2.0)])
+def test_divergences_match_the_reference(name, beta, temperature):
+    """The chunked, masked float32 divergence_sum against the reference on float64 full tensors of the
+    counted rows: value and gradient (zero at the ignored positions)."""
+    s, t, labels = rand_batch(seed=19)
+    m = valid_mask(labels)
+
+    def ref():
+        p_s, p_t = (s[m].double() / temperature).softmax(-1), (t[m].double() / temperature).softmax(-1)
+        return reference.divergence(name, p_s, p_t, beta).sum()
+
+    def got():
+        return divergence_sum(name, s, t, labels, beta=beta, temperature=temperature, chunk_size=4).total
+
+    torch.testing.assert_close(got().double(), ref(), rtol=1e-5, atol=1e-6)
+    (g_got,) = grad_of(got, s)
+    (g_ref,) = grad_of(ref, s)
+    torch.testing.assert_close(g_got.double(), g_ref.double(), rtol=1e-4, atol=1e-6)
+    assert torch.equal(g_got[~m], torch.zeros_like(g_got[~m]))
+
+
+def test_nll_and_token_logprobs_match_the_reference():
+    s, _, labels = rand_batch(seed=21)
+    m = valid_mask(labels)
+
+    def ref():
+        return reference.token_nll(s[m].double().softmax(-1), labels[m]).sum()
+
+    torch.testing.assert_close(nll_sum(s, labels, chunk_size=4).total.double(), ref(), rtol=1e-5, atol=1e-6)
+    (g_got,) = grad_of(lambda: nll_sum(s, labels, chunk_size=4).total, s)
+    (g_ref,) = grad_of(ref, s)
+    torch.testing.assert_close(g_got.double(), g_ref.double(), rtol=1e-4, atol=1e-6)
+    logp = token_logprobs(s, labels, chunk_size=4)
+    torch.testing.assert_close(logp[m].double(), -reference.token_nll(s[m].double().softmax(-1), labels[m]))
+    assert torch.equal(logp[~m], torch.zeros_like(logp[~m]))
 
 
 def test_default_chunking_follows_the_vocabulary(monkeypatch):
@@ -448,27 +510,20 @@ def test_last_valid_token_has_no_td_term():
 
 
 def _experiential_reference(s, labels, mu, log_sigma, lam, gamma, tau):
-    """Independent float64 implementation with explicit loops over positions."""
-    total = torch.zeros((), dtype=torch.float64)
-    b_size, t_size, _ = s.shape
-    for b in range(b_size):
-        for j in range(t_size - 1):
-            if labels[b, j] == IGNORE or labels[b, j + 1] == IGNORE:
-                continue
-            q = []
-            for k in (j, j + 1):
-                p = torch.softmax(s[b, k].double(), -1)
-                q.append(tau * p[labels[b, k]] - torch.log(torch.exp(tau * p).sum()))
-            delta = q[0] - gamma * q[1]
-            m, ls = mu[b, j].double(), log_sigma[b, j].double()
-            var = torch.exp(ls) ** 2
-            kl = 0.5 * (var + m**2 - 1) - ls
-            log_q = -0.5 * math.log(2 * math.pi) - ls - (delta - m) ** 2 / (2 * var)
-            total = total + kl - lam * log_q
-    return total
+    """F_ex by the reference (full float64 tensors, no chunking)."""
+    return reference.experiential_objective(s.double().softmax(-1), labels, mu.double(), log_sigma.double(),
+                                            lam=lam, gamma=gamma, tau=tau)
 
 
-def test_experiential_matches_loop_reference_with_gradients():
+@pytest.mark.parametrize("gamma,expected", [(1.0, 1.089173), (0.5, 1.114675)])
+def test_the_reference_reproduces_the_experiential_hand_value(gamma, expected):
+    p = torch.tensor([EX_P], dtype=torch.float64)
+    out = reference.experiential_objective(p, torch.tensor([[0, 2, 1]]), EX_MU.double(), EX_LOG_SIGMA.double(),
+                                           lam=0.5, gamma=gamma)
+    assert out.item() == pytest.approx(expected, abs=2e-6)
+
+
+def test_experiential_matches_the_reference_with_gradients():
     s, _, labels = rand_batch(seed=13)
     mu = (0.5 * torch.randn(labels.shape)).requires_grad_()
     log_sigma = (0.5 * torch.randn(labels.shape)).requires_grad_()

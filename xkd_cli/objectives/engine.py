@@ -43,6 +43,9 @@ Public API
 ``token_logprobs(logits, labels, ...)``         ``B x T`` float32 log p(y_t), 0 where ignored
 ``nll_term()`` / ``nll_sum(student_logits, labels, ...)``
                                                 NLL of the labels (sft / seqkd, Eq. 1/18)
+
+The same math without chunking or masking tricks, for reading and as the tests' oracle:
+:mod:`xkd_cli.objectives.reference`.
 """
 
 from __future__ import annotations
