@@ -84,7 +84,7 @@ def test_alpha_one_always_samples(xkd, runs):
 
 
 def naive_f_ex(logits, labels, mu, log_sigma, lam, gamma, tau):
-    """F_ex written out position by position (METHOD.md), independent of xkd_cli.objectives."""
+    """F_ex written out position by position (docs/method.md, Eq. 16, 20, 28), independent of xkd_cli.objectives."""
     total = logits.new_zeros(())
     B, T, _ = logits.shape
     for b in range(B):

@@ -1,4 +1,4 @@
-"""The reward encoder q_φ of X-KD (METHOD.md "The experiential term", step 3; Eq. 14/20).
+"""The reward encoder q_φ of X-KD (docs/method.md, "The reward encoder"; Eq. 14/20).
 
 The paper leaves q_φ open; following AVA (same authors) it is a linear head on the student's last
 decoder hidden state producing the mean μ and log-std log σ of a Gaussian q_φ = N(μ, σ²) over the
@@ -11,7 +11,8 @@ transformer through the hidden states.
   (in particular at the init value 0).
 * Computed in float32 whatever the backbone dtype (keep the head's parameters in float32).
 * ``position="current"`` (default) reads h_t, the state whose logits predict y_t;
-  ``position="next"`` reads h_{t+1}, the state after the action.  For ``"next"`` the last position
+  ``position="next"`` reads h_{t+1}, the state after the action, which is what Eq. 14/20 condition
+  q_φ on (x, y_{1:t+1}); docs/method.md compares the two.  For ``"next"`` the last position
   has no successor and reads a zero vector (so μ and log σ there are the biases); that position can
   never carry a TD term, since m_td[b, T-1] does not exist and the last valid token of any row has
   no next action.
