@@ -5,10 +5,10 @@
 
 Implementations, all on the same float32 ``B x T x V`` student logits (a leaf that needs a gradient) and
 teacher logits, every position counted:
-- ``xkd-gkd``   ``losses.divergence_sum("jsd", ...)``: chunked over valid positions, each chunk
+- ``xkd-gkd``   ``divergences.divergence_sum("jsd", ...)``: chunked over valid positions, each chunk
                 recomputed in the backward, which writes one gradient buffer;
 - ``xkd-gxkd``  the same plus the experiential term F_ex in the same chunked pass
-                (``losses.kd_experiential_sum``, as the trainer computes G-XKD);
+                (``experiential.kd_experiential_sum``, as the trainer computes G-XKD);
 - ``naive-gkd`` the generalized JSD over the full tensors, written as TRL's
                 ``GKDTrainer.generalized_jsd_loss`` writes it (log_softmax of both, a stacked logsumexp
                 for the mixture, two ``kl_div`` with ``reduction="none"``, then the valid rows);
@@ -82,14 +82,15 @@ def naive_experiential_sum(student, labels, mu, log_sigma, lam=LAM, gamma=GAMMA,
 
 
 def loss_fn(name: str):
-    from xkd_cli.objectives import losses
+    from xkd_cli.objectives.divergences import divergence_sum, divergence_term
+    from xkd_cli.objectives.experiential import kd_experiential_sum
 
     def xkd_gkd(s, t, labels, mu, log_sigma):
-        return losses.divergence_sum("jsd", s, t, labels, beta=BETA).total
+        return divergence_sum("jsd", s, t, labels, beta=BETA).total
 
     def xkd_gxkd(s, t, labels, mu, log_sigma):  # as the trainer does it: both terms in one pass
-        term = losses.divergence_term("jsd", t, beta=BETA)
-        kd, ex = losses.kd_experiential_sum(term, s, labels, mu, log_sigma, lam=LAM, gamma=GAMMA, tau=TAU)
+        term = divergence_term("jsd", t, beta=BETA)
+        kd, ex = kd_experiential_sum(term, s, labels, mu, log_sigma, lam=LAM, gamma=GAMMA, tau=TAU)
         return kd.total + ex.total
 
     def naive_gkd(s, t, labels, mu, log_sigma):
@@ -139,9 +140,9 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     if spec.get("chunk_elements"):
-        from xkd_cli.objectives import losses
+        from xkd_cli.objectives import engine
 
-        losses.CHUNK_ELEMENTS = spec["chunk_elements"]  # read at every call: the chunk-size trade-off
+        engine.CHUNK_ELEMENTS = spec["chunk_elements"]  # read at every call: the chunk-size trade-off
     device = spec["device"]
     fn = loss_fn(spec["impl"])
     fn(*inputs(2, 8, 64, device)).backward()  # warm-up: first-call costs are not the loss's
@@ -185,7 +186,7 @@ def run_worker(spec: dict, timeout: int) -> dict:
 
 
 def _default_chunk_elements() -> int:
-    from xkd_cli.objectives.losses import CHUNK_ELEMENTS
+    from xkd_cli.objectives.engine import CHUNK_ELEMENTS
 
     return CHUNK_ELEMENTS
 
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chunk-elements", type=int, default=None,
-                        help="xkd's chunk size in float32 entries per N x V intermediate (default losses.CHUNK_ELEMENTS)")
+                        help="xkd's chunk size in float32 entries per N x V intermediate (default engine.CHUNK_ELEMENTS)")
     parser.add_argument("--timeout", type=int, default=1200)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

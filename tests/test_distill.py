@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 from xkd_cli.data.batches import forward
 from xkd_cli.config.training import DistillConfig
-from xkd_cli.training.distill import KDObjective
 from xkd_cli.models.loading import build_tiny_model
+from xkd_cli.objectives.objectives import KDObjective
 from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.training.sft import EncodedSet
 from xkd_cli.data.tasks import get_task
@@ -84,7 +84,7 @@ def test_alpha_one_always_samples(xkd, runs):
 
 
 def naive_f_ex(logits, labels, mu, log_sigma, lam, gamma, tau):
-    """F_ex written out position by position (METHOD.md), independent of xkd_cli.objectives.losses."""
+    """F_ex written out position by position (docs/method.md, Eq. 16, 20, 28), independent of xkd_cli.objectives."""
     total = logits.new_zeros(())
     B, T, _ = logits.shape
     for b in range(B):
@@ -236,7 +236,7 @@ def test_teacher_mixer_cache_matches_full_forward(name):
     """The MiniLLM mixer feeds its teacher only new tokens (KV cache); the logits must equal a fresh
     forward over the whole prefix at every step."""
     from xkd_cli.data.batches import forward, make_batch
-    from xkd_cli.training.distill import TeacherMixer
+    from xkd_cli.objectives.objectives import TeacherMixer
 
     teacher = build_tiny_model(name)
     examples = get_task("synth-mt").load("train", limit=2)

@@ -1,4 +1,4 @@
-"""Hardened inputs (issue 5): every command refuses bad input with one line naming the problem and the fix,
+"""Hardened inputs: every command refuses bad input with one line naming the problem and the fix,
 exit code 2, and leaves every existing run byte for byte as it was; `trust_remote_code` stays off unless
 asked; an API key never reaches a file, a log or a message.
 

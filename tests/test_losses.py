@@ -1,7 +1,8 @@
-"""Tests for xkd_cli.objectives.losses: hand-computed values, properties, equivalences, gradients.
+"""Tests for the loss engine (xkd_cli.objectives.engine, .divergences, .experiential, .minillm):
+hand-computed values, properties, equivalences, gradients.
 
-References are computed independently (plain Python / NumPy float64 loops), never by calling the
-code under test.
+References are computed independently of the code under test: by hand, by plain NumPy float64 loops
+(analytic gradients), or by xkd_cli.objectives.reference, the paper's math on full float64 tensors.
 """
 
 from __future__ import annotations
@@ -13,30 +14,26 @@ import pytest
 import torch
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.objectives.losses import (
+from xkd_cli.data.batches import IGNORE
+from xkd_cli.objectives import engine, reference
+from xkd_cli.objectives.divergences import (
     DIVERGENCES,
-    IGNORE_INDEX,
-    check_hparams,
     divergence_sum,
     divergence_term,
-    experiential_sum,
-    hparam_problems,
-    kd_experiential_sum,
-    kd_sum,
+    teacher_topk,
+    topk_divergence_term,
+)
+from xkd_cli.objectives.engine import kd_sum, nll_sum, nll_term, td_mask, token_logprobs, valid_mask
+from xkd_cli.objectives.experiential import experiential_sum, kd_experiential_sum, summarize_stats
+from xkd_cli.config.checks import check_hparams, hparam_problems
+from xkd_cli.objectives.methods import DIVERGENCE_NAMES
+from xkd_cli.objectives.minillm import (
     masked_whiten,
     minillm_advantages,
     minillm_rewards,
     mixed_sampling_weights,
-    nll_sum,
-    nll_term,
     ppo_clip_sum,
-    summarize_stats,
-    td_mask,
     teacher_mixed_logprobs,
-    teacher_topk,
-    token_logprobs,
-    topk_divergence_term,
-    valid_mask,
 )
 from xkd_cli.objectives.reward import RewardHead
 
@@ -55,9 +52,9 @@ def rand_batch(b=3, t=6, v=11, seed=0, pad=True):
     te = 2 * torch.randn(b, t, v, generator=g)
     labels = torch.randint(0, v, (b, t), generator=g)
     if pad:
-        labels[0, 4:] = IGNORE_INDEX  # padding at the end
-        labels[1, 2] = IGNORE_INDEX  # a hole in the middle
-        labels[2, 0] = IGNORE_INDEX  # masked prompt position at the start
+        labels[0, 4:] = IGNORE  # padding at the end
+        labels[1, 2] = IGNORE  # a hole in the middle
+        labels[2, 0] = IGNORE  # masked prompt position at the start
     return s, te, labels
 
 
@@ -88,7 +85,7 @@ HAND = {"fkl": 0.418494, "rkl": 0.325336, "jsd": 0.087763, "mix": 0.371915, "tvd
 def test_divergence_hand_values(name):
     teacher = logits_of([0.5, 0.25, 0.25], [0.5, 0.25, 0.25])
     student = logits_of([0.125, 0.375, 0.5], [0.125, 0.375, 0.5])
-    labels = torch.tensor([[0, IGNORE_INDEX]])  # the second position does not count
+    labels = torch.tensor([[0, IGNORE]])  # the second position does not count
     out = divergence_sum(name, student, teacher, labels, beta=0.5)
     assert out.tokens.item() == 1
     assert out.total.dtype == torch.float32
@@ -98,7 +95,7 @@ def test_divergence_hand_values(name):
 def test_nll_hand_value():
     # -ln(1/4) + -ln(1/2) = ln 4 + ln 2 = 2.079442; the ignored position (-100) adds nothing
     logits = logits_of([0.5, 0.25, 0.25], [0.125, 0.375, 0.5], [0.2, 0.3, 0.5])
-    out = nll_sum(logits, torch.tensor([[1, 2, IGNORE_INDEX]]))
+    out = nll_sum(logits, torch.tensor([[1, 2, IGNORE]]))
     assert out.tokens.item() == 2
     assert out.total.item() == pytest.approx(math.log(4) + math.log(2), abs=1e-6)
     assert out.mean().item() == pytest.approx((math.log(4) + math.log(2)) / 2, abs=1e-6)
@@ -109,6 +106,16 @@ def test_temperature_scales_both_logits():
     a = divergence_sum("fkl", s, t, labels, temperature=2.0)
     b = divergence_sum("fkl", s / 2.0, t / 2.0, labels)
     torch.testing.assert_close(a.total, b.total)
+
+
+def test_the_reference_reproduces_the_hand_values():
+    """The oracle itself (xkd_cli.objectives.reference) against the hand computations above."""
+    p_t = torch.tensor([[0.5, 0.25, 0.25]], dtype=torch.float64)
+    p_s = torch.tensor([[0.125, 0.375, 0.5]], dtype=torch.float64)
+    for name, value in HAND.items():
+        assert reference.divergence(name, p_s, p_t, 0.5).item() == pytest.approx(value, abs=2e-6), name
+    nll = reference.token_nll(torch.tensor([[0.5, 0.25, 0.25], [0.125, 0.375, 0.5]]), torch.tensor([1, 2]))
+    assert nll.sum().item() == pytest.approx(math.log(4) + math.log(2), abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------------
@@ -152,6 +159,19 @@ def test_jsd_limits_near_the_endpoints():
     assert errors_low == sorted(errors_low, reverse=True) and errors_high == sorted(errors_high, reverse=True)
 
 
+def test_the_reference_jsd_endpoints_are_its_limits():
+    g = torch.Generator().manual_seed(4)
+    p_s = torch.randn(5, 9, generator=g, dtype=torch.float64).softmax(-1)
+    p_t = torch.randn(5, 9, generator=g, dtype=torch.float64).softmax(-1)
+    fkl, rkl = reference.forward_kl(p_s, p_t), reference.reverse_kl(p_s, p_t)
+    assert torch.equal(reference.generalized_jsd(p_s, p_t, 0.0), fkl)
+    assert torch.equal(reference.generalized_jsd(p_s, p_t, 1.0), rkl)
+    eps = 1e-6
+    torch.testing.assert_close(reference.generalized_jsd(p_s, p_t, eps) / eps, fkl, rtol=1e-4, atol=0)
+    torch.testing.assert_close(reference.generalized_jsd(p_s, p_t, 1 - eps) / eps, rkl, rtol=1e-4, atol=0)
+    torch.testing.assert_close(reference.beta_mix(p_s, p_t, 0.3), 0.3 * fkl + 0.7 * rkl)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_divergences_are_nonnegative(name):
     s, t, labels = rand_batch(seed=5)
@@ -184,15 +204,51 @@ def test_chunked_equals_unchunked(chunk_size):
         torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-7)
 
 
-def test_default_chunking_follows_the_vocabulary(monkeypatch):
-    import xkd_cli.objectives.losses as losses
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("beta,temperature", [(0.0, 1.0), (0.3, 1.0), (1.0, 1.0), (0.7, 2.0)])
+def test_divergences_match_the_reference(name, beta, temperature):
+    """The chunked, masked float32 divergence_sum against the reference on float64 full tensors of the
+    counted rows: value and gradient (zero at the ignored positions)."""
+    s, t, labels = rand_batch(seed=19)
+    m = valid_mask(labels)
 
+    def ref():
+        p_s, p_t = (s[m].double() / temperature).softmax(-1), (t[m].double() / temperature).softmax(-1)
+        return reference.divergence(name, p_s, p_t, beta).sum()
+
+    def got():
+        return divergence_sum(name, s, t, labels, beta=beta, temperature=temperature, chunk_size=4).total
+
+    torch.testing.assert_close(got().double(), ref(), rtol=1e-5, atol=1e-6)
+    (g_got,) = grad_of(got, s)
+    (g_ref,) = grad_of(ref, s)
+    torch.testing.assert_close(g_got.double(), g_ref.double(), rtol=1e-4, atol=1e-6)
+    assert torch.equal(g_got[~m], torch.zeros_like(g_got[~m]))
+
+
+def test_nll_and_token_logprobs_match_the_reference():
+    s, _, labels = rand_batch(seed=21)
+    m = valid_mask(labels)
+
+    def ref():
+        return reference.token_nll(s[m].double().softmax(-1), labels[m]).sum()
+
+    torch.testing.assert_close(nll_sum(s, labels, chunk_size=4).total.double(), ref(), rtol=1e-5, atol=1e-6)
+    (g_got,) = grad_of(lambda: nll_sum(s, labels, chunk_size=4).total, s)
+    (g_ref,) = grad_of(ref, s)
+    torch.testing.assert_close(g_got.double(), g_ref.double(), rtol=1e-4, atol=1e-6)
+    logp = token_logprobs(s, labels, chunk_size=4)
+    torch.testing.assert_close(logp[m].double(), -reference.token_nll(s[m].double().softmax(-1), labels[m]))
+    assert torch.equal(logp[~m], torch.zeros_like(logp[~m]))
+
+
+def test_default_chunking_follows_the_vocabulary(monkeypatch):
     s, t, labels = rand_batch(v=11)
     ref = divergence_sum("jsd", s, t, labels, chunk_size=10**6).total
     calls = []
-    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 22)  # 22 // V = 2 rows per chunk
-    rows = losses._RowPlan.rows
-    monkeypatch.setattr(losses._RowPlan, "rows", lambda plan, i, xs: calls.append(len(plan.chunks[i][0])) or rows(plan, i, xs))
+    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", 22)  # 22 // V = 2 rows per chunk
+    rows = engine._RowPlan.rows
+    monkeypatch.setattr(engine._RowPlan, "rows", lambda plan, i, xs: calls.append(len(plan.chunks[i][0])) or rows(plan, i, xs))
     out = divergence_sum("jsd", s, t, labels).total  # forward: one call per chunk
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     assert calls and max(calls) == 2 and sum(calls) == int(valid_mask(labels).sum())
@@ -223,7 +279,7 @@ def test_chunking_works_without_grad():
 @pytest.mark.parametrize("name", NAMES)
 def test_batch_of_8_equals_two_accumulated_batches_of_4(name):
     s, t, labels = rand_batch(b=8, seed=7)
-    labels[5, 1:] = IGNORE_INDEX  # uneven token counts between the halves
+    labels[5, 1:] = IGNORE  # uneven token counts between the halves
     whole = divergence_sum(name, s, t, labels)
     n = whole.tokens
     (g_whole,) = grad_of(lambda: whole.total / n, s)
@@ -294,7 +350,7 @@ def test_minus_inf_logits_give_finite_losses_and_grads(name, beta):
 
 def test_all_masked_batch():
     s, t, labels = rand_batch()
-    labels = torch.full_like(labels, IGNORE_INDEX)
+    labels = torch.full_like(labels, IGNORE)
     mu = torch.zeros(labels.shape, requires_grad=True)
     log_sigma = torch.zeros(labels.shape, requires_grad=True)
     parts = [divergence_sum(n, s, t, labels) for n in NAMES] + [nll_sum(s, labels)]
@@ -338,6 +394,11 @@ def test_unknown_divergence_lists_valid_names():
     assert sorted(DIVERGENCES.names()) == sorted(NAMES)
 
 
+def test_divergence_names_have_one_source():
+    """Configs validate --divergence against methods.py's torch-free names: the registry holds exactly them."""
+    assert tuple(DIVERGENCES.names()) == DIVERGENCE_NAMES
+
+
 def test_hparam_checks():
     assert hparam_problems(beta=0.5, temperature=1.0, lam=0.001, gamma=1.0, tau=1.0, chunk_size=4) == []
     problems = hparam_problems(beta=1.5, lam=-1.0, tau=0.0, gamma=float("nan"))
@@ -368,10 +429,10 @@ def _reference_grad(s, t, labels, beta, kind):
     nll: p_S − onehot(y); fkl: p_S − p_T; jsd: p_S ⊙ (a − <p_S, a>), a = (1−β)·log(p_S / M)."""
     s, t, labels = s.detach().double().numpy(), t.double().numpy(), labels.numpy()
     grad = np.zeros_like(s)
-    n = int((labels != IGNORE_INDEX).sum())
+    n = int((labels != IGNORE).sum())
     for b in range(s.shape[0]):
         for j in range(s.shape[1]):
-            if labels[b, j] == IGNORE_INDEX:
+            if labels[b, j] == IGNORE:
                 continue
             ps, pt = _np_softmax(s[b, j]), _np_softmax(t[b, j])
             if kind == "nll":
@@ -401,7 +462,7 @@ def test_one_sgd_step_matches_independent_reference(kind):
     opt.step()
     expected = start.double() - lr * _reference_grad(start, t, labels, beta, kind)
     torch.testing.assert_close(s.detach().double(), expected, rtol=0, atol=1e-6)
-    assert torch.equal(s.detach()[labels == IGNORE_INDEX], start[labels == IGNORE_INDEX])
+    assert torch.equal(s.detach()[labels == IGNORE], start[labels == IGNORE])
 
 
 # ------------------------------------------------------------------------------------------
@@ -439,37 +500,30 @@ def test_experiential_hand_value(gamma, expected, deltas):
 def test_last_valid_token_has_no_td_term():
     logits = logits_of(*EX_P)
     # y = [0, 2, pad]: only δ_0 = Q_0 − Q_1 counts, never Q_1 − 0
-    out = experiential_sum(logits, torch.tensor([[0, 2, IGNORE_INDEX]]), EX_MU, EX_LOG_SIGMA, lam=0.5)
+    out = experiential_sum(logits, torch.tensor([[0, 2, IGNORE]]), EX_MU, EX_LOG_SIGMA, lam=0.5)
     assert out.tokens.item() == 1
     assert out.total.item() == pytest.approx(0.050912 - 0.5 * -1.121979, abs=2e-6)
     # a hole in the middle: no position has a valid successor
-    out = experiential_sum(logits, torch.tensor([[0, IGNORE_INDEX, 1]]), EX_MU, EX_LOG_SIGMA, lam=0.5)
+    out = experiential_sum(logits, torch.tensor([[0, IGNORE, 1]]), EX_MU, EX_LOG_SIGMA, lam=0.5)
     assert out.tokens.item() == 0 and out.total.item() == 0.0
-    assert td_mask(torch.tensor([[0, IGNORE_INDEX, 1, 1]])).tolist() == [[False, False, True]]
+    assert td_mask(torch.tensor([[0, IGNORE, 1, 1]])).tolist() == [[False, False, True]]
 
 
 def _experiential_reference(s, labels, mu, log_sigma, lam, gamma, tau):
-    """Independent float64 implementation with explicit loops over positions."""
-    total = torch.zeros((), dtype=torch.float64)
-    b_size, t_size, _ = s.shape
-    for b in range(b_size):
-        for j in range(t_size - 1):
-            if labels[b, j] == IGNORE_INDEX or labels[b, j + 1] == IGNORE_INDEX:
-                continue
-            q = []
-            for k in (j, j + 1):
-                p = torch.softmax(s[b, k].double(), -1)
-                q.append(tau * p[labels[b, k]] - torch.log(torch.exp(tau * p).sum()))
-            delta = q[0] - gamma * q[1]
-            m, ls = mu[b, j].double(), log_sigma[b, j].double()
-            var = torch.exp(ls) ** 2
-            kl = 0.5 * (var + m**2 - 1) - ls
-            log_q = -0.5 * math.log(2 * math.pi) - ls - (delta - m) ** 2 / (2 * var)
-            total = total + kl - lam * log_q
-    return total
+    """F_ex by the reference (full float64 tensors, no chunking)."""
+    return reference.experiential_objective(s.double().softmax(-1), labels, mu.double(), log_sigma.double(),
+                                            lam=lam, gamma=gamma, tau=tau)
 
 
-def test_experiential_matches_loop_reference_with_gradients():
+@pytest.mark.parametrize("gamma,expected", [(1.0, 1.089173), (0.5, 1.114675)])
+def test_the_reference_reproduces_the_experiential_hand_value(gamma, expected):
+    p = torch.tensor([EX_P], dtype=torch.float64)
+    out = reference.experiential_objective(p, torch.tensor([[0, 2, 1]]), EX_MU.double(), EX_LOG_SIGMA.double(),
+                                           lam=0.5, gamma=gamma)
+    assert out.item() == pytest.approx(expected, abs=2e-6)
+
+
+def test_experiential_matches_the_reference_with_gradients():
     s, _, labels = rand_batch(seed=13)
     mu = (0.5 * torch.randn(labels.shape)).requires_grad_()
     log_sigma = (0.5 * torch.randn(labels.shape)).requires_grad_()
@@ -612,7 +666,7 @@ def test_lambda_zero_trains_identically_with_adam():
         for _ in range(3):
             ids = torch.randint(0, 13, (4, 6), generator=g)
             labels = ids.roll(-1, 1)
-            labels[:, -1] = IGNORE_INDEX
+            labels[:, -1] = IGNORE
             teacher = torch.randn(4, 6, 13, generator=g)
             h = emb(ids)
             logits = lm_head(h)
@@ -656,13 +710,13 @@ def test_summarize_stats_adds_up_over_micro_batches():
 
 def test_token_logprobs():
     logits = logits_of([0.5, 0.25, 0.25], [0.125, 0.375, 0.5])
-    lp = token_logprobs(logits, torch.tensor([[1, IGNORE_INDEX]]))
+    lp = token_logprobs(logits, torch.tensor([[1, IGNORE]]))
     torch.testing.assert_close(lp, torch.tensor([[math.log(0.25), 0.0]]))
-    assert valid_mask(torch.tensor([[1, IGNORE_INDEX]])).tolist() == [[True, False]]
+    assert valid_mask(torch.tensor([[1, IGNORE]])).tolist() == [[True, False]]
 
 
 def test_minillm_rewards_and_advantages_by_hand():
-    labels = torch.tensor([[1, 1, 1], [1, 1, IGNORE_INDEX]])
+    labels = torch.tensor([[1, 1, 1], [1, 1, IGNORE]])
     teacher_lp = torch.log(torch.tensor([[0.5, 0.25, 0.5], [0.5, 0.5, 0.9]]))
     old_lp = torch.log(torch.tensor([[0.25, 0.25, 0.125], [0.5, 0.25, 0.1]]))
     r = minillm_rewards(teacher_lp, old_lp, labels)  # ln 2, 0, ln 4 | 0, ln 2, (ignored) 0
@@ -683,7 +737,7 @@ def test_teacher_mixed_sampling():
     teacher = logits_of([0.25, 0.25, 0.5])
     mixed = teacher_mixed_logprobs(student, teacher, mix=0.2).exp()
     torch.testing.assert_close(mixed, torch.tensor([[[0.45, 0.25, 0.30]]]))  # .8 p_S + .2 p_T
-    labels = torch.tensor([[0, 2, IGNORE_INDEX]])
+    labels = torch.tensor([[0, 2, IGNORE]])
     s_lp = torch.log(torch.tensor([[0.5, 0.25, 0.3]]))
     t_lp = torch.log(torch.tensor([[0.25, 0.5, 0.3]]))
     # w = p_S / (.8 p_S + .2 p_T): .5 / .45 = 1.111111; .25 / .3 = 0.833333; ignored -> 1
@@ -693,7 +747,7 @@ def test_teacher_mixed_sampling():
 
 
 def test_ppo_clip_by_hand():
-    labels = torch.tensor([[0, 0, 0, IGNORE_INDEX]])
+    labels = torch.tensor([[0, 0, 0, IGNORE]])
     old = torch.log(torch.tensor([[0.5, 0.5, 0.5, 0.5]]))
     logprobs = torch.log(torch.tensor([[0.75, 0.75, 0.5, 0.1]])).requires_grad_()
     adv = torch.tensor([[1.0, -1.0, 2.0, 5.0]])

@@ -7,7 +7,10 @@ import torch
 from safetensors.torch import save_file
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.objectives.losses import experiential_sum
+from xkd_cli.data.batches import IGNORE
+from xkd_cli.objectives import reference
+from xkd_cli.objectives.experiential import experiential_sum
+from xkd_cli.objectives.methods import REWARD_POSITIONS
 from xkd_cli.objectives.reward import RewardHead
 
 
@@ -21,7 +24,7 @@ def test_zero_init_gives_the_prior():
 
 
 def test_float32_output_for_half_hidden_states():
-    head = RewardHead(4)
+    head = RewardHead(4, "current")
     with torch.no_grad():
         head.proj.weight.normal_()
     hidden = torch.randn(2, 3, 4).to(torch.bfloat16)
@@ -81,6 +84,36 @@ def test_gradient_reaches_the_backbone_and_is_zero_at_init_with_lambda_zero():
     mu, log_sigma = head(hidden)
     experiential_sum(logits, labels, mu, log_sigma, lam=0.5).total.backward()
     assert hidden.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("position", REWARD_POSITIONS)
+def test_f_ex_from_the_head_matches_the_reference(position):
+    """At its zero init the head is the prior (KL term 0); off it, F_ex from its outputs at either
+    position equals the reference's Eq. 20, value and head gradients."""
+    g = torch.Generator().manual_seed(0)
+    hidden, logits = torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 7, generator=g)
+    labels = torch.randint(0, 7, (2, 5), generator=g)
+    labels[1, 3:] = IGNORE
+    head = RewardHead(3, position)
+    mu, log_sigma = head(hidden)
+    assert torch.equal(reference.gaussian_kl_to_standard_normal(mu, log_sigma), torch.zeros(2, 5))
+    with torch.no_grad():
+        head.proj.weight.normal_(generator=g)
+        head.proj.bias.normal_(generator=g)
+
+    def ref():
+        mu, log_sigma = head(hidden)
+        return reference.experiential_objective(logits.double().softmax(-1), labels, mu.double(), log_sigma.double(),
+                                                lam=0.5, gamma=0.9, tau=2.0)
+
+    def got():
+        return experiential_sum(logits, labels, *head(hidden), lam=0.5, gamma=0.9, tau=2.0).total
+
+    torch.testing.assert_close(got().double(), ref(), rtol=1e-5, atol=1e-6)
+    g_got = torch.autograd.grad(got(), list(head.parameters()))
+    g_ref = torch.autograd.grad(ref(), list(head.parameters()))
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-4, atol=1e-6)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xkd_cli.objectives import losses
+from xkd_cli.objectives import divergences as losses
 from xkd_cli.models.loading import build_tiny_model
 from xkd_cli.training.sft import EncodedSet
 from xkd_cli.data.tasks import get_task

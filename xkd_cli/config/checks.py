@@ -22,7 +22,7 @@ def check(problems: list[str]) -> None:
 
 
 def in_range(problems: list[str], name: str, value: float | None, lo: float | None = None, hi: float | None = None,
-             *, lo_open: bool = False, hi_open: bool = False) -> None:
+             *, lo_open: bool = False, hi_open: bool = False, label: str | None = None) -> None:
     """Append a message to ``problems`` when ``value`` lies outside [lo, hi] (open ends where asked)."""
     if value is None:
         return
@@ -32,7 +32,7 @@ def in_range(problems: list[str], name: str, value: float | None, lo: float | No
         left = "(" if lo_open else "["
         right = ")" if hi_open else "]"
         span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-        problems.append(f"--{name.replace('_', '-')} must be in {span}, got {value}")
+        problems.append(f"{label or '--' + name.replace('_', '-')} must be in {span}, got {value}")
 
 
 def choice(problems: list[str], name: str, value: str | None, choices: tuple[str, ...]) -> None:
@@ -100,6 +100,7 @@ class Range:
     hi_open: bool = False
     note: str = ""
     integer: bool = False
+    option: bool = True  # a command-line option (named --like-this in messages), not only a loss argument
 
 
 # The one table of the losses' hyperparameter ranges: the job configs check their options against it, and the
@@ -112,9 +113,9 @@ HPARAMS: dict[str, Range] = {
     "tau": Range(0, lo_open=True, note="tau' of the Q-value decoder, Eq. 28; paper: 1.0"),
     "alpha": Range(0, 1, note="the share of on-policy batches"),
     "mix": Range(0, 1, note="teacher-mixed sampling; MiniLLM: 0.2"),
-    "clip": Range(0, 1, hi_open=True, note="the PPO clip range; MiniLLM: 0.2"),
-    "discount": Range(0, 1, note="the return discount; MiniLLM: 0.95"),
-    "chunk_size": Range(1, integer=True),
+    "clip": Range(0, 1, hi_open=True, note="the PPO clip range; MiniLLM: 0.2", option=False),
+    "discount": Range(0, 1, note="the return discount; MiniLLM: 0.95", option=False),
+    "chunk_size": Range(1, integer=True, option=False),
 }
 
 
@@ -125,13 +126,13 @@ def hparam_problems(**values: float | int | None) -> list[str]:
         if value is None:
             continue
         r = HPARAMS[name]
+        label = f"--{name.replace('_', '-')}" if r.option else name
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         before = len(found)
         if not number or (r.integer and not float(value).is_integer()):
-            found.append(f"--{name.replace('_', '-')} must be a finite {'integer' if r.integer else 'number'}, "
-                         f"got {value!r}")
+            found.append(f"{label} must be a finite {'integer' if r.integer else 'number'}, got {value!r}")
         else:
-            in_range(found, name, value, r.lo, r.hi, lo_open=r.lo_open, hi_open=r.hi_open)
+            in_range(found, name, value, r.lo, r.hi, lo_open=r.lo_open, hi_open=r.hi_open, label=label)
         if r.note and len(found) > before:
             found[-1] += f" ({r.note})"
     return found

@@ -1,0 +1,11 @@
+"""What distillation minimises (docs/method.md).
+
+- ``methods``      the method table (data × loss × experiential), torch-free
+- ``engine``       the chunked evaluation of per-position losses; masks, NLL, token log-probabilities
+- ``divergences``  forward / reverse KL, generalised JSD(β), β-mix, TVD, and against a top-k teacher
+- ``experiential`` X-KD's F_ex: Q-values (Eq. 28), TD errors (Eq. 16), Gaussian terms (Eq. 20)
+- ``reward``       the reward encoder q_φ (a linear Gaussian head)
+- ``minillm``      the MiniLLM baseline's rewards, advantages, mixed sampling and PPO clip
+- ``objectives``   what the training loop calls per batch: NLL, KD (+ F_ex), MiniLLM
+- ``reference``    the same math on plain full tensors, the tests' oracle
+"""

@@ -38,6 +38,6 @@ for _m in (
     METHODS.register(_m.name, _m)
 
 # Names only, for validating options without importing torch; the functions behind them live in
-# objectives/losses.py (DIVERGENCES) and objectives/reward.py (the reward head).
+# objectives/divergences.py (DIVERGENCES) and objectives/reward.py (the reward head).
 DIVERGENCE_NAMES = ("jsd", "fkl", "rkl", "mix", "tvd")
 REWARD_POSITIONS = ("current", "next")

@@ -1,4 +1,4 @@
-"""The reward encoder q_φ of X-KD (METHOD.md "The experiential term", step 3; Eq. 14/20).
+"""The reward encoder q_φ of X-KD (docs/method.md, "The reward encoder"; Eq. 14/20).
 
 The paper leaves q_φ open; following AVA (same authors) it is a linear head on the student's last
 decoder hidden state producing the mean μ and log-std log σ of a Gaussian q_φ = N(μ, σ²) over the
@@ -10,8 +10,9 @@ transformer through the hidden states.
 * log σ is clamped to [-5, 5] with ``torch.clamp``, whose gradient is the identity inside the range
   (in particular at the init value 0).
 * Computed in float32 whatever the backbone dtype (keep the head's parameters in float32).
-* ``position="current"`` (default) reads h_t, the state whose logits predict y_t;
-  ``position="next"`` reads h_{t+1}, the state after the action.  For ``"next"`` the last position
+* ``position="next"`` (default) reads h_{t+1}, the state after the action, which is what Eq. 14/20
+  condition q_φ on (x, y_{1:t+1}); ``position="current"`` (an ablation) reads h_t, the state whose
+  logits predict y_t; docs/method.md compares the two.  For ``"next"`` the last position
   has no successor and reads a zero vector (so μ and log σ there are the biases); that position can
   never carry a TD term, since m_td[b, T-1] does not exist and the last valid token of any row has
   no next action.
@@ -34,17 +35,17 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from xkd_cli.core.errors import XKDError
+from xkd_cli.objectives.methods import REWARD_POSITIONS
 
-POSITIONS = ("current", "next")
 LOG_SIGMA_BOUND = 5.0
 _FORMAT = "xkd-reward-head-v1"
 
 
 class RewardHead(nn.Module):
-    def __init__(self, hidden_size: int, position: str = "current", log_sigma_bound: float = LOG_SIGMA_BOUND):
+    def __init__(self, hidden_size: int, position: str = "next", log_sigma_bound: float = LOG_SIGMA_BOUND):
         super().__init__()
-        if position not in POSITIONS:
-            raise XKDError(f"unknown reward head position {position!r}; use one of: {', '.join(POSITIONS)}.")
+        if position not in REWARD_POSITIONS:
+            raise XKDError(f"unknown reward head position {position!r}; use one of: {', '.join(REWARD_POSITIONS)}.")
         if hidden_size < 1:
             raise ValueError(f"hidden_size must be positive, got {hidden_size}")
         self.hidden_size = hidden_size

@@ -9,8 +9,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from xkd_cli.objectives import losses
-from xkd_cli.data.batches import Batch, encode_prompts, encode_targets, forward, make_batch, special_ids
+from xkd_cli.data.batches import Batch, encode_prompts, encode_targets, make_batch, special_ids
 from xkd_cli.training.checkpoint import Checkpoint, Checkpointer, TrainingInterrupted, find_resume, latest_checkpoint, reopen_run
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.training import SFTConfig, TrainingConfig
@@ -18,6 +17,7 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.evaluation.evaluate import keep_prompt_end, quick_eval
 from xkd_cli.models.lora import MERGED_DIR, export_merged, load_trained_model, lora_record
 from xkd_cli.models.loading import LoadedModel, count_parameters, save_model
+from xkd_cli.objectives.objectives import NLLObjective
 from xkd_cli.data.tasks import Example, Task, get_task
 from xkd_cli.training.distributed import ShardedStream, check_shardable
 from xkd_cli.training.distributed import current as current_processes
@@ -46,20 +46,6 @@ class EncodedSet:
                           targets if targets is not None else [self.targets[i] for i in indices],
                           is_encoder_decoder=self.is_encoder_decoder, pad_id=self.pad_id,
                           decoder_start_id=self.start_id, ids=[self.examples[i].id for i in indices])
-
-
-class NLLObjective:
-    """Token-level negative log-likelihood of the batch's targets (SFT, SeqKD)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-
-    def counts(self, batch: Batch) -> dict[str, int]:
-        return {"tokens": batch.tokens}
-
-    def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
-        logits, _ = forward(self.model, batch)
-        return {"nll": (losses.nll_sum(logits, batch.labels).total, "tokens")}
 
 
 def load_split(task: Task, split: str, cfg: TrainingConfig, **kw: Any) -> list[Example]:

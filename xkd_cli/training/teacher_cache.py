@@ -17,7 +17,7 @@ Two modes
 ``topk``  per position the k most likely tokens' log-probabilities (float16), their ids (int32) and
           the log of the remaining tail mass (float32): (6k + 4) bytes per position.  The loss is
           then the divergence between teacher and student over the k + 1 buckets {i_1} … {i_k},
-          tail (``losses.topk_divergence_sum``; the module docstring of ``losses`` defines it).  It
+          tail (``objectives.divergences.topk_divergence_sum``; that module's docstring defines it).  It
           equals the full divergence when k = V (up to the float16 rounding of the stored values)
           and is a lower bound of it otherwise.
 
@@ -64,6 +64,7 @@ from torch import Tensor
 
 from xkd_cli.data.batches import IGNORE, Batch
 from xkd_cli.core.errors import XKDError
+from xkd_cli.objectives.divergences import teacher_topk
 
 MODES = ("off", "full", "topk")
 FORMAT = "xkd-teacher-cache/1"
@@ -224,8 +225,6 @@ class TeacherCache:
         logits = logits[:, : self.vocab_size].detach().to("cpu")
         if self.mode == "full":
             return {"logits": logits.contiguous()}
-        from xkd_cli.objectives.losses import teacher_topk
-
         logprobs, ids, tail = teacher_topk(logits, self.k)
         return {"logprobs": logprobs.half(), "ids": ids.int(), "tail": tail.float()}
 

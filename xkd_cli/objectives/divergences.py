@@ -1,0 +1,262 @@
+"""Divergences between the teacher's and the student's token distributions (docs/method.md,
+"Baselines" and "Generalised JSD"), as row functions for the chunked engine, and the same divergences
+against a top-k teacher.
+
+Divergences (all per position, summed over positions; p_T teacher, p_S student)
+-------------------------------------------------------------------------------
+* ``fkl``  KL(p_T ‖ p_S)                                   (Eq. 2/3, supervised KD)
+* ``rkl``  KL(p_S ‖ p_T)
+* ``jsd``  generalized JSD(β) (Eq. 5, GKD/TRL): M = β·p_T + (1-β)·p_S built in log space,
+  β·KL(p_T ‖ M) + (1-β)·KL(p_S ‖ M); β = 0 is ``fkl`` and β = 1 is ``rkl`` (the limits of
+  JSD_β/β and JSD_β/(1-β)).
+* ``mix``  Appendix A.3's D_β = β·KL(π ‖ B) + (1-β)·KL(B ‖ π) = β·fkl + (1-β)·rkl.
+* ``tvd``  0.5·Σ_v |p_T - p_S|.
+
+Zero probabilities (``-inf`` logits, e.g. from top-k or a masked vocabulary) follow 0·log(0/q) = 0
+exactly; no ``-inf`` ever meets a ``0`` (no NaN, forward or backward).  A KL(p ‖ q) with q = 0 < p
+is +inf; for the reverse direction (KL(p_S ‖ p_T), i.e. ``rkl``, ``mix``'s reverse half and
+``jsd`` at β = 1) the student distribution is therefore restricted to the teacher's support and
+renormalised there, as MiniLLM does by applying the same ``-inf`` mask to both logits.  With a
+teacher of full support (the normal case) this changes nothing, bit for bit.
+
+Divergences against a top-k teacher (the teacher cache's ``topk`` mode)
+-----------------------------------------------------------------------
+``teacher_topk(teacher_logits, k)`` keeps, per position, the teacher's k most likely tokens
+I = {i_1 … i_k} with their log-probabilities and the log of the tail mass p_T(tail) = Σ_{v∉I} p_T(v)
+(-inf when k = V).  ``topk_divergence_sum(name, student_logits, logprobs, ids, tail, labels)`` then
+compares two distributions over the same k + 1 buckets {i_1}, …, {i_k}, tail:
+  teacher  (p_T(i_1), …, p_T(i_k), p_T(tail)), renormalised to sum to 1 (it absorbs the rounding of
+           float16 storage);
+  student  (p_S(i_1), …, p_S(i_k), p_S(tail)), p_S(tail) = Σ_{v∉I} p_S(v) (a logsumexp over the
+           student's non-top-k logits, never 1 − Σ, so a tiny tail keeps its precision),
+with the same row function as ``divergence_sum`` (every name in ``DIVERGENCES``).  With k = V the
+tail is empty on both sides and the result is the full divergence (up to float rounding).  With
+k < V it is the divergence of the coarse-grained distributions, which for fkl / rkl / jsd / mix / tvd
+is never larger than the full one (data-processing inequality); for fkl the gap is exactly
+p_T(tail)·KL(p_T(·|tail) ‖ p_S(·|tail)).  The student still gets a gradient on every token: the tail
+bucket pushes its total tail mass towards the teacher's.
+
+Public API
+----------
+``DIVERGENCES``                                 Registry name -> row function ``(s, t, beta) -> N``
+                                                on float32 ``N x V`` logits: jsd, fkl, rkl, mix, tvd
+``divergence_term(name, teacher_logits, ...)`` / ``divergence_sum(name, student_logits, teacher_logits, labels, ...)``
+``teacher_topk(teacher_logits, k)`` / ``topk_divergence_term(name, logprobs, ids, tail, ...)`` /
+``topk_divergence_sum(name, student_logits, logprobs, ids, tail, labels, ...)``
+                                                the same divergences against a top-k + tail teacher
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from xkd_cli.core.registry import Registry
+from xkd_cli.objectives.engine import KDTerm, TokenSum, kd_sum
+from xkd_cli.config.checks import check_hparams
+from xkd_cli.objectives.methods import DIVERGENCE_NAMES
+
+NEG_INF = float("-inf")
+
+
+# --------------------------------------------------------------------------------------------
+# Divergences between teacher and student token distributions
+# --------------------------------------------------------------------------------------------
+
+DivergenceFn = Callable[[Tensor, Tensor, float], Tensor]  # (student N x V, teacher N x V float32 logits, beta) -> N
+
+
+def _kl(logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(p ‖ q) per row from ``N x V`` log-probabilities, with 0·log(0/q) = 0 (xlogy convention).
+
+    Entries with p_v = 0 are zeroed in both inputs before any arithmetic, so ``-inf`` never meets
+    ``0`` (their term is exp(0)·(0 − 0) = 0 and masked_fill gives them zero gradient).
+    """
+    outside = logp == NEG_INF  # N x V
+    if outside.any():  # otherwise the masking is the identity, bit for bit, at two more N x V passes
+        logp = logp.masked_fill(outside, 0.0)
+        logq = logq.masked_fill(outside, 0.0)
+    return _kl_full_support(logp, logq)
+
+
+def _kl_full_support(logp: Tensor, logq: Tensor) -> Tensor:
+    """KL(p ‖ q) per row when no entry of ``logp`` is -inf."""
+    return (logp.exp() * (logp - logq)).sum(-1)  # N
+
+
+def _log_softmax_on_support(logits: Tensor, support_logits: Tensor) -> Tensor:
+    """log_softmax of ``logits`` restricted to the entries where ``support_logits`` is not -inf
+    (identical to ``logits.log_softmax(-1)`` when there is no such entry)."""
+    return logits.masked_fill(support_logits == NEG_INF, NEG_INF).log_softmax(-1)
+
+
+def forward_kl(s: Tensor, t: Tensor, beta: float = 0.5) -> Tensor:
+    """KL(p_T ‖ p_S) per row (Eq. 3); ``beta`` is unused."""
+    return _kl(t.log_softmax(-1), s.log_softmax(-1))
+
+
+def reverse_kl(s: Tensor, t: Tensor, beta: float = 0.5) -> Tensor:
+    """KL(p_S ‖ p_T) per row; the student is restricted to the teacher's support; ``beta`` is unused."""
+    return _kl(_log_softmax_on_support(s, t), t.log_softmax(-1))
+
+
+def generalized_jsd(s: Tensor, t: Tensor, beta: float) -> Tensor:
+    """JSD_β per row (Eq. 5, GKD): β·KL(p_T ‖ M) + (1−β)·KL(p_S ‖ M), M = β·p_T + (1−β)·p_S.
+    β = 0 and β = 1 are the limits JSD_β/β → KL(p_T ‖ p_S) and JSD_β/(1−β) → KL(p_S ‖ p_T)."""
+    if beta == 0.0:
+        return forward_kl(s, t)
+    if beta == 1.0:
+        return reverse_kl(s, t)
+    ls, lt = s.log_softmax(-1), t.log_softmax(-1)  # N x V each
+    if not (torch.isneginf(ls).any() or torch.isneginf(lt).any()):
+        # Full support on both sides (the usual case): every guard below is the identity, bit for bit,
+        # value and gradient, but running them doubles the cost of this function.
+        log_m = torch.logaddexp(lt + math.log(beta), ls + math.log1p(-beta))  # N x V
+        return beta * _kl_full_support(lt, log_m) + (1.0 - beta) * _kl_full_support(ls, log_m)
+    # log M = logaddexp(log β + log p_T, log(1−β) + log p_S).  Where both are -inf M is 0 and no KL
+    # term uses it; fill those entries with 0 first because logaddexp's backward at (-inf, -inf) is NaN.
+    both_zero = (ls == NEG_INF) & (lt == NEG_INF)
+    log_m = torch.logaddexp(  # N x V
+        lt.masked_fill(both_zero, 0.0) + math.log(beta), ls.masked_fill(both_zero, 0.0) + math.log1p(-beta)
+    )
+    return beta * _kl(lt, log_m) + (1.0 - beta) * _kl(ls, log_m)
+
+
+def beta_mix_kl(s: Tensor, t: Tensor, beta: float) -> Tensor:
+    """Appendix A.3's D_β = β·KL(π ‖ B) + (1−β)·KL(B ‖ π), π = teacher, B = student (per row)."""
+    if beta == 1.0:
+        return forward_kl(s, t)
+    if beta == 0.0:
+        return reverse_kl(s, t)
+    return beta * forward_kl(s, t) + (1.0 - beta) * reverse_kl(s, t)
+
+
+def total_variation(s: Tensor, t: Tensor, beta: float = 0.5) -> Tensor:
+    """0.5·Σ_v |p_T − p_S| per row; ``beta`` is unused."""
+    return 0.5 * (t.softmax(-1) - s.softmax(-1)).abs().sum(-1)
+
+
+DIVERGENCES: Registry[DivergenceFn] = Registry("divergence")
+DIVERGENCES.register("jsd", generalized_jsd)
+DIVERGENCES.register("fkl", forward_kl)
+DIVERGENCES.register("rkl", reverse_kl)
+DIVERGENCES.register("mix", beta_mix_kl)
+DIVERGENCES.register("tvd", total_variation)
+# Configs validate --divergence against methods.py's names without importing torch: one list of names.
+assert tuple(DIVERGENCES) == DIVERGENCE_NAMES, "objectives/methods.py DIVERGENCE_NAMES must list DIVERGENCES"
+
+
+def divergence_term(name: str, teacher_logits: Tensor, *, beta: float = 0.5, temperature: float = 1.0) -> KDTerm:
+    """D_name(p_T ‖ p_S) per position, both distributions softmax(logits / temperature); the teacher is
+    detached.  Sum it with :func:`kd_sum` (or with F_ex in one pass,
+    :func:`~xkd_cli.objectives.experiential.kd_experiential_sum`)."""
+    fn = DIVERGENCES.get(name)
+    check_hparams(beta=beta, temperature=temperature)
+
+    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+        s, t = rows  # N x V float32 each
+        if temperature != 1.0:  # x / 1.0 is x exactly: skip two N x V copies per chunk in the usual case
+            s, t = s / temperature, t / temperature
+        return fn(s, t, beta)  # N
+
+    return KDTerm(row_fn, logits=(teacher_logits.detach(),))
+
+
+def divergence_sum(
+    name: str,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+) -> TokenSum:
+    """Σ over valid positions of D_name(p_T ‖ p_S), both distributions softmax(logits / temperature).
+
+    ``labels`` only select the positions (their ids are not used).  The teacher is detached.
+    """
+    term = divergence_term(name, teacher_logits, beta=beta, temperature=temperature)
+    return kd_sum(term, student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size)
+
+
+# --------------------------------------------------------------------------------------------
+# Divergences against a top-k teacher (k buckets of single tokens plus one tail bucket)
+# --------------------------------------------------------------------------------------------
+
+
+def teacher_topk(teacher_logits: Tensor, k: int, *, vocab_size: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The teacher's distribution over ``... x V`` logits as its top ``k`` tokens plus a tail bucket:
+    (``... x k`` float32 log p_T of the k most likely tokens, ``... x k`` int64 their ids, ``...`` float32
+    log p_T(tail), -inf when k >= V).  ``k`` is capped at V (after slicing to ``vocab_size``)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    logits = teacher_logits.detach()
+    logp = logits[..., : vocab_size or logits.shape[-1]].float().log_softmax(-1)  # ... x V
+    values, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)  # ... x k each
+    return values, ids, _tail_logmass(logp, ids)
+
+
+def _tail_logmass(logp: Tensor, ids: Tensor) -> Tensor:
+    """log Σ_{v ∉ ids} exp(logp_v) per row (``...``), -inf when ``ids`` cover the row.  An empty tail is
+    filled before the logsumexp: its backward at all -inf would be NaN even under a zero gradient."""
+    rest = logp.scatter(-1, ids, NEG_INF)  # ... x V
+    empty = (rest == NEG_INF).all(-1)  # ...
+    tail = rest.masked_fill(empty[..., None], 0.0).logsumexp(-1)
+    return tail.masked_fill(empty, NEG_INF)
+
+
+def bucket_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
+    """``N x (k+1)`` log-probabilities of softmax(``logits``) (``N x V``) over the buckets {ids_1}, …,
+    {ids_k}, everything else (differentiable w.r.t. ``logits``)."""
+    logp = logits.log_softmax(-1)  # N x V
+    return torch.cat([logp.gather(-1, ids), _tail_logmass(logp, ids)[:, None]], dim=-1)
+
+
+def topk_divergence_term(
+    name: str, teacher_logprobs: Tensor, teacher_ids: Tensor, teacher_tail: Tensor, *, beta: float = 0.5
+) -> KDTerm:
+    """D_name between the teacher's and the student's distributions over the k + 1 buckets of the
+    teacher's top-k tokens and the tail, per position (module docstring, "Divergences against a top-k
+    teacher").  ``teacher_logprobs`` / ``teacher_ids`` are ``B x T x k`` (any float dtype / an integer
+    dtype), ``teacher_tail`` is ``B x T`` (log tail mass), all as :func:`teacher_topk` makes them."""
+    fn = DIVERGENCES.get(name)
+    check_hparams(beta=beta)
+
+    def check(labels: Tensor, vocab: int) -> None:
+        if teacher_logprobs.shape != teacher_ids.shape or teacher_tail.shape != labels.shape:
+            raise ValueError(f"top-k teacher shapes {tuple(teacher_logprobs.shape)}, {tuple(teacher_ids.shape)}, "
+                             f"{tuple(teacher_tail.shape)} do not fit labels of shape {tuple(labels.shape)}")
+        if teacher_ids.numel() and (int(teacher_ids.min()) < 0 or int(teacher_ids.max()) >= vocab):
+            raise ValueError(f"top-k teacher ids must lie in [0, {vocab}), got "
+                             f"{int(teacher_ids.min())}..{int(teacher_ids.max())}")
+
+    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+        s, t_logp, t_ids, t_tail = rows  # N x V float32, N x k, N x k, N x 1
+        teacher = torch.cat([t_logp.float(), t_tail.float()], dim=-1)  # N x (k+1); fn renormalises it
+        return fn(bucket_logprobs(s, t_ids.long()), teacher, beta)  # N
+
+    extras = (teacher_logprobs.detach(), teacher_ids, teacher_tail.detach()[..., None])
+    return KDTerm(row_fn, extras=extras, check=check)
+
+
+def topk_divergence_sum(
+    name: str,
+    student_logits: Tensor,
+    teacher_logprobs: Tensor,
+    teacher_ids: Tensor,
+    teacher_tail: Tensor,
+    labels: Tensor,
+    *,
+    beta: float = 0.5,
+    vocab_size: int | None = None,
+    chunk_size: int | None = None,
+) -> TokenSum:
+    """Σ over valid positions of :func:`topk_divergence_term`."""
+    term = topk_divergence_term(name, teacher_logprobs, teacher_ids, teacher_tail, beta=beta)
+    return kd_sum(term, student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size)
+
