@@ -223,7 +223,7 @@ def _state(step: Step, runs_root: Path) -> tuple[str, list[str]]:
         return "new", []
     record = read_record(path / RUN_RECORD)
     if record.get("status") != "completed":
-        from xkd_cli.training.checkpoint import resumable_checkpoint
+        from xkd_cli.training.checkpoint.resume import resumable_checkpoint
 
         resumable = step.kind in ("sft", "distill") and resumable_checkpoint(path, step.config) is not None
         return ("resume" if resumable else "stale"), []

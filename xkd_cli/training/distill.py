@@ -23,7 +23,7 @@ import torch
 
 from xkd_cli.objectives import losses
 from xkd_cli.data.batches import Batch, forward
-from xkd_cli.training.checkpoint import find_resume
+from xkd_cli.training.checkpoint.resume import find_resume
 from xkd_cli.config.core import TrainingConfig, in_range
 from xkd_cli.core.errors import XKDError
 from xkd_cli.models.generate import Sampling, generate_ids

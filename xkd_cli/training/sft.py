@@ -12,7 +12,8 @@ import torch
 
 from xkd_cli.objectives import losses
 from xkd_cli.data.batches import Batch, encode_prompts, encode_targets, forward, make_batch, special_ids
-from xkd_cli.training.checkpoint import Checkpoint, Checkpointer, TrainingInterrupted, find_resume, latest_checkpoint, reopen_run
+from xkd_cli.training.checkpoint.checkpointer import Checkpointer, TrainingInterrupted
+from xkd_cli.training.checkpoint.resume import Checkpoint, find_resume, latest_checkpoint, reopen_run
 from xkd_cli.config.core import TrainingConfig, to_dict
 from xkd_cli.core.errors import XKDError
 from xkd_cli.evaluation.evaluate import keep_prompt_end, quick_eval
