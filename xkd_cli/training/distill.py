@@ -28,7 +28,9 @@ from xkd_cli.config.core import TrainingConfig, in_range
 from xkd_cli.core.errors import XKDError
 from xkd_cli.models.generate import Sampling, generate_ids
 from xkd_cli.models.lora import load_trained_model, lora_record, quantization_of, quantization_problems
-from xkd_cli.models.loading import LoadedModel, check_same_tokenizer, load_model
+from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.loading import load_model
+from xkd_cli.models.tokenizers import check_same_tokenizer
 from xkd_cli.core.registry import unknown_name_message
 from xkd_cli.objectives.methods import METHODS, Method
 from xkd_cli.objectives.reward import POSITIONS, RewardHead

@@ -18,7 +18,8 @@ from xkd_cli.config.core import TrainingConfig, to_dict
 from xkd_cli.core.errors import XKDError
 from xkd_cli.evaluation.evaluate import keep_prompt_end, quick_eval
 from xkd_cli.models.lora import MERGED_DIR, export_merged, load_trained_model, lora_record
-from xkd_cli.models.loading import LoadedModel, count_parameters, save_model
+from xkd_cli.models.loaded import LoadedModel, count_parameters
+from xkd_cli.models.loading import save_model
 from xkd_cli.data.tasks import Example, Task, get_task
 from xkd_cli.training.distributed import ShardedStream, check_shardable
 from xkd_cli.training.distributed import current as current_processes
