@@ -266,7 +266,7 @@ def run_pipeline(recipe_path: str | Path, *, runs_root: Path, dry_run: bool = Fa
         if step.record:
             open_run(runs_root, step.task, step.name).update_record(**step.record)
         results.append({**listed[i - 1], "seconds": round(time.time() - t0, 1), "result": result})
-    from xkd_cli.experiments.report import build_report
+    from xkd_cli.experiments.report.build import build_report
 
     console.print(f"[bold]{len(steps) + 1}/{len(steps) + 1}[/] report")
     report = build_report(runs_root)
