@@ -94,7 +94,7 @@ def _optimizer_bytes(optimizer: torch.optim.Optimizer) -> bytes:
 def _reshard_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     """After ``load_state_dict`` from plain shards: make the states of sharded parameters shards again (AdamW's
     moments have the parameter's layout; its step counter is a plain scalar either way)."""
-    from torch.distributed.tensor import DTensor  # only sharded (FSDP) runs get here
+    from torch.distributed.tensor import DTensor  # here: slow to import; only sharded (FSDP) runs get here
 
     for group in optimizer.param_groups:
         for p in group["params"]:
