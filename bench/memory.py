@@ -174,7 +174,8 @@ def build_models(folder: Path, quick: bool) -> dict[str, dict]:
     import torch
     from transformers import T5ForConditionalGeneration
 
-    from xkd_cli.models.loading import TinyModelSpec, builtin_tokenizer, save_model
+    from xkd_cli.models.loading import save_model
+    from xkd_cli.models.zoo import TinyModelSpec, builtin_tokenizer
 
     tokenizer = builtin_tokenizer()
     info = {}

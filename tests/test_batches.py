@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from xkd_cli.data.batches import IGNORE, forward, make_batch
-from xkd_cli.models.loading import build_tiny_model
+from xkd_cli.models.zoo import build_tiny_model
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
 TARGETS = [[20, 21, 1], [22, 23, 24, 25, 1], [1]]

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from xkd_cli.data.batches import forward
 from xkd_cli.config.training import DistillConfig
-from xkd_cli.models.loading import build_tiny_model
+from xkd_cli.models.zoo import build_tiny_model
 from xkd_cli.objectives.objectives import KDObjective
 from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.training.sft import EncodedSet

@@ -8,7 +8,8 @@ import pytest
 from openai_server import FakeOpenAI
 from xkd_cli.core.errors import XKDError
 from xkd_cli.training.gen_teacher import load_teacher_data
-from xkd_cli.models.loading import build_tiny_model, save_model
+from xkd_cli.models.loading import save_model
+from xkd_cli.models.zoo import build_tiny_model
 from xkd_cli.data.tasks import get_task
 
 from conftest import SECRET

@@ -21,7 +21,8 @@ import pytest
 from conftest import SECRET
 from openai_server import FakeOpenAI
 from xkd_cli.cli.app import main
-from xkd_cli.models.loading import build_tiny_model, save_model
+from xkd_cli.models.loading import save_model
+from xkd_cli.models.zoo import build_tiny_model
 
 TINY = ["--max-steps", "1", "--batch-size", "2", "--max-input-len", "32", "--max-output-len", "8",
         "--train-fraction", "0.005"]  # tokenising all of synth-sum's training set would dominate the run time

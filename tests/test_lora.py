@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from xkd_cli.models.lora import adaptable_module_names, apply_lora
-from xkd_cli.models.loading import build_tiny_model, load_model, save_model
+from xkd_cli.models.loading import load_model, save_model
+from xkd_cli.models.zoo import build_tiny_model
 from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.training.loop import set_dropout
 

@@ -16,20 +16,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from xkd_cli.models import loading as models
 from xkd_cli.core.errors import XKDError
-from xkd_cli.models.loading import (
-    BUILTIN_MODELS,
-    HUB_ALIASES,
-    LoadedModel,
-    build_tiny_model,
-    builtin_tokenizer,
-    check_same_tokenizer,
-    count_parameters,
-    load_model,
-    load_tokenizer,
-    model_vocab_size,
-    resolve_model,
-    save_model,
-)
+from xkd_cli.models.loaded import LoadedModel, count_parameters, model_vocab_size
+from xkd_cli.models.loading import HUB_ALIASES, load_model, resolve_model, save_model
+from xkd_cli.models.tokenizers import check_same_tokenizer, load_tokenizer
+from xkd_cli.models.zoo import BUILTIN_MODELS, build_tiny_model, builtin_tokenizer
 
 EXPECTED_PARAMS = {  # (low, high): "~1M", "~3M", "~8M"
     "tiny-t5-small": (0.8e6, 1.5e6),

@@ -12,7 +12,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.experiments.report import MISSING, build_report
+from xkd_cli.experiments.report.build import build_report
+from xkd_cli.experiments.report.formatting import MISSING
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLOCK = itertools.count()  # run.json "finished" stamps in creation order
@@ -357,6 +358,6 @@ def test_build_report_rejects_empty_dir(tmp_path):
     ([2.2e8, 7.7e8, 3e9], False, "log"),
 ])
 def test_axis_scale_follows_the_spread_of_the_swept_values(values, zero_ok, expected):
-    from xkd_cli.experiments.report import _scale_name, _spread_scale
+    from xkd_cli.experiments.report.figures import _scale_name, _spread_scale
 
     assert _scale_name(_spread_scale(values, zero_ok)) == expected

@@ -28,7 +28,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xkd_cli.training.checkpoint import COMPLETE, DELAY_ENV
+from xkd_cli.training.checkpoint.files import DELAY_ENV
+from xkd_cli.training.checkpoint.resume import COMPLETE
 
 CTX = multiprocessing.get_context("forkserver")
 # The CLI imports lazily: preload what a training run imports, so each forked run starts at once.

@@ -16,7 +16,9 @@ from tokenizers import Tokenizer
 from xkd_cli.evaluation import metrics
 from xkd_cli.data import synth
 from xkd_cli.core.errors import XKDError
-from xkd_cli.data.synth import ADJECTIVES, NOUN_BY_EN, NP, PRONOUNS, VERBS, Clause, MTSentence
+from xkd_cli.data.synth.common import num_en
+from xkd_cli.data.synth.summarization import SUM_MAX_WORDS, SUM_MIN_WORDS, TOWNS
+from xkd_cli.data.synth.translation import ADJECTIVES, NOUN_BY_EN, NP, PRONOUNS, VERBS, Clause, MTSentence
 from xkd_cli.data.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +96,7 @@ def test_sum_lengths_and_ids():
     rows = synth.rows("synth-sum", "validation")
     assert [r["id"] for r in rows] == [f"validation-{i:05d}" for i in range(200)]
     for r in synth.rows("synth-sum", "train") + rows:
-        assert synth.SUM_MIN_WORDS <= len(r["document"].split()) <= synth.SUM_MAX_WORDS
+        assert SUM_MIN_WORDS <= len(r["document"].split()) <= SUM_MAX_WORDS
         assert 10 <= len(r["summary"].split()) <= 20
         assert r["summary"].endswith(".") and len(sentences(r["summary"])) == 1
 
@@ -106,14 +108,14 @@ def test_sum_summaries_are_abstractive_and_faithful():
         assert bigrams(summary) - bigrams(doc), f"summary has no new wording: {summary}"
         for number in re.findall(r"\d+", summary):  # every number in the summary comes from the document
             n = int(number)
-            assert re.search(rf"(?<!\d){number}(?!\d)", doc) or (n < 13 and synth._num_en(n) in doc.lower()), (summary, doc)
+            assert re.search(rf"(?<!\d){number}(?!\d)", doc) or (n < 13 and num_en(n) in doc.lower()), (summary, doc)
 
 
 def test_sum_documents_have_distractors_and_varied_order():
     rows = synth.rows("synth-sum", "train")
     assert len({r["summary"].split()[0] for r in rows}) > 20  # many event types and entities
     # distractor sentences name other towns: most documents mention more towns than their summary
-    extra_towns = sum(len({t for t in synth.TOWNS if t in r["document"]} - {t for t in synth.TOWNS if t in r["summary"]}) >= 1
+    extra_towns = sum(len({t for t in TOWNS if t in r["document"]} - {t for t in TOWNS if t in r["summary"]}) >= 1
                       for r in rows)
     assert extra_towns > 0.9 * len(rows)
     assert len({r["document"].split()[0] for r in rows}) > 30  # documents do not all open the same way
@@ -259,7 +261,7 @@ def test_tokenizer_is_compact_on_synth_data():
 
 
 def test_tokenizer_asset_is_up_to_date():
-    """The committed tokenizer equals a fresh deterministic build (regenerate after changing synth.py)."""
+    """The committed tokenizer equals a fresh deterministic build (regenerate after changing the generators)."""
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_tokenizer.py"), "--check"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from xkd_cli.models.loading import build_tiny_model
+from xkd_cli.models.zoo import build_tiny_model
 from xkd_cli.objectives.objectives import NLLObjective
 from xkd_cli.training.sft import EncodedSet
 from xkd_cli.data.tasks import get_task

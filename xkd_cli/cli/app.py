@@ -12,7 +12,6 @@ import typer
 from xkd_cli import __version__
 from xkd_cli.cli import evaluation, experiments, teacher, training
 from xkd_cli.core.errors import XKDError, debug_enabled
-from xkd_cli.experiments import report
 
 app = typer.Typer(
     name="xkd",
@@ -42,7 +41,7 @@ app.command(epilog=experiments.PIPELINE_EPILOG)(experiments.pipeline)
 app.command(name="gen-teacher", epilog=teacher.EPILOG)(teacher.gen_teacher)
 app.command(epilog=evaluation.DIVERSITY_EPILOG)(evaluation.diversity)
 app.command(epilog=evaluation.JUDGE_EPILOG)(evaluation.judge)
-report.register(app)
+app.command(name="report", epilog=experiments.REPORT_EPILOG)(experiments.report)
 
 
 def _quiet_libraries() -> None:

@@ -1,17 +1,20 @@
-"""``xkd pipeline``: a whole experiment from one recipe, as a thin command over ``xkd_cli.experiments``."""
+"""``xkd pipeline`` (a whole experiment from one recipe) and ``xkd report`` (its tables and figures): thin
+commands over ``xkd_cli.experiments``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Optional
 
 import typer
 
-from xkd_cli.cli.options import Json, Overwrite, RunsDir
-from xkd_cli.core.ui import emit, out, table
+from xkd_cli.cli.options import Json, Overwrite, RunsDir, Task
+from xkd_cli.core.ui import console, emit, out, table
 from xkd_cli.core.workspace import runs_root
 from xkd_cli.experiments.pipeline import run_pipeline
-from xkd_cli.experiments.report import render as render_report
+from xkd_cli.experiments.report.build import build_report
+from xkd_cli.experiments.report.formatting import cell_text
+from xkd_cli.experiments.report.tables import table1_cells, table1_header
 
 PIPELINE_EPILOG = ("Examples:\n\n  xkd pipeline recipes/pipeline/offline-quick.yaml\n\n"
                    "  xkd pipeline recipes/pipeline/paper-table1-large-small.yaml --dry-run\n\n"
@@ -38,3 +41,46 @@ def render_pipeline(result: dict) -> None:
     if not result.get("dry_run"):
         render_report(result["report"])
         out.print(f"pipeline total: {result['seconds']:.0f} s")
+
+
+REPORT_EPILOG = ("Examples:\n\n  xkd report\n\n  xkd report --task synth-mt --output ./report-mt\n\n"
+                 "  xkd report --runs-dir ./lambda-runs --json")
+
+
+def report(
+    task: Task = None, runs_dir: RunsDir = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Directory for report.md, report.json, "
+                                                          "the CSV tables and figures/ (default: <runs-dir>/report, or "
+                                                          "<runs-dir>/report-<task> with --task).")] = None,
+    json: Json = False,
+) -> None:
+    """Tables (Table 1: metric per method and task; Table 2: judge win rates) and sweep figures (data
+    fraction, λ, τ′, model size) from the runs directory, as Markdown, JSON, CSV, PNG and SVG, with the
+    metrics.json file behind every number."""
+    result = build_report(runs_root(runs_dir), task, output)
+    emit(result, as_json=json, render=render_report)
+
+
+def render_report(report: dict[str, Any]) -> None:
+    t1 = report["table1"]
+    rows = []
+    for row in t1["rows"]:
+        rows.append((row["label"], *table1_cells(t1, row, "[bold]{} *[/]")))
+    out.print(table("Table 1 · headline metric, greedy decoding (* best distilled method)",
+                           ["model", *table1_header(t1)], rows))
+    if report["judge"]:
+        out.print(table("Table 2 · LLM judge", ["task", "A vs B", "win", "tie", "lose", "orders disagree", "judged",
+                                                       "judge"],
+                               [(r["task"], f"{r['a']} vs {r['b']}", cell_text(r["win_rate"], "%"),
+                                 cell_text(r["tie_rate"], "%"), cell_text(r["lose_rate"], "%"),
+                                 cell_text(r["inconsistency_rate"], "%"), r["judged"], r["judge_model"])
+                                for r in report["judge"]]))
+    out_dir = Path(report["output"])
+    for fig in report["figures"]:
+        out.print(f"figure ({fig['paper_figure']}): {out_dir / fig['png']} (and .svg)")
+    for div in report["diversity"]:
+        if div["png_path"]:
+                   out.print(f"diversity figure: {Path(report['runs_dir']) / div['png_path']}")
+    for m in report["missing"]:
+        console.print(f"[yellow]not in the report:[/] {m['where']} ({m['task']}/{m['run']}): {m['reason']} — {m['fix']}")
+    out.print(f"report: {report['files']['md']} (and report.json, table1.csv, judge.csv, sweeps.csv)")

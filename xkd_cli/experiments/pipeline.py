@@ -223,7 +223,7 @@ def _state(step: Step, runs_root: Path) -> tuple[str, list[str]]:
         return "new", []
     record = read_record(path / RUN_RECORD)
     if record.get("status") != "completed":
-        from xkd_cli.training.checkpoint import resumable_checkpoint
+        from xkd_cli.training.checkpoint.resume import resumable_checkpoint
 
         resumable = step.kind in ("sft", "distill") and resumable_checkpoint(path, step.config) is not None
         return ("resume" if resumable else "stale"), []
@@ -266,7 +266,7 @@ def run_pipeline(recipe_path: str | Path, *, runs_root: Path, dry_run: bool = Fa
         if step.record:
             open_run(runs_root, step.task, step.name).update_record(**step.record)
         results.append({**listed[i - 1], "seconds": round(time.time() - t0, 1), "result": result})
-    from xkd_cli.experiments.report import build_report
+    from xkd_cli.experiments.report.build import build_report
 
     console.print(f"[bold]{len(steps) + 1}/{len(steps) + 1}[/] report")
     report = build_report(runs_root)

@@ -98,9 +98,9 @@ def plot_curves(series: Sequence[Series], *, xlabel: str, ylabel: str, stem: str
     ``xscale`` is any matplotlib scale ("linear", "log", "symlog" for sweeps that include 0, e.g. λ).
     ``xticks`` / ``xticklabels`` pin the ticks to the swept values. Returns the written paths by format.
     """
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    import matplotlib  # here and below: matplotlib is slow to import; only drawing needs it
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # here: see above
+    from matplotlib.figure import Figure  # here: see above
 
     if not series and not baselines:
         raise XKDError("nothing to plot: give at least one series or baseline")

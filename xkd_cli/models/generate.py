@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from transformers import LogitsProcessorList
 
 from xkd_cli.data.batches import pad_rows
 
@@ -53,8 +54,6 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], sampling: Sampling, *,
     if sharded:  # each forward gathers weights from every process: all must take the same steps
         kwargs["synced_gpus"] = True
     if logits_processor is not None:
-        from transformers import LogitsProcessorList
-
         kwargs["logits_processor"] = LogitsProcessorList([logits_processor])
     was_training = model.training
     model.eval()
@@ -77,7 +76,7 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], sampling: Sampling, *,
 
 
 def _is_fsdp(model) -> bool:
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # here: a second to import; commands that never generate skip it
 
     return isinstance(model, FSDPModule)
 

@@ -4,10 +4,10 @@ Every command refers to a model by one string (``--teacher tiny-t5-large``, ``--
 ``--model ./ckpt``, ``--teacher google/flan-t5-xl``). This module turns that string into a model and
 its tokenizer, so the rest of xkd never cares where a model came from:
 
-* builtin tiny models (randomly initialised, fixed seed, shared byte-level tokenizer) make the whole
-  pipeline runnable and testable on a CPU in minutes with no download;
+* builtin tiny models (zoo.py) make the whole pipeline runnable and testable on a CPU in minutes with
+  no download;
 * a run name refers to a model an earlier xkd command saved in the task's workspace;
-* a local directory is anything ``save_pretrained`` wrote;
+* a local directory is anything ``save_pretrained`` wrote (a LoRA adapter loads onto its base: adapters.py);
 * an alias or ``org/name`` goes to the Hugging Face hub (the only path that may touch the network).
 
 Saved models are plain transformers checkpoints (safetensors + tokenizer files) so they load with
@@ -16,16 +16,12 @@ Saved models are plain transformers checkpoints (safetensors + tokenizer files) 
 
 from __future__ import annotations
 
-import copy
 import difflib
-import functools
-import importlib
 import os
 import re
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,25 +32,18 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-    T5Config,
-    T5ForConditionalGeneration,
 )
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.core.registry import Registry
-
-TOKENIZER_FILE = Path(__file__).resolve().parents[1] / "assets" / "tokenizer" / "tokenizer.json"
-"""The byte-level BPE tokenizer shared by all builtin models (``<pad>``=0, ``</s>``=1, ``<unk>``=2).
-One tokenizer for every tiny model is what lets any tiny teacher distil into any tiny student."""
-
-PAD_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "</s>", "<unk>"
+from xkd_cli.core.workspace import read_record
+from xkd_cli.models.adapters import attach_adapter, base_reference, is_adapter_dir, write_base_record
+from xkd_cli.models.load_errors import hub_errors, remote_code_error, short_error
+from xkd_cli.models.loaded import LoadedModel, set_generation_ids
+from xkd_cli.models.quantization import quantization_config, release_checkpoint_mapping
+from xkd_cli.models.tokenizers import load_tokenizer
+from xkd_cli.models.zoo import BUILTIN_MODELS, build_tiny_model
 
 SOURCES = ("builtin", "run", "path", "hub")
 
@@ -74,309 +63,8 @@ DTYPES: dict[str, torch.dtype | str] = {
     "auto": "auto",
 }
 
-QUANTIZATIONS = ("8bit", "4bit")
-
 # transformers renamed from_pretrained's ``torch_dtype`` to ``dtype`` in 4.56 (the old name warns in 5.x).
 _DTYPE_KWARG = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
-
-
-# ---------------------------------------------------------------------------------------------
-# Result type
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LoadedModel:
-    """A model together with the tokenizer it must be used with and where it came from.
-
-    ``name`` is what the user typed (for messages); ``location`` is what it resolved to (a path, a
-    hub id or a builtin name) so runs can record exactly which model they used.
-    """
-
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    name: str
-    source: str
-    location: str
-    is_encoder_decoder: bool
-    adapter_base: dict[str, Any] | None = None
-    """For a LoRA model (a peft model): the base it adapts (see lora.py); saved beside the adapter."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizers
-# ---------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=None)
-def _builtin_tokenizer_cached(path: str) -> PreTrainedTokenizerFast:
-    if not Path(path).is_file():
-        raise XKDError(
-            f"the builtin tokenizer file {path} is missing: reinstall xkd (the file ships with the package)"
-        )
-    return PreTrainedTokenizerFast(
-        tokenizer_file=path,
-        pad_token=PAD_TOKEN,
-        eos_token=EOS_TOKEN,
-        unk_token=UNK_TOKEN,
-        bos_token=EOS_TOKEN,  # decoder-only models start from </s>, as in T5 there is no separate <s>
-        clean_up_tokenization_spaces=False,  # byte-level BPE is lossless; "a , b" must decode unchanged
-    )
-
-
-def builtin_tokenizer() -> PreTrainedTokenizerFast:
-    """The tokenizer of every builtin tiny model.
-
-    Parsed once and cached; each call returns a copy because callers set ``padding_side`` (left for
-    decoder-only generation, right for training) and must not change it under each other's feet.
-    """
-    return copy.deepcopy(_builtin_tokenizer_cached(str(TOKENIZER_FILE)))
-
-
-@functools.lru_cache(maxsize=None)
-def _load_tokenizer_cached(location: str, stamp: tuple[int, ...], trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    del stamp  # only part of the cache key: see _files_stamp
-    try:
-        return AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc):
-            raise remote_code_error(location, exc) from exc
-        raise XKDError(f"could not load a tokenizer from {location!r} ({_short(exc)}): "
-                       "point at a directory saved by xkd or transformers, or download the hub model first") from exc
-    except Exception as exc:  # noqa: BLE001 - many error types; all mean "cannot read this tokenizer"
-        raise XKDError(
-            f"could not load a tokenizer from {location!r} ({_short(exc)}): "
-            "point at a directory saved by xkd or transformers, or download the hub model first"
-        ) from exc
-
-
-def _files_stamp(location: str) -> tuple[int, ...]:
-    """Modification times of a local directory's tokenizer files, so a re-saved run is re-read."""
-    directory = Path(location)
-    if not directory.is_dir():
-        return ()
-    return tuple(sorted(f.stat().st_mtime_ns for f in directory.glob("*token*")))
-
-
-def load_tokenizer(location: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """Tokenizer of a builtin name, saved directory or hub id (cached; returns a private copy)."""
-    if location in BUILTIN_MODELS:
-        return builtin_tokenizer()
-    location = str(location)
-    directory = Path(location)
-    if directory.is_dir() and not any((directory / f).is_file() for f in TOKENIZER_FILES):
-        # transformers would silently build an empty default tokenizer (e.g. T5's 100 sentinel tokens)
-        raise XKDError(f"{location} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): save the "
-                       "tokenizer beside the model (tokenizer.save_pretrained(DIR)) or pick a model saved by xkd")
-    return copy.deepcopy(_load_tokenizer_cached(location, _files_stamp(location), trust_remote_code))
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "tokenizer.model", "vocab.json",
-                   "vocab.txt", "sentencepiece.bpe.model")
-"""Files of which a saved tokenizer has at least one (fast, slow sentencepiece, BPE and WordPiece layouts)."""
-
-
-def remote_code_error(ref: str, exc: BaseException) -> XKDError:
-    """A model or tokenizer that needs its own Python code, which xkd runs only when asked."""
-    return XKDError(f"{ref!r} needs custom code shipped with the model (auto_map) to load, and xkd does not run "
-                    "a model's own code unless asked: review that code, then pass --trust-remote-code "
-                    "(or pick a model transformers supports natively)")
-
-
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A short hash of what makes two tokenizers interchangeable (token -> id map and special ids), so data
-    made with one tokenizer can be checked against another without loading the first again."""
-    import hashlib
-    import json
-
-    specials = [getattr(tokenizer, a) for a in ("pad_token_id", "eos_token_id", "bos_token_id", "unk_token_id")]
-    text = json.dumps([sorted(tokenizer.get_vocab().items()), specials], ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def check_same_tokenizer(
-    teacher_tok: PreTrainedTokenizerBase,
-    student_tok: PreTrainedTokenizerBase,
-    teacher_name: str,
-    student_name: str,
-) -> int:
-    """Fail before any compute unless teacher and student tokenize identically; return ``len(tok)``.
-
-    Distillation compares the two models' distributions position by position and token id by token
-    id, so different vocabularies would silently compare unrelated tokens. We compare the full
-    token → id maps (including added tokens) and the special-token ids, not just sizes. The returned
-    size is what callers slice logits to: checkpoints may pad the embedding beyond the tokenizer
-    (T5: 32128 rows for 32100 tokens), and the padding rows are not tokens.
-    """
-    t_size, s_size = len(teacher_tok), len(student_tok)
-    t_vocab, s_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
-    prefix = f"teacher {teacher_name!r} and student {student_name!r} use different tokenizers"
-    fix = "pick a student and teacher from the same model family (same tokenizer)"
-    if t_size != s_size:
-        raise XKDError(f"{prefix}: {t_size} vs {s_size} tokens; {fix}")
-    if t_vocab != s_vocab:
-        t_by_id = {i: t for t, i in t_vocab.items()}
-        s_by_id = {i: t for t, i in s_vocab.items()}
-        for i in sorted(set(t_by_id) | set(s_by_id)):
-            if t_by_id.get(i) != s_by_id.get(i):
-                raise XKDError(
-                    f"{prefix}: token id {i} is {t_by_id.get(i)!r} for the teacher but "
-                    f"{s_by_id.get(i)!r} for the student; {fix}"
-                )
-    for attr in ("pad_token_id", "eos_token_id", "bos_token_id", "unk_token_id"):
-        t_id, s_id = getattr(teacher_tok, attr), getattr(student_tok, attr)
-        if t_id != s_id:
-            raise XKDError(f"{prefix}: {attr} is {t_id} for the teacher but {s_id} for the student; {fix}")
-    return t_size
-
-
-def model_vocab_size(loaded: LoadedModel) -> int:
-    """Number of real tokens (``len(tokenizer)``), not embedding rows: logits beyond it are padding."""
-    return len(loaded.tokenizer)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Number of parameters; ``parameters()`` yields tied tensors (T5/Llama embeddings) only once.
-
-    For bitsandbytes-quantized models this counts stored elements (4-bit weights pack two per byte).
-    """
-    return sum(p.numel() for p in model.parameters())
-
-
-# ---------------------------------------------------------------------------------------------
-# Builtin tiny models
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TinyModelSpec:
-    """Architecture of one builtin model; the vocabulary size comes from the shared tokenizer."""
-
-    family: str  # "t5" (encoder-decoder) or "llama" (decoder-only)
-    description: str
-    config: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-
-    @property
-    def is_encoder_decoder(self) -> bool:
-        return self.family == "t5"
-
-    def make_config(self, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
-        ids = dict(
-            vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        if self.family == "t5":
-            # T5 v1.0 layout (relu FFN, tied embeddings scaled by d_model**-0.5), like google-t5/t5-*,
-            # so a tiny run exercises the same code paths as the paper's models.
-            return T5Config(
-                **ids,
-                decoder_start_token_id=tokenizer.pad_token_id,
-                feed_forward_proj="relu",
-                tie_word_embeddings=True,
-                dropout_rate=0.0,
-                relative_attention_num_buckets=32,
-                relative_attention_max_distance=128,
-                **self.config,
-            )
-        # Llama (RoPE) rather than GPT-2: positions come from the attention mask during generation, so
-        # left-padded batches with a KV cache give the same tokens as unpadded single prompts.
-        return LlamaConfig(
-            **ids,
-            bos_token_id=tokenizer.bos_token_id,
-            tie_word_embeddings=True,
-            max_position_embeddings=1024,
-            attention_dropout=0.0,
-            rms_norm_eps=1e-5,
-            **self.config,
-        )
-
-
-BUILTIN_MODELS: Registry[TinyModelSpec] = Registry("builtin model")
-BUILTIN_MODELS.register(
-    "tiny-t5-small",
-    TinyModelSpec(
-        "t5",
-        "tiny T5 student (~1M params)",
-        dict(d_model=128, d_kv=32, num_heads=4, d_ff=512, num_layers=2, num_decoder_layers=2),
-        seed=1,
-    ),
-)
-BUILTIN_MODELS.register(
-    "tiny-t5-base",
-    TinyModelSpec(
-        "t5",
-        "tiny T5 (~3M params)",
-        dict(d_model=192, d_kv=32, num_heads=6, d_ff=640, num_layers=3, num_decoder_layers=3),
-        seed=2,
-    ),
-)
-BUILTIN_MODELS.register(
-    "tiny-t5-large",
-    TinyModelSpec(
-        "t5",
-        "tiny T5 teacher (~8M params)",
-        dict(d_model=256, d_kv=32, num_heads=8, d_ff=1024, num_layers=4, num_decoder_layers=4),
-        seed=3,
-    ),
-)
-BUILTIN_MODELS.register(
-    "tiny-gpt-small",
-    TinyModelSpec(
-        "llama",
-        "tiny decoder-only student (~1M params)",
-        dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, num_key_value_heads=4,
-             num_hidden_layers=4),
-        seed=4,
-    ),
-)
-BUILTIN_MODELS.register(
-    "tiny-gpt-large",
-    TinyModelSpec(
-        "llama",
-        "tiny decoder-only teacher (~8M params)",
-        dict(hidden_size=256, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=8,
-             num_hidden_layers=7),
-        seed=5,
-    ),
-)
-
-
-def build_tiny_model(name: str) -> LoadedModel:
-    """Build a builtin model with fixed-seed random weights (identical on every call).
-
-    The seed is applied inside ``torch.random.fork_rng`` so building a model never changes the
-    caller's global RNG stream (a training run's seed must mean the same thing whether or not it
-    built a teacher first).
-    """
-    spec = BUILTIN_MODELS.get(name)
-    tokenizer = builtin_tokenizer()
-    config = spec.make_config(tokenizer)
-    model_cls = T5ForConditionalGeneration if spec.is_encoder_decoder else LlamaForCausalLM
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        model = model_cls(config)
-    _set_generation_ids(model, tokenizer)
-    model.eval()
-    return LoadedModel(model, tokenizer, name, "builtin", name, spec.is_encoder_decoder)
-
-
-def _set_generation_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Fill in missing pad/eos/start ids so ``generate`` needs no per-call ids and never warns.
-
-    Only missing values are filled: a checkpoint's own generation config may list several stop ids.
-    """
-    gen = model.generation_config
-    if gen.pad_token_id is None:
-        gen.pad_token_id = tokenizer.pad_token_id
-    if gen.eos_token_id is None:
-        gen.eos_token_id = tokenizer.eos_token_id
-    if model.config.is_encoder_decoder:
-        if gen.decoder_start_token_id is None:
-            gen.decoder_start_token_id = model.config.decoder_start_token_id
-    elif gen.bos_token_id is None:
-        gen.bos_token_id = tokenizer.bos_token_id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,13 +97,11 @@ def _valid_names_text() -> str:
 
 def _is_model_dir(path: Path) -> bool:
     """A full checkpoint (config.json) or a LoRA adapter (adapter_config.json, loaded onto its base)."""
-    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+    return (path / "config.json").is_file() or is_adapter_dir(path)
 
 
 def _not_a_model_run(ref: str, run_dir: Path) -> XKDError:
     """A run that holds no model (gen-teacher samples, an eval, a judge...) named where a model is expected."""
-    from xkd_cli.core.workspace import read_record
-
     kind = read_record(run_dir / "run.json").get("kind")
     return XKDError(f"{ref!r} is an xkd {kind} run ({run_dir}), which holds no model: pass an sft or distill run, "
                     "a model directory or a built-in model name")
@@ -488,54 +174,6 @@ def _parse_device(device: str) -> torch.device:
     return dev
 
 
-def _quantization_config(quantization: str | None, dtype: torch.dtype | str) -> Any:
-    """BitsAndBytesConfig for 8/4-bit loading (QLoRA-style teachers/students), or None."""
-    if quantization is None:
-        return None
-    if quantization not in QUANTIZATIONS:
-        raise XKDError(f"unknown quantization {quantization!r}: use one of {', '.join(QUANTIZATIONS)} or none")
-    try:
-        importlib.import_module("bitsandbytes")  # checked here so the error names the fix, not a deep import
-        from transformers import BitsAndBytesConfig
-    except Exception as exc:  # noqa: BLE001 - any import failure means bitsandbytes is unusable here
-        raise XKDError(
-            f"--quantization {quantization} needs bitsandbytes ({_short(exc)}): "
-            "`pip install bitsandbytes`, or drop --quantization"
-        ) from exc
-    if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    compute = dtype if isinstance(dtype, torch.dtype) else torch.bfloat16
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute,
-    )
-
-
-def _hub_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean 'could not reach or find the files', whatever HTTP client is used."""
-    errors: list[type[BaseException]] = [OSError, ConnectionError, TimeoutError]
-    try:
-        from huggingface_hub.errors import HfHubHTTPError
-
-        errors.append(HfHubHTTPError)
-    except ImportError:  # pragma: no cover - older huggingface_hub
-        pass
-    for module, name in (("httpx", "HTTPError"), ("requests", "RequestException")):
-        try:
-            errors.append(getattr(__import__(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
-
-
-def _short(exc: BaseException) -> str:
-    """First line of an exception message, so XKDError stays one line."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def _load_pretrained(
     ref: str, source: str, location: str, dtype: torch.dtype | str, quant_config: Any, device: torch.device,
     trust_remote_code: bool = False,
@@ -547,9 +185,9 @@ def _load_pretrained(
         if source == "hub":
             return XKDError(
                 f"could not load {ref!r} from the Hugging Face hub (offline?): download it first or pass a "
-                f"local path ({_short(exc)})"
+                f"local path ({short_error(exc)})"
             )
-        return XKDError(f"could not load model {ref!r} from {where} ({_short(exc)}): re-save it or pick another")
+        return XKDError(f"could not load model {ref!r} from {where} ({short_error(exc)}): re-save it or pick another")
 
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
@@ -557,9 +195,9 @@ def _load_pretrained(
         if "trust_remote_code" in str(exc):
             raise remote_code_error(ref, exc) from exc
         raise XKDError(
-            f"{ref!r} is not a model type transformers knows ({_short(exc)}): pick a seq2seq or causal LM"
+            f"{ref!r} is not a model type transformers knows ({short_error(exc)}): pick a seq2seq or causal LM"
         ) from exc
-    except _hub_errors() as exc:
+    except hub_errors() as exc:
         raise unreachable(exc) from exc
     is_enc_dec = bool(getattr(config, "is_encoder_decoder", False))
     auto_cls = AutoModelForSeq2SeqLM if is_enc_dec else AutoModelForCausalLM
@@ -572,40 +210,20 @@ def _load_pretrained(
     except ValueError as exc:  # e.g. a config class with no seq2seq/causal LM head
         raise XKDError(
             f"{ref!r} cannot be loaded as a {'seq2seq' if is_enc_dec else 'causal'} language model "
-            f"({_short(exc)}): xkd needs a text-generation model"
+            f"({short_error(exc)}): xkd needs a text-generation model"
         ) from exc
-    except _hub_errors() as exc:
+    except hub_errors() as exc:
         raise unreachable(exc) from exc
     except torch.OutOfMemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated safetensors, weights that do not fit the config, ...
         if type(exc).__name__ != "SafetensorError" and not isinstance(exc, RuntimeError):
             raise
-        raise XKDError(f"could not load the weights of {ref!r} from {where} ({_short(exc)}): the checkpoint is "
+        raise XKDError(f"could not load the weights of {ref!r} from {where} ({short_error(exc)}): the checkpoint is "
                        "corrupt or does not match its config.json; re-save it or pick another model") from exc
     if quant_config is not None:
-        _release_checkpoint_mapping(model)
+        release_checkpoint_mapping(model)
     return model, is_enc_dec
-
-
-_QUANTIZED_PARAMS = ("Params4bit", "Int8Params")
-
-
-def _release_checkpoint_mapping(model: PreTrainedModel) -> None:
-    """Give a quantized model's unquantized CPU tensors memory of their own.
-
-    transformers memory-maps safetensors and leaves unquantized tensors (norms, embeddings, T5's float32
-    ``wo`` layers) as views of that mapping. One such view keeps the whole file mapped, and every page
-    read while quantizing stays resident: a 4-bit model would hold its full-precision checkpoint in RAM.
-    Copying the few unquantized tensors drops the mapping (measured in bench/memory.py).
-    """
-    for param in model.parameters():  # tied weights are one Parameter: copied once, still tied
-        if param.device.type == "cpu" and type(param).__name__ not in _QUANTIZED_PARAMS:
-            param.data = param.data.clone()
-    for module in model.modules():
-        for name, buffer in module._buffers.items():
-            if buffer is not None and buffer.device.type == "cpu":
-                module._buffers[name] = buffer.clone()
 
 
 def load_model(
@@ -628,15 +246,13 @@ def load_model(
     """
     torch_dtype = _parse_dtype(dtype)
     dev = _parse_device(device)
-    quant_config = _quantization_config(quantization, torch_dtype)
+    quant_config = quantization_config(quantization, torch_dtype)
     source, location = resolve_model(ref, task=task, runs_dir=runs_dir)
 
-    if source in ("run", "path") and (Path(location) / "adapter_config.json").is_file():
-        from xkd_cli.models.lora import load_adapter_model
-
-        loaded = load_adapter_model(ref, source, location, task=task, runs_dir=runs_dir, dtype=dtype, device=device,
-                                    quantization=quantization, for_training=for_training,
-                                    trust_remote_code=trust_remote_code)
+    if source in ("run", "path") and is_adapter_dir(location):
+        loaded = _load_adapter_model(ref, source, location, task=task, runs_dir=runs_dir, dtype=dtype, device=device,
+                                     quantization=quantization, for_training=for_training,
+                                     trust_remote_code=trust_remote_code)
     elif source == "builtin" and quant_config is not None:
         # bitsandbytes quantizes while loading a checkpoint, so round-trip the tiny model through a
         # temporary directory; this keeps QLoRA code paths testable on tiny models.
@@ -644,7 +260,7 @@ def load_model(
         with tempfile.TemporaryDirectory(prefix="xkd-quant-") as tmp:
             save_model(tiny, Path(tmp) / "model")
             model, _ = _load_pretrained(ref, "path", str(Path(tmp) / "model"), torch_dtype, quant_config, dev)
-        _set_generation_ids(model, tiny.tokenizer)
+        set_generation_ids(model, tiny.tokenizer)
         loaded = LoadedModel(model, tiny.tokenizer, ref, "builtin", location, tiny.is_encoder_decoder)
     elif source == "builtin":
         loaded = build_tiny_model(location)
@@ -663,7 +279,7 @@ def load_model(
                 f"model {ref!r} has {model.get_input_embeddings().num_embeddings} embedding rows but its "
                 f"tokenizer has {len(tokenizer)} tokens: the checkpoint and tokenizer do not match"
             )
-        _set_generation_ids(model, tokenizer)
+        set_generation_ids(model, tokenizer)
         loaded = LoadedModel(model, tokenizer, ref, source, location, is_enc_dec)
 
     if quant_config is None:
@@ -674,6 +290,20 @@ def load_model(
         loaded.model.eval()
         loaded.model.requires_grad_(False)
     return loaded
+
+
+def _load_adapter_model(ref: str, source: str, location: str, *, task: str | None, runs_dir: Path | None,
+                        dtype: str, device: str, quantization: str | None, for_training: bool,
+                        trust_remote_code: bool = False) -> LoadedModel:
+    """A saved LoRA adapter on top of its base model, itself loaded like any model reference (quantized if
+    asked, custom code allowed only with ``trust_remote_code``)."""
+    base_ref = base_reference(Path(location), task, runs_dir)
+    if Path(base_ref).resolve() == Path(location).resolve():
+        raise XKDError(f"the adapter in {location} names itself as its base model: re-save it")
+    base = load_model(base_ref, task=task, runs_dir=runs_dir, dtype=dtype, device=device, quantization=quantization,
+                      for_training=True, trust_remote_code=trust_remote_code)
+    return attach_adapter(base, ref, source, location, quantization=quantization, for_training=for_training,
+                          trust_remote_code=trust_remote_code)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,8 +343,6 @@ def save_model(
         tokenizer.save_pretrained(tmp)
         base = getattr(loaded_or_model_and_tokenizer, "adapter_base", None)
         if base is not None:
-            from xkd_cli.models.lora import write_base_record
-
             write_base_record(tmp, base)
         if target.exists():
             # os.replace cannot overwrite a non-empty directory: move the old one aside first.

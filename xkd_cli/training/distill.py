@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from xkd_cli.data.batches import Batch
-from xkd_cli.training.checkpoint import find_resume
+from xkd_cli.training.checkpoint.resume import find_resume
 from xkd_cli.config.checks import quantization_of
 from xkd_cli.config.training import DistillConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.models.generate import Sampling, generate_ids
 from xkd_cli.models.lora import load_trained_model, lora_record
-from xkd_cli.models.loading import LoadedModel, check_same_tokenizer, load_model
+from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.loading import load_model
+from xkd_cli.models.tokenizers import check_same_tokenizer
 from xkd_cli.objectives.objectives import KDObjective, MiniLLMObjective, TeacherMixer
 from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.training.sft import EncodedSet, load_split, run_training

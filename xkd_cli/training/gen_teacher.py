@@ -47,7 +47,8 @@ def default_teacher(root: Path, task: str) -> str:
 def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool = False,
                     client: ChatClient | None = None) -> dict[str, Any]:
     """Sample the teacher on the training prompts into ``<run>/samples.jsonl`` (resumable)."""
-    from xkd_cli.models.loading import load_model, resolve_model, tokenizer_fingerprint
+    from xkd_cli.models.loading import load_model, resolve_model
+    from xkd_cli.models.tokenizers import tokenizer_fingerprint
     from xkd_cli.data.tasks import get_task
 
     task = get_task(cfg.task)
@@ -171,7 +172,7 @@ class TeacherData:
         """Refuse samples a white-box teacher made with another tokenizer than ``student``'s: the file was made
         for another model family (X-KD pairs a teacher and student that share one vocabulary). Samples of an
         API teacher, or from a file that does not say, fit any student."""
-        from xkd_cli.models.loading import tokenizer_fingerprint
+        from xkd_cli.models.tokenizers import tokenizer_fingerprint
 
         made_with = {r.get("tokenizer_sha") for r in self.rows} | {self.record.get("tokenizer_sha")}
         made_with.discard(None)

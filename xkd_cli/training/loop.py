@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from xkd_cli.data.batches import Batch
-from xkd_cli.training.checkpoint import LoopState
+from xkd_cli.training.checkpoint.checkpointer import LoopState
 from xkd_cli.training.distributed import Processes, current, is_sharded
 from xkd_cli.core.errors import XKDError
 from xkd_cli.training.timing import PHASES

@@ -10,13 +10,15 @@ from typing import Any, Callable, Sequence
 import torch
 
 from xkd_cli.data.batches import Batch, encode_prompts, encode_targets, make_batch, special_ids
-from xkd_cli.training.checkpoint import Checkpoint, Checkpointer, TrainingInterrupted, find_resume, latest_checkpoint, reopen_run
+from xkd_cli.training.checkpoint.checkpointer import Checkpointer, TrainingInterrupted
+from xkd_cli.training.checkpoint.resume import Checkpoint, find_resume, latest_checkpoint, reopen_run
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.training import SFTConfig, TrainingConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.evaluation.evaluate import keep_prompt_end, quick_eval
 from xkd_cli.models.lora import MERGED_DIR, export_merged, load_trained_model, lora_record
-from xkd_cli.models.loading import LoadedModel, count_parameters, save_model
+from xkd_cli.models.loaded import LoadedModel, count_parameters
+from xkd_cli.models.loading import save_model
 from xkd_cli.objectives.objectives import NLLObjective
 from xkd_cli.data.tasks import Example, Task, get_task
 from xkd_cli.training.distributed import ShardedStream, check_shardable

@@ -1,0 +1,139 @@
+"""Writing the report's files: the CSV tables and report.md (report.json is what build_report returns)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from xkd_cli.experiments.report.collect import link
+from xkd_cli.experiments.report.formatting import MISSING, as_number, cell_text, human_count, metric_text, value_text
+from xkd_cli.experiments.report.tables import table1_cells, table1_header
+
+FILES = {"md": "report.md", "json": "report.json", "table1": "table1.csv", "judge": "judge.csv",
+         "sweeps": "sweeps.csv"}
+JUDGE_COLUMNS = ("task", "a", "b", "win_rate", "tie_rate", "lose_rate", "inconsistency_rate", "judged", "unparsed",
+                 "judge_model", "run", "source")
+SWEEP_COLUMNS = ("figure", "task", "param", "kind", "method", "label", "value", "x", "y", "metric", "run",
+                 "source", "x_source")
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    write_text(path, buffer.getvalue())
+
+
+def write_csvs(report: dict[str, Any], out_dir: Path) -> None:
+    t1 = report["table1"]
+    _write_csv(out_dir / FILES["table1"], ["model", *t1["columns"]],
+               [[row["label"], *[(row["cells"][t] or {}).get("value") for t in t1["columns"]]] for row in t1["rows"]])
+    _write_csv(out_dir / FILES["judge"], list(JUDGE_COLUMNS), [[r.get(k) for k in JUDGE_COLUMNS] for r in report["judge"]])
+    lines = []
+    for fig in report["figures"]:
+        for s in fig["series"]:
+            for p in s["points"]:
+                lines.append([fig["id"], fig["task"], fig["param"], "point", s["method"], s["label"], p["value"], p["x"],
+                              p["y"], p["metric"], p["run"], p["source"], p.get("x_source")])
+        for b in fig["baselines"]:
+            lines.append([fig["id"], fig["task"], fig["param"], "baseline", b["method"], b["label"], None, None,
+                          b["value"], fig["metric"], b["run"], b["source"], None])
+    _write_csv(out_dir / FILES["sweeps"], list(SWEEP_COLUMNS), lines)
+
+
+def render_markdown(report: dict[str, Any], out_dir: Path, root: Path) -> str:
+    def src(rel: str) -> str:
+        """A source file: its path relative to the runs directory, linked relative to report.md."""
+        path = Path(rel) if Path(rel).is_absolute() else root / rel
+        return f"[`{rel}`]({link(path, out_dir)})"
+
+    t1 = report["table1"]
+    lines = ["# X-KD report", "",
+             f"Runs directory `{report['runs_dir']}` · tasks: {', '.join(report['tasks'])} · xkd {report['xkd']}.", "",
+             "Every number below is read from the file listed for it under [Sources](#sources) "
+             "(paths relative to the runs directory).", "",
+             "## Table 1 — headline metric, greedy decoding", "",
+             "| Model | " + " | ".join(_md(h) for h in table1_header(t1)) + " |",
+             "|---|" + "---:|" * len(t1["columns"])]
+    for row in t1["rows"]:
+        lines.append(f"| {_md(row['label'])} | " + " | ".join(table1_cells(t1, row, "**{}**")) + " |")
+    lines += ["", f"Bold: the best distilled method of each task. {MISSING}: no run or no greedy evaluation.", ""]
+
+    lines += ["## Table 2 — LLM-judge win rates (A vs B)", ""]
+    if report["judge"]:
+        lines += ["| Task | A vs B | Win | Tie | Lose | Orders disagree | Judged | Judge |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        for r in report["judge"]:
+            lines.append(f"| {_md(r['task'])} | {_md(r['a'])} vs {_md(r['b'])} | {cell_text(r['win_rate'], '%')} | "
+                         f"{cell_text(r['tie_rate'], '%')} | {cell_text(r['lose_rate'], '%')} | "
+                         f"{cell_text(r['inconsistency_rate'], '%')} | "
+                         f"{r['judged'] if r['judged'] is not None else MISSING} | "
+                         f"{_md(r['judge_model'] or MISSING)} |")
+        lines += ["", "Rates are percent of the judged items (both answer orders parsed); a win counts only when "
+                      "both orders agree.", ""]
+    else:
+        lines += ["No judge runs (`xkd judge --a seqxkd --b seqkd`).", ""]
+
+    lines += ["## Figures", ""]
+    if not report["figures"] and not report["diversity"]:
+        lines += ["No sweep or diversity runs.", ""]
+    for fig in report["figures"]:
+        lines += [f"### {_md(fig['title'])}", "", f"![{_md(fig['title'])}]({fig['png']})", "",
+                  f"[SVG]({fig['svg']}) · x scale: {fig['xscale']}"
+                  + (" · dashed: the non-experiential baselines (default runs)" if fig["baselines"] else ""), ""]
+    for div in report["diversity"]:
+        title = f"{div['task']}: {metric_text(div['metric'])} vs diversity, run {div['run']} (cf. Figure 1a–c)"
+        lines += [f"### {_md(title)}", ""]
+        if div["png"]:
+            lines += [f"![{_md(title)}]({div['png']})", ""]
+        lines += [" · ".join(f"[{fmt.upper()}]({div[fmt]})" for fmt in ("png", "svg") if div[fmt])
+                  + f" · drawn by `xkd diversity` from {src(div['source'])}", ""]
+
+    if report["missing"]:
+        lines += ["## Not in the report", ""]
+        lines += [f"- {_md(m['where'])} ({m['task']}/{m['run']}): {m['reason']} — `{m['fix']}`"
+                  for m in report["missing"]]
+        lines.append("")
+
+    lines += ["## Sources", "", "### Table 1", "", "| Task | Model | Value | Run | Split (examples) | File |",
+              "|---|---|---:|---|---|---|"]
+    for task in t1["columns"]:
+        for row in t1["rows"]:
+            cell = row["cells"][task]
+            if cell:
+                lines.append(f"| {task} | {_md(row['label'])} | {cell_text(cell['value'])} | {cell['run']} | "
+                             f"{cell['split']} ({cell['examples']}) | {src(cell['source'])} |")
+    if report["judge"]:
+        lines += ["", "### Table 2", "", "| Task | A vs B | Run | File |", "|---|---|---|---|"]
+        lines += [f"| {r['task']} | {_md(r['a'])} vs {_md(r['b'])} | {r['run']} | {src(r['source'])} |"
+                  for r in report["judge"]]
+    for fig in report["figures"]:
+        lines += ["", f"### Figure {fig['id']}", "", "| Method | Value | y | Run | File |", "|---|---:|---:|---|---|"]
+        for s in fig["series"]:
+            for p in s["points"]:
+                size = f" ({human_count(p['parameters'])}, {src(p['x_source'])})" if p.get("x_source") else ""
+                lines.append(f"| {_md(s['label'])} | {_md(p['label'])}{size} | {cell_text(p['y'])} | {p['run']} | "
+                             f"{src(p['source'])} |")
+        for b in fig["baselines"]:
+            lines.append(f"| {_md(b['label'])} | default | {cell_text(b['value'])} | {b['run']} | {src(b['source'])} |")
+    for div in report["diversity"]:
+        lines += ["", f"### Diversity {div['task']}/{div['run']}", "",
+                  "| Model | Temperature | Metric | Diversity | File |", "|---|---:|---:|---:|---|"]
+        lines += [f"| {_md(p['model'])} | {value_text(p['temperature'])} | {cell_text(as_number(p['value']))} | "
+                  f"{cell_text(as_number(p['diversity']))} | {src(p['source']) if p['source'] else MISSING} |"
+                  for p in div["points"]]
+    return "\n".join(lines) + "\n"
