@@ -202,7 +202,8 @@ def run_trl(settings: Settings, cfg: Config) -> dict:
     from xkd_cli.models.loading import build_tiny_model
     from xkd_cli.training.sft import EncodedSet, load_split
     from xkd_cli.data.tasks import get_task
-    from xkd_cli.training.loop import IndexStream, seed_everything
+    from xkd_cli.core.runtime import seed_everything
+    from xkd_cli.training.loop import IndexStream
 
     torch.set_num_threads(settings.threads)
     baseline = current_rss_mb()

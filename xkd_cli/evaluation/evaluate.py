@@ -20,9 +20,9 @@ from xkd_cli.config.evaluation import EvalConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.models.generate import Sampling, decode, generate_batched
 from xkd_cli.core.jsonl import append_rows, read_rows
+from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.models.loading import LoadedModel, load_model
 from xkd_cli.data.tasks import Example, Task, get_task
-from xkd_cli.training.loop import resolve_device, seed_everything
 from xkd_cli.core.ui import console, progress
 from xkd_cli.core.workspace import Run, create_run, open_run, read_json, run_path, slug, write_json
 

@@ -142,7 +142,7 @@ def lora_record(cfg: Any, loaded: "LoadedModel") -> dict[str, Any]:
 def load_trained_model(ref: str, cfg: Any, *, task: str, runs_dir: Path) -> "LoadedModel":
     """The model a training command trains: loaded (quantized if asked) and wrapped with LoRA if asked."""
     from xkd_cli.models.loading import load_model
-    from xkd_cli.training.loop import resolve_device
+    from xkd_cli.core.runtime import resolve_device
 
     quantization = quantization_of(cfg.load_in_8bit, cfg.load_in_4bit)
     # bitsandbytes quantizes on the device it loads to; full-precision models load on the CPU and move later.

@@ -26,6 +26,7 @@ from xkd_cli.training.checkpoint import find_resume
 from xkd_cli.config.checks import quantization_of
 from xkd_cli.config.training import DistillConfig
 from xkd_cli.core.errors import XKDError
+from xkd_cli.core.runtime import resolve_device
 from xkd_cli.models.generate import Sampling, generate_ids
 from xkd_cli.models.lora import load_trained_model, lora_record
 from xkd_cli.models.loading import LoadedModel, check_same_tokenizer, load_model
@@ -36,7 +37,7 @@ from xkd_cli.evaluation.evaluate import keep_prompt_end
 from xkd_cli.data.tasks import Example, get_task
 from xkd_cli.training.timing import PHASES
 from xkd_cli.training.distributed import current as current_processes
-from xkd_cli.training.loop import IndexStream, resolve_device
+from xkd_cli.training.loop import IndexStream
 from xkd_cli.core.workspace import Run, find_runs
 
 REWARD_HEAD_FILE = "reward_head.safetensors"

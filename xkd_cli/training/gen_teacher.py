@@ -22,6 +22,7 @@ from xkd_cli.config.generation import GenTeacherConfig
 from xkd_cli.config.checks import quantization_of
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.jsonl import append_rows, read_rows
+from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.core.ui import console
 from xkd_cli.core.workspace import create_run, find_runs, open_run, read_record, resumable_run, run_path
 
@@ -81,8 +82,6 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
 
     loaded = None
     if todo and not cfg.black_box:
-        from xkd_cli.training.loop import resolve_device
-
         loaded = load_model(settings["teacher"], task=task.name, runs_dir=runs_root, dtype=cfg.dtype,
                             device=str(resolve_device(cfg.device)), for_training=False,
                             quantization=settings["quantization"], trust_remote_code=cfg.trust_remote_code)
@@ -121,7 +120,6 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
     elif todo:
         from xkd_cli.evaluation.evaluate import predict
         from xkd_cli.models.generate import Sampling
-        from xkd_cli.training.loop import seed_everything
 
         missing: dict[str, list[int]] = {}
         for e, k in todo:

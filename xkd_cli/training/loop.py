@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
-import numpy as np
 import torch
 
 from xkd_cli.data.batches import Batch
@@ -64,12 +62,6 @@ class TrainingDiverged(XKDError):
     """The loss became NaN or infinite: not bad input, so a different exit code."""
 
     exit_code = 1
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class IndexStream:
@@ -254,19 +246,6 @@ def tensorboard_writer(log_path):
     except ImportError:
         return None
     return SummaryWriter(log_dir=str(log_path.parent / "tensorboard"))
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device named by --device; ``auto`` under a multi-process launcher is this process's own device."""
-    if name == "auto":
-        from xkd_cli.training.distributed import current, launched
-
-        if launched():
-            return current(name).device
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise XKDError(f"--device {name} asked for a GPU but torch sees none. Use --device cpu (or auto).")
-    return torch.device(name)
 
 
 def set_dropout(model: torch.nn.Module, p: float | None) -> None:

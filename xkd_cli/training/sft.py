@@ -15,13 +15,14 @@ from xkd_cli.training.checkpoint import Checkpoint, Checkpointer, TrainingInterr
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.training import SFTConfig, TrainingConfig
 from xkd_cli.core.errors import XKDError
+from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.evaluation.evaluate import keep_prompt_end, quick_eval
 from xkd_cli.models.lora import MERGED_DIR, export_merged, load_trained_model, lora_record
 from xkd_cli.models.loading import LoadedModel, count_parameters, save_model
 from xkd_cli.data.tasks import Example, Task, get_task
 from xkd_cli.training.distributed import ShardedStream, check_shardable
 from xkd_cli.training.distributed import current as current_processes
-from xkd_cli.training.loop import IndexStream, Schedule, resolve_device, seed_everything, set_dropout, train
+from xkd_cli.training.loop import IndexStream, Schedule, set_dropout, train
 from xkd_cli.core.workspace import Run, create_run, run_path
 
 class EncodedSet:

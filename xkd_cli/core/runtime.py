@@ -1,0 +1,32 @@
+"""Where a command computes and how its randomness starts: ``--device`` resolved to a torch device, and
+every random number generator seeded at once. Training, evaluation, teacher sampling and model loading
+all ask here."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from xkd_cli.core.errors import XKDError
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device named by --device; ``auto`` under a multi-process launcher is this process's own device."""
+    if name == "auto":
+        # Only here, only for "auto": the launcher's process group (Accelerate) is held by the training layer above core.
+        from xkd_cli.training.distributed import current, launched
+
+        if launched():
+            return current(name).device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise XKDError(f"--device {name} asked for a GPU but torch sees none. Use --device cpu (or auto).")
+    return torch.device(name)
