@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from xkd_cli.models.loading import build_tiny_model
-from xkd_cli.training.sft import EncodedSet, NLLObjective
+from xkd_cli.training.run import EncodedSet
+from xkd_cli.training.sft import NLLObjective
 from xkd_cli.data.tasks import get_task
 from xkd_cli.training.loop import IndexStream, Schedule, linear_schedule, train
 

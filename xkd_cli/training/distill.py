@@ -31,7 +31,7 @@ from xkd_cli.models.generate import Sampling, generate_ids
 from xkd_cli.models.lora import load_trained_model, lora_record
 from xkd_cli.models.loading import LoadedModel, check_same_tokenizer, load_model
 from xkd_cli.objectives.reward import RewardHead
-from xkd_cli.training.sft import EncodedSet, load_split, run_training
+from xkd_cli.training.run import EncodedSet, load_split, run_training
 from xkd_cli.training.teacher_cache import TeacherCache, TopKTeacher
 from xkd_cli.evaluation.evaluate import keep_prompt_end
 from xkd_cli.data.tasks import Example, get_task
