@@ -318,6 +318,11 @@ class Task:
             rows = rows[:limit]
         return self._examples(rows, origin)
 
+    @property
+    def keep_prompt_end(self) -> bool:
+        """Few-shot prompts carry the question at the end: truncate those from the left."""
+        return self.family == "gsm"
+
     def score(self, predictions: Sequence[str], references: Sequence[str], **kw) -> dict[str, float | str]:
         """The task's metric (``self.headline`` is the key to report first)."""
         return metrics.score(self.metric, predictions, references, **kw)

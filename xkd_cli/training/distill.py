@@ -33,7 +33,6 @@ from xkd_cli.models.loading import LoadedModel, check_same_tokenizer, load_model
 from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.training.run import EncodedSet, load_split, run_training
 from xkd_cli.training.teacher_cache import TeacherCache, TopKTeacher
-from xkd_cli.evaluation.evaluate import keep_prompt_end
 from xkd_cli.data.tasks import Example, get_task
 from xkd_cli.training.timing import PHASES
 from xkd_cli.training.distributed import current as current_processes
@@ -322,7 +321,6 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
     if teacher_data is not None:
         teacher_data.check_tokenizer(student.tokenizer, student_ref)
 
-    keep_end = keep_prompt_end(task)
     if teacher_data is not None:
         examples = [Example(f"{r['id']}#{r['sample']}", r["prompt"], r["response"], r.get("source", ""))
                     for r in teacher_data.rows]
@@ -330,7 +328,7 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
         examples = load_split(task, "train", cfg, train_fraction=cfg.train_fraction)
     eval_examples = load_split(task, task.eval_split, cfg, limit=cfg.eval_limit) if cfg.eval_every else []
     data = EncodedSet(examples, student, max_input_len=cfg.max_input_len, max_output_len=cfg.max_output_len,
-                      keep_end=keep_end)
+                      keep_end=task.keep_prompt_end)
 
     head = None
     if method.experiential:

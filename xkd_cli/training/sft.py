@@ -11,7 +11,6 @@ from xkd_cli.objectives import losses
 from xkd_cli.data.batches import Batch, forward
 from xkd_cli.training.checkpoint import find_resume
 from xkd_cli.config.training import SFTConfig
-from xkd_cli.evaluation.evaluate import keep_prompt_end
 from xkd_cli.models.lora import load_trained_model, lora_record
 from xkd_cli.data.tasks import get_task
 from xkd_cli.training.run import EncodedSet, load_split, run_training
@@ -39,7 +38,7 @@ def run_sft(cfg: SFTConfig, *, runs_root: Path, overwrite: bool = False, resume:
     eval_examples = load_split(task, task.eval_split, cfg, limit=cfg.eval_limit) if cfg.eval_every else []
     loaded = load_trained_model(cfg.model, cfg, task=task.name, runs_dir=runs_root)
     train_set = EncodedSet(train_examples, loaded, max_input_len=cfg.max_input_len,
-                           max_output_len=cfg.max_output_len, keep_end=keep_prompt_end(task))
+                           max_output_len=cfg.max_output_len, keep_end=task.keep_prompt_end)
     objective = NLLObjective(loaded.model)
     return run_training(cfg, kind="sft", runs_root=runs_root, overwrite=overwrite, loaded=loaded, task=task,
                         train_set=train_set, eval_examples=eval_examples, objective=objective,
