@@ -72,6 +72,9 @@ class StudentSampler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seconds, self.sequences = state["seconds"], state["sequences"]
 
+    def step_metrics(self) -> dict[str, Any]:
+        return {"generation_s": round(self.seconds, 3), "student_samples": self.sequences}
+
 
 class MixedSource:
     """Algorithm 1's data: with probability α the student's own samples, otherwise the dataset's targets.
@@ -356,6 +359,10 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
         alpha = cfg.alpha if method.data == "mixed" else 0.0
         draw = MixedSource(data, cfg.batch_size, alpha, sampler, cfg.seed)
 
+    def step_metrics() -> dict[str, Any]:
+        # the objective's counters and F_ex statistics (KD objectives), then the sampler's
+        return {**(objective.step_metrics() if isinstance(objective, KDObjective) else {}), **sampler.step_metrics()}
+
     def save_head(run: Run) -> None:
         if head is not None:
             head.save(run.path / REWARD_HEAD_FILE)
@@ -369,10 +376,7 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
     result = run_training(cfg, kind="distill", runs_root=runs_root, overwrite=overwrite, loaded=student, task=task,
                           train_set=data, eval_examples=eval_examples, objective=objective, draw=draw,
                           extra_params=list(head.parameters()) if head is not None else [], record=record,
-                          save_extra=save_head, name=name,
-                          step_metrics=lambda: {"generation_s": round(sampler.seconds, 3),
-                                                "student_samples": sampler.sequences},
-                          resume_from=resume_from,
+                          save_extra=save_head, name=name, step_metrics=step_metrics, resume_from=resume_from,
                           checkpointed={"sampler": sampler, **({"reward_head": head} if head is not None else {}),
                                         **({"objective": objective} if isinstance(objective, KDObjective) else {}),
                                         **({"source": draw} if isinstance(draw, MixedSource) else {})})

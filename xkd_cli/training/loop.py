@@ -116,7 +116,9 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
     """Run ``schedule.max_steps`` optimizer steps; return the last step's log and every evaluation.
     ``checkpoints`` (a :class:`checkpoint.Checkpointer`) resumes from its checkpoint, saves after steps
     and turns SIGTERM/SIGINT into "finish the step, save, stop". With several ``processes`` each draws its
-    own share of the global batch; counts, loss terms and gradients are summed over all of them."""
+    own share of the global batch; counts, loss terms and gradients are summed over all of them.
+    ``step_metrics()`` is the caller's one source of further numbers for each step's log entry (the
+    objective's counters and F_ex statistics, sampling time), read once per optimizer step."""
     processes = processes or current()
     groups = [[p for p in group if p.requires_grad] for group in (params, extra_params)]
     groups = [group for group in groups if group]
@@ -124,14 +126,17 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
     optimizer = (torch.optim.SGD if schedule.optimizer == "sgd" else torch.optim.AdamW)(
         params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     scheduler = linear_schedule(optimizer, schedule.warmup_steps, schedule.max_steps)
-    # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type) if schedule.mixed_precision == "fp16" else None
+    # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none. Disabled, the scaler
+    # hands the loss, the gradients and the optimizer step through untouched.
+    fp16 = schedule.mixed_precision == "fp16"
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    kept_scaler = scaler if fp16 else None  # only fp16 checkpoints hold a "scaler" entry
     model.train()
     log_file = open(log_path, "a", encoding="utf-8") if log_path else None
     board = tensorboard_writer(log_path)
     last: dict = {}
     # Last before the loop: a resume restores the RNG states here, so nothing may draw random numbers between.
-    resumed = checkpoints.restore(optimizer, scheduler, scaler=scaler) if checkpoints is not None else None
+    resumed = checkpoints.restore(optimizer, scheduler, scaler=kept_scaler) if checkpoints is not None else None
     evals: list[dict] = list(resumed.evals) if resumed else []
     started = time.perf_counter() - (resumed.elapsed_s if resumed else 0.0)
     tokens_seen = resumed.tokens_seen if resumed else 0
@@ -156,7 +161,7 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                             terms = objective.terms(batch)
                         loss = sum(value / max(totals[key], 1) for value, key in terms.values())
                         with PHASES.backward():
-                            (loss if scaler is None else scaler.scale(loss)).backward()
+                            scaler.scale(loss).backward()
                         for name, (value, key) in terms.items():
                             sums[name] = sums.get(name, 0.0) + value.detach() / max(totals[key], 1)
                 except XKDError as exc:  # e.g. a non-finite teacher: say where it happened
@@ -168,23 +173,16 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                     raise TrainingDiverged(
                         f"loss became {loss_value} at step {step} ({values}). Lower --lr or check the data; "
                         "nothing was saved from this step.")
-                if scaler is not None:
-                    scaler.unscale_(optimizer)  # after the gradients are summed: every process sees the same inf
+                scaler.unscale_(optimizer)  # after the gradients are summed: every process sees the same inf
                 grad_norm = clip_gradients(groups, schedule.max_grad_norm) if schedule.max_grad_norm > 0 else None
                 with PHASES("optimizer"):
-                    if scaler is None:
-                        optimizer.step()
-                    else:  # skips the update when a gradient overflowed, and adapts the scale
-                        scaler.step(optimizer)
-                        scaler.update()
+                    scaler.step(optimizer)  # fp16: skips the update when a gradient overflowed
+                    scaler.update()  # fp16: adapts the scale
                 scheduler.step()
                 tokens_seen += totals.get("tokens", 0)
                 elapsed = time.perf_counter() - started
-                extra = dict(getattr(objective, "step_metrics", dict)())
-                if step_metrics is not None:
-                    extra.update(step_metrics())
-                last = {"step": step, "loss": loss_value, **values, **extra,
-                        "lr": scheduler.get_last_lr()[0],
+                extra = step_metrics() if step_metrics is not None else {}
+                last = {"step": step, "loss": loss_value, **values, **extra, "lr": scheduler.get_last_lr()[0],
                         "grad_norm": None if grad_norm is None else float(grad_norm),
                         "tokens": totals.get("tokens", 0), "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
                         "elapsed_s": elapsed}
@@ -209,7 +207,7 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                 bar.update(task_id, advance=1, info=f"loss {loss_value:.4f} {parts}".strip())
                 if checkpoints is not None:
                     checkpoints.step_done(LoopState(step, tokens_seen, elapsed, evals), max_steps=schedule.max_steps,
-                                          optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+                                          optimizer=optimizer, scheduler=scheduler, scaler=kept_scaler)
     finally:
         if log_file:
             log_file.close()
