@@ -4,6 +4,7 @@ all ask here."""
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -18,13 +19,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def launched() -> bool:
+    """True inside ``accelerate launch`` / ``torchrun`` with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def resolve_device(name: str) -> torch.device:
     """The device named by --device; ``auto`` under a multi-process launcher is this process's own device."""
     if name == "auto":
-        # Only here, only for "auto": the launcher's process group (Accelerate) is held by the training layer above core.
-        from xkd_cli.training.distributed import current, launched
-
         if launched():
+            from xkd_cli.training.distributed import current  # under a launcher only; that module builds on this one
+
             return current(name).device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -32,6 +32,7 @@ from xkd_cli.models.lora import load_trained_model, lora_record
 from xkd_cli.models.loading import LoadedModel, check_same_tokenizer, load_model
 from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.training.run import EncodedSet, load_split, run_training
+from xkd_cli.training.gen_teacher import load_teacher_data
 from xkd_cli.training.teacher_cache import TeacherCache, TopKTeacher
 from xkd_cli.data.tasks import Example, get_task
 from xkd_cli.training.timing import PHASES
@@ -299,8 +300,6 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
 
     teacher_data = None
     if method.data == "teacher-samples":
-        from xkd_cli.training.gen_teacher import load_teacher_data
-
         teacher_data = load_teacher_data(cfg.teacher_data, task=task.name, runs_root=runs_root)
     teacher_ref = None  # sequence-level methods need only the teacher's text (black-box teachers too)
     if method.needs_teacher_model:

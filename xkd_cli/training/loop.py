@@ -240,7 +240,7 @@ def tensorboard_writer(log_path):
     if not log_path:
         return None
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
     except ImportError:
         return None
     return SummaryWriter(log_dir=str(log_path.parent / "tensorboard"))

@@ -60,10 +60,15 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
+import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from xkd_cli.data.batches import IGNORE, Batch
 from xkd_cli.core.errors import XKDError
+from xkd_cli.core.ui import console
+from xkd_cli.objectives.losses import teacher_topk
 
 MODES = ("off", "full", "topk")
 FORMAT = "xkd-teacher-cache/1"
@@ -93,8 +98,6 @@ def _tensor_bytes(tensor: Tensor) -> np.ndarray:
 def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
     """Everything about a model that changes its logits: a SHA-256 over every parameter and buffer
     (name, dtype, shape, bytes), its class and config, the device type and the library versions."""
-    import transformers
-
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
@@ -224,14 +227,10 @@ class TeacherCache:
         logits = logits[:, : self.vocab_size].detach().to("cpu")
         if self.mode == "full":
             return {"logits": logits.contiguous()}
-        from xkd_cli.objectives.losses import teacher_topk
-
         logprobs, ids, tail = teacher_topk(logits, self.k)
         return {"logprobs": logprobs.half(), "ids": ids.int(), "tail": tail.float()}
 
     def _store(self, key: str, tokens: Tensor, entry: dict[str, Tensor]) -> None:
-        from safetensors.torch import save_file
-
         tensors = {**entry, "tokens": tokens}
         metadata = {"format": FORMAT, "mode": self.mode, **{f"crc32:{k}": _crc(v) for k, v in tensors.items()}}
         path = self._path(key)
@@ -253,8 +252,6 @@ class TeacherCache:
         if not path.is_file():
             return None
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
@@ -267,8 +264,6 @@ class TeacherCache:
         self.corrupt += 1
         if not self._warned:
             self._warned = True
-            from xkd_cli.core.ui import console
-
             console.print(f"warning: teacher cache entry {path} is {problem}; recomputing it "
                           "(further bad entries are only counted: teacher_cache_corrupt)", markup=False, soft_wrap=True)
         return None
