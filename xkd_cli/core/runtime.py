@@ -1,6 +1,7 @@
-"""Where a command computes and how its randomness starts: ``--device`` resolved to a torch device, and
-every random number generator seeded at once. Training, evaluation, teacher sampling and model loading
-all ask here."""
+"""Where a command computes and how its randomness starts: ``--device`` resolved to a torch device (under a
+multi-process launcher, this process's own), and every random number generator seeded at once. Training,
+evaluation, teacher sampling and model loading all ask here; the process group itself (Accelerate) is
+``xkd_cli.training.distributed``'s."""
 
 from __future__ import annotations
 

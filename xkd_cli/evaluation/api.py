@@ -71,7 +71,11 @@ def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = N
 
 
 class ChatClient:
-    """Chat completions with our retry policy; :meth:`map` runs many calls on a bounded thread pool."""
+    """Chat completions with our retry policy; :meth:`map` runs many calls on a bounded thread pool.
+
+    ``backoff`` / ``max_backoff`` tune the waits no command exposes, and ``sleep``, ``clock`` and ``rng`` stand
+    in for ``time.sleep``, the wall clock and the jitter's random numbers: kept on purpose, so the retry policy
+    can be driven without waiting (the tests do)."""
 
     def __init__(self, base_url: str | None, model: str, *, api_key_env: str = DEFAULT_KEY_ENV,
                  timeout: float = 60.0, max_retries: int = 6, concurrency: int = 8, backoff: float = 1.0,

@@ -161,6 +161,7 @@ class TeacherData:
 
     @property
     def num_samples(self) -> int:
+        """Samples per prompt. Kept as public API for readers of teacher data (distill itself reads the rows)."""
         return 1 + max(int(r["sample"]) for r in self.rows)
 
     def check_tokenizer(self, tokenizer, student: str) -> None:

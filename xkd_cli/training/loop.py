@@ -35,6 +35,9 @@ class Objective(Protocol):
 
 @dataclass(frozen=True)
 class Schedule:
+    """The optimizer steps of a run. ``optimizer="sgd"`` is no command's choice: it is kept on purpose, for
+    checks that need the update to be a plain multiple of the gradient (the tests) and for ablations."""
+
     max_steps: int
     lr: float
     warmup_steps: int = 0
@@ -43,7 +46,7 @@ class Schedule:
     max_grad_norm: float = 1.0
     log_every: int = 10
     eval_every: int = 0
-    optimizer: str = "adamw"  # "sgd" makes the update a plain multiple of the gradient (tests, ablations)
+    optimizer: str = "adamw"  # or "sgd"
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast; fp16 adds loss scaling)
 
 

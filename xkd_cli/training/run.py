@@ -31,15 +31,14 @@ class EncodedSet:
     """A task split tokenised once: prompt and target ids per example, ready for ``make_batch``."""
 
     def __init__(self, examples: Sequence[Example], loaded: LoadedModel, *, max_input_len: int, max_output_len: int,
-                 keep_end: bool = False, targets: Sequence[str] | None = None):
+                 keep_end: bool = False):
         tok = loaded.tokenizer
         self.examples = list(examples)
         self.is_encoder_decoder = loaded.is_encoder_decoder
         self.pad_id, self.eos_id, self.start_id = special_ids(tok, loaded.model.config)
         self.prompts = encode_prompts(tok, [e.prompt for e in self.examples], is_encoder_decoder=self.is_encoder_decoder,
                                       max_len=max_input_len, keep_end=keep_end)
-        texts = targets if targets is not None else [e.reference for e in self.examples]
-        self.targets = encode_targets(tok, texts, max_len=max_output_len)
+        self.targets = encode_targets(tok, [e.reference for e in self.examples], max_len=max_output_len)
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -184,7 +184,7 @@ def _crc(tensor: Tensor) -> str:
 class TeacherCache:
     """One cache directory (one key).  :meth:`teacher` serves a batch's teacher from disk where it can and
     runs ``forward`` on the rest.  Counters: ``hits`` / ``misses`` (sequences served / computed),
-    ``corrupt`` (unreadable entries recomputed), ``forwards`` (teacher forward passes it asked for)."""
+    ``corrupt`` (unreadable entries recomputed), ``stored_bytes`` (bytes of the entries this run wrote)."""
 
     def __init__(self, directory: Path, fields: dict[str, Any]):
         self.directory, self.fields = Path(directory), fields
