@@ -1,7 +1,7 @@
 """``xkd diversity``: the quality–diversity trade-off of sampling (the paper's temperature sweep).
 
 For every model and every temperature (0.1, 0.3, 0.5, 1.0 by default, top-p 1.0), ``num_samples``
-outputs per evaluation input are sampled and scored with the task metric and SelfBLEU (METHOD.md);
+outputs per evaluation input are sampled and scored with the task metric and SelfBLEU (docs/method.md, "Evaluation");
 diversity is ``100 − SelfBLEU`` (the paper's ``1 − SelfBLEU``, in percent like every metric here).
 
 Each (model, temperature) is one ordinary evaluation delegated to :func:`xkd_cli.evaluation.evaluate.run_eval`:

@@ -1,4 +1,4 @@
-"""Evaluation metrics, as the paper's field computes them (METHOD.md, "Evaluation").
+"""Evaluation metrics, as the paper's field computes them (docs/method.md, "Evaluation").
 
 Pure functions of (predictions, references). Every score is a percentage in [0, 100], like the
 paper's tables: ROUGE F-measures x 100, sacreBLEU's native 0-100 scale, accuracy x 100 and
@@ -26,7 +26,7 @@ def _check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:
 
 
 def rouge(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = False) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F-measure x 100 (``rouge-score``; no stemming by default, as METHOD.md says).
+    """Mean ROUGE-1/2/L F-measure x 100 (``rouge-score``; no stemming by default, as docs/method.md says).
 
     rouge-score's default tokenizer lowercases and keeps only ``[a-z0-9]`` runs, which is right for
     English (XSum) but drops non-ASCII letters.
