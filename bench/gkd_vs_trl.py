@@ -198,11 +198,11 @@ def run_trl(settings: Settings, cfg: Config) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
-    from xkd_cli.evaluation.evaluate import keep_prompt_end
     from xkd_cli.models.zoo import build_tiny_model
-    from xkd_cli.training.sft import EncodedSet, load_split
+    from xkd_cli.training.run import EncodedSet, load_split
     from xkd_cli.data.tasks import get_task
-    from xkd_cli.training.loop import IndexStream, seed_everything
+    from xkd_cli.core.runtime import seed_everything
+    from xkd_cli.training.loop import IndexStream
 
     torch.set_num_threads(settings.threads)
     baseline = current_rss_mb()
@@ -213,7 +213,7 @@ def run_trl(settings: Settings, cfg: Config) -> dict:
     student, teacher = build_tiny_model(student_name), build_tiny_model(teacher_name)
     examples = load_split(task, "train", xkd_cfg, train_fraction=settings.train_fraction)
     data = EncodedSet(examples, student, max_input_len=settings.max_input_len,
-                      max_output_len=settings.max_output_len, keep_end=keep_prompt_end(task))
+                      max_output_len=settings.max_output_len, keep_end=task.keep_prompt_end)
     stream = IndexStream(len(data), settings.seed)
     order = [i for _ in range(settings.steps) for i in stream.take(settings.batch_size)]
     dataset = Dataset.from_list([{"prompt": examples[i].prompt,  # the collator wants it; the ids below win

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from openai_server import FakeOpenAI
-from xkd_cli.evaluation.api import ChatClient, public_url, retry_after_seconds
+from xkd_cli.core.workspace import public_url
+from xkd_cli.evaluation.api import ChatClient, retry_after_seconds
 from xkd_cli.core.errors import XKDError
 
 from conftest import SECRET

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import Annotated
@@ -45,14 +46,11 @@ app.command(name="report", epilog=experiments.REPORT_EPILOG)(experiments.report)
 
 
 def _quiet_libraries() -> None:
-    """transformers' own load/save progress bars and notices would drown ours."""
-    import os
-
+    """transformers' and the hub's own load/save progress bars and notices would drown ours. Set through the
+    environment, which they read when first imported, so that starting the CLI imports neither."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def main(argv: list[str] | None = None) -> None:

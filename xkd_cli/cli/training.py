@@ -56,7 +56,8 @@ def _launch_processes(processes: int | None, cfg: TrainingConfig) -> None:
     """--processes N (N > 1): run this very command again under ``accelerate launch`` with N processes and
     end with its exit code (settings that cannot run sharded are refused first, here, rather than once per
     process); inside the launch (or with N = 1) do nothing."""
-    from xkd_cli.training.distributed import check_shardable, launched, relaunch  # imports torch
+    from xkd_cli.core.runtime import launched  # imports torch
+    from xkd_cli.training.distributed import check_shardable, relaunch  # imports torch
 
     if processes is None or processes == 1 or launched():
         return

@@ -26,8 +26,6 @@ def progress() -> Progress:
 
 
 def _force_progress() -> bool:
-    import os
-
     return os.environ.get("XKD_PROGRESS", "") == "1"
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from xkd_cli import __version__
 from xkd_cli.core.errors import XKDError
@@ -68,12 +69,19 @@ def read_record(path: Path) -> dict[str, Any]:
     return read_json(path)
 
 
+def public_url(url: str) -> str:
+    """``url`` without user:password or query string, safe to record in a run."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def _public_arg(arg: str) -> str:
     """A command-line word safe to record: a URL loses user:password and query string (keys travel there)."""
     if "://" not in arg:
         return arg
-    from xkd_cli.evaluation.api import public_url
-
     return public_url(arg)
 
 
@@ -87,8 +95,8 @@ def git_commit() -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    import torch
-    import transformers
+    import torch  # heavy: the CLI reads this module before any option is checked
+    import transformers  # heavy: the CLI reads this module before any option is checked
 
     return {
         "xkd": __version__,

@@ -110,8 +110,8 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow
-    import pyarrow.parquet as pq
+    import pyarrow  # optional: only .parquet files need it
+    import pyarrow.parquet as pq  # optional: only .parquet files need it
 
     try:
         return pq.read_table(path).to_pylist()
@@ -318,6 +318,11 @@ class Task:
             rows = rows[:limit]
         return self._examples(rows, origin)
 
+    @property
+    def keep_prompt_end(self) -> bool:
+        """Few-shot prompts carry the question at the end: truncate those from the left."""
+        return self.family == "gsm"
+
     def score(self, predictions: Sequence[str], references: Sequence[str], **kw) -> dict[str, float | str]:
         """The task's metric (``self.headline`` is the key to report first)."""
         return metrics.score(self.metric, predictions, references, **kw)
@@ -335,7 +340,7 @@ class Task:
         """Download/load from the Hugging Face Hub (never used by tests: they pass ``data``)."""
         spec = f"{split}[:{self.train_cap}]" if split == "train" and self.train_cap else split
         try:
-            import datasets
+            import datasets  # heavy, and only the Hugging Face Hub's tasks need it
 
             return datasets.load_dataset(self.hf_id, self.hf_config, split=spec).to_list()
         except Exception as exc:  # noqa: BLE001 - network, auth, missing-split... all mean "use local files"

@@ -22,11 +22,11 @@ import threading
 import time
 from contextlib import nullcontext
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from xkd_cli.config.checks import DEFAULT_KEY_ENV, OPENAI_BASE
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.ui import progress
+from xkd_cli.core.workspace import public_url
 
 MAX_RETRY_AFTER_S = 600.0  # a server asking for more than this is treated as asking for this
 
@@ -70,23 +70,18 @@ def retry_after_seconds(headers: Mapping[str, str] | None, now: float | None = N
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def public_url(url: str) -> str:
-    """``url`` without user:password or query string, safe to record in a run."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 class ChatClient:
-    """Chat completions with our retry policy; :meth:`map` runs many calls on a bounded thread pool."""
+    """Chat completions with our retry policy; :meth:`map` runs many calls on a bounded thread pool.
+
+    ``backoff`` / ``max_backoff`` tune the waits no command exposes, and ``sleep``, ``clock`` and ``rng`` stand
+    in for ``time.sleep``, the wall clock and the jitter's random numbers: kept on purpose, so the retry policy
+    can be driven without waiting (the tests do)."""
 
     def __init__(self, base_url: str | None, model: str, *, api_key_env: str = DEFAULT_KEY_ENV,
                  timeout: float = 60.0, max_retries: int = 6, concurrency: int = 8, backoff: float = 1.0,
                  max_backoff: float = 60.0, sleep: Callable[[float], Any] | None = None,
                  clock: Callable[[], float] = time.time, rng: Callable[[], float] = random.random) -> None:
-        import openai
+        import openai  # optional: only black-box teachers and judges talk to an API
 
         if not model:
             raise XKDError("no API model given: pass --api-model NAME (e.g. gpt-4o-mini, or the model a vLLM/Ollama server serves)")

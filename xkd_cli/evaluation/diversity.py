@@ -30,6 +30,10 @@ from xkd_cli.config.core import to_dict
 from xkd_cli.config.evaluation import DiversityConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import Run, create_run, now, open_run, run_path, write_json
+from xkd_cli.data.tasks import get_task
+from xkd_cli.evaluation.evaluate import run_eval
+from xkd_cli.experiments.plots import Series, metric_label, plot_curves
+from xkd_cli.models.loading import resolve_model
 
 KIND = "diversity"
 FILES = {"csv": "diversity.csv", "json": "diversity.json", "png": "diversity.png", "svg": "diversity.svg"}
@@ -65,11 +69,6 @@ def _relative(path: Path, root: Path) -> str:
 def run_diversity(cfg: DiversityConfig, *, runs_root: Path, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate every (model, temperature) with ``num_samples`` samples per input (resumable), then write
     the summary table, JSON and figure into the run ``<runs_root>/<task>/<cfg.name>``."""
-    from xkd_cli.evaluation.evaluate import run_eval
-    from xkd_cli.models.loading import resolve_model
-    from xkd_cli.experiments.plots import metric_label
-    from xkd_cli.data.tasks import get_task
-
     root = Path(runs_root)
     task = get_task(cfg.task)
     split = cfg.split or task.eval_split
@@ -124,8 +123,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def draw(summary: dict[str, Any], stem: Path) -> dict[str, Path]:
     """Metric (y) against diversity (x): one curve per model, in temperature order, points marked T=…"""
-    from xkd_cli.experiments.plots import Series, metric_label, plot_curves
-
     series = []
     for model in summary["models"]:
         points = [r for r in summary["rows"] if r["model"] == model]

@@ -20,10 +20,10 @@ from xkd_cli.config.evaluation import EvalConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.models.generate import Sampling, decode, generate_batched
 from xkd_cli.core.jsonl import append_rows, read_rows
+from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.models.loading import load_model
 from xkd_cli.data.tasks import Example, Task, get_task
-from xkd_cli.training.loop import resolve_device, seed_everything
 from xkd_cli.core.ui import console, progress
 from xkd_cli.core.workspace import Run, create_run, open_run, read_json, run_path, slug, write_json
 
@@ -34,17 +34,12 @@ def sampling_of(cfg: EvalConfig) -> Sampling:
                     num_samples=cfg.num_samples)
 
 
-def keep_prompt_end(task: Task) -> bool:
-    """Few-shot prompts carry the question at the end: truncate those from the left."""
-    return task.family == "gsm"
-
-
 def predict(loaded: LoadedModel, task: Task, examples: Sequence[Example], sampling: Sampling, *, max_input_len: int,
             batch_size: int, seed: int | None = None, on_rows=None, description: str = "generate") -> list[list[str]]:
     """Generated texts per example (``num_samples`` each); ``on_rows(rows)`` gets finished rows batch by batch."""
     pad, eos, _ = special_ids(loaded.tokenizer, loaded.model.config)
     prompts = encode_prompts(loaded.tokenizer, [e.prompt for e in examples], is_encoder_decoder=loaded.is_encoder_decoder,
-                             max_len=max_input_len, keep_end=keep_prompt_end(task))
+                             max_len=max_input_len, keep_end=task.keep_prompt_end)
     with progress() as bar:
         bar_id = bar.add_task(description, total=len(examples), info="")
 

@@ -37,13 +37,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from xkd_cli.evaluation.api import ChatClient, public_url
+from xkd_cli.evaluation.api import ChatClient
 from xkd_cli.config.core import to_dict
-from xkd_cli.config.evaluation import JudgeConfig
+from xkd_cli.config.defaults import make_config
+from xkd_cli.config.evaluation import EvalConfig, JudgeConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.jsonl import append_rows, read_rows
 from xkd_cli.core.ui import console
-from xkd_cli.core.workspace import create_run, now, resumable_run, run_path, slug, write_json
+from xkd_cli.core.workspace import (check_run_name, create_run, now, public_url, resumable_run, run_path, slug,
+                                    write_json)
+from xkd_cli.data.tasks import get_task
 
 KIND = "judge"
 VERDICTS_FILE = "verdicts.jsonl"
@@ -212,8 +215,6 @@ class JudgeCache:
 
 def _predictions_file(root: Path, task: str, ref: str, split: str) -> Path | None:
     """The greedy predictions of ``ref`` (its own run, or the eval run `xkd eval` makes for a model)."""
-    from xkd_cli.core.workspace import check_run_name
-
     names = [ref] if _is_run_name(ref) else []
     names.append(f"eval-{slug(ref)}")
     for name in names:
@@ -224,8 +225,6 @@ def _predictions_file(root: Path, task: str, ref: str, split: str) -> Path | Non
 
 
 def _is_run_name(ref: str) -> bool:
-    from xkd_cli.core.workspace import check_run_name
-
     try:
         check_run_name(ref)
     except XKDError:
@@ -237,12 +236,12 @@ def load_predictions(cfg: JudgeConfig, ref: str, *, task: str, split: str, root:
     """The rows of ``ref``'s greedy eval on ``split``; evaluates it first when it has none (resumable)."""
     path = _predictions_file(root, task, ref, split)
     if path is None:
-        from xkd_cli.evaluation.evaluate import EvalConfig, run_eval
-        from xkd_cli.config.defaults import eval_defaults
+        from xkd_cli.evaluation.evaluate import run_eval  # torch loads only when a run has to be evaluated first
 
         console.print(f"{ref}: no greedy predictions on {task}/{split} yet, evaluating it first")
-        result = run_eval(EvalConfig(**{**eval_defaults(task), "task": task, "model": ref, "split": split,
-                                        "limit": cfg.limit, "data": cfg.data}), runs_root=root)
+        eval_cfg = make_config(EvalConfig, {"task": task, "model": ref, "split": split, "limit": cfg.limit,
+                                            "data": cfg.data})
+        result = run_eval(eval_cfg, runs_root=root)
         path = Path(result["predictions"])
     rows = read_rows(path)
     for number, row in enumerate(rows, start=1):
@@ -306,8 +305,6 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def run_judge(cfg: JudgeConfig, *, runs_root: Path, overwrite: bool = False,
               client: ChatClient | None = None) -> dict[str, Any]:
     """Judge A against B on their shared inputs; writes verdicts.jsonl and results.json (resumable)."""
-    from xkd_cli.data.tasks import get_task
-
     root = Path(runs_root)
     task = get_task(cfg.task)
     split = cfg.split or task.eval_split

@@ -45,7 +45,7 @@ def rouge(predictions: Sequence[str], references: Sequence[str], use_stemmer: bo
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float | str]:
     """Corpus sacreBLEU (0-100) with sacreBLEU's defaults (13a tokenizer, exp smoothing) and its signature."""
-    from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics import BLEU  # imported here: only BLEU and SelfBLEU need it
 
     _check_pairs(predictions, references)
     metric = BLEU()
@@ -110,7 +110,7 @@ def self_bleu(samples: Sequence[Sequence[str]]) -> float:
     Averaged over the k samples of an input, then over inputs (each input weighs the same).
     100 means all samples are identical; diversity in the paper's sense is ``100 - self_bleu``.
     """
-    from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics import BLEU  # imported here: only BLEU and SelfBLEU need it
 
     if not samples:
         raise XKDError("SelfBLEU needs at least one input with samples")

@@ -30,12 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from xkd_cli.config.core import build_config, load_recipe, to_dict
+from xkd_cli.config.core import load_recipe, to_dict
+from xkd_cli.config.defaults import make_config
+from xkd_cli.config.evaluation import DiversityConfig, EvalConfig, JudgeConfig
+from xkd_cli.config.generation import GenTeacherConfig
+from xkd_cli.config.training import DistillConfig, SFTConfig
 from xkd_cli.core.errors import XKDError
-from xkd_cli.config.defaults import distill_defaults, eval_defaults, sft_defaults
 from xkd_cli.data.tasks import get_task
 from xkd_cli.core.ui import console
 from xkd_cli.core.workspace import RUN_RECORD, open_run, read_json, read_record, run_path
+from xkd_cli.evaluation.judge import run_judge
+from xkd_cli.experiments.report.build import build_report
+from xkd_cli.objectives.methods import METHODS
 
 TOP_KEYS = ("task", "tasks", "teacher", "student", "gen_teacher", "methods", "distill", "method_options", "eval",
             "diversity", "judge", "sweep")
@@ -74,25 +80,25 @@ def _names(value: Any, key: str) -> list[str]:
     return list(items)
 
 
-def _config(cls, defaults: dict, options: dict, where: str):
-    """Build a command config from recipe options; an unknown option is named with its recipe section."""
+def _config(cls, options: dict, where: str):
+    """A command's config from recipe options, merged as the command merges its flags (the task's defaults,
+    then the options); an unknown option is named with its recipe section."""
     fields = {f for f in cls.__dataclass_fields__}
     for key in options:
         if key not in fields:
             close = difflib.get_close_matches(key, sorted(fields), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise XKDError(f"unknown option '{key}' in pipeline section '{where}'.{hint}")
-    return build_config(cls, defaults=defaults, flags=options)
+    return make_config(cls, options)
 
 
 def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
     """Validate the recipe and list the steps in order, building every config (no compute)."""
-    from xkd_cli.objectives.methods import METHODS
-    from xkd_cli.training.distill import DistillConfig, run_distill
-    from xkd_cli.evaluation.evaluate import EvalConfig, run_eval
-    from xkd_cli.training.gen_teacher import GenTeacherConfig, run_gen_teacher
-    from xkd_cli.models.loading import resolve_model
-    from xkd_cli.training.sft import SFTConfig, run_sft
+    from xkd_cli.evaluation.evaluate import run_eval  # torch loads only once a recipe is planned
+    from xkd_cli.models.loading import resolve_model  # torch loads only once a recipe is planned
+    from xkd_cli.training.distill import run_distill  # torch loads only once a recipe is planned
+    from xkd_cli.training.gen_teacher import run_gen_teacher  # torch loads only once a recipe is planned
+    from xkd_cli.training.sft import run_sft  # torch loads only once a recipe is planned
 
     recipe = load_recipe(recipe_path)
     unknown = [k for k in recipe if k not in TOP_KEYS]
@@ -133,9 +139,8 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
         for role in ("teacher", "student") if needs_local_teacher else ("student",):
             options = _mapping(recipe, role)
             model = options.get("model") or ("tiny-t5-large" if role == "teacher" else "tiny-t5-small")
-            cfg = _config(SFTConfig, sft_defaults(task, model),
-                          {**options, "task": task, "model": model, "role": role, "name": options.get("name", role)},
-                          role)
+            cfg = _config(SFTConfig, {**options, "task": task, "model": model, "role": role,
+                                       "name": options.get("name", role)}, role)
             resolve_model(cfg.model, task=task, runs_dir=runs_root)  # an unknown model fails the plan, not step N
             roles[role], sft_cfgs[role] = cfg.run_name(), cfg
             steps.append(Step("sft", task, cfg.run_name(), cfg, run_sft, note=model))
@@ -144,16 +149,16 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                 role = sweep["param"]
                 options = {**_mapping(recipe, role), "task": task, "model": model, "role": role,
                            "name": f"{role}-{model}"}
-                cfg = _config(SFTConfig, sft_defaults(task, model), options, f"sweep {role}")
+                cfg = _config(SFTConfig, options, f"sweep {role}")
                 resolve_model(cfg.model, task=task, runs_dir=runs_root)
                 steps.append(Step("sft", task, cfg.run_name(), cfg, run_sft, note=f"{role} size sweep"))
 
         gen_name = None
         if any(METHODS.get(m).data == "teacher-samples" for m in methods):
-            defaults = {**eval_defaults(task), "max_input_len": sft_cfgs["student"].max_input_len}
-            cfg = _config(GenTeacherConfig, defaults,
-                          {**gen_options, "task": task, **({} if black_box else {"teacher": roles["teacher"]})},
-                          "gen_teacher")
+            options = {**gen_options, "task": task, **({} if black_box else {"teacher": roles["teacher"]})}
+            if options.get("max_input_len") is None:  # prompts cut as the student's training cuts them
+                options["max_input_len"] = sft_cfgs["student"].max_input_len
+            cfg = _config(GenTeacherConfig, options, "gen_teacher")
             steps.append(Step("gen-teacher", task, cfg.name, cfg, run_gen_teacher,
                               note="black-box" if black_box else "white-box"))
             gen_name = cfg.name
@@ -167,7 +172,7 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                        "student": roles["student"], **distill_options, **method_options.get(method, {}), **extra}
             if METHODS.get(method).data == "teacher-samples":
                 options.setdefault("teacher_data", gen_name)
-            cfg = _config(DistillConfig, distill_defaults(task, options["student"]), options, f"distill/{method}")
+            cfg = _config(DistillConfig, options, f"distill/{method}")
             steps.append(Step("distill", task, name, cfg, run_distill, note=note or METHODS.get(method).paper_name,
                               record=record or {}))
             evaluated.append(name)
@@ -188,7 +193,7 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                                 record={"sweep": {"param": param, "value": value, "method": method}})
 
         for name in evaluated:
-            cfg = _config(EvalConfig, eval_defaults(task), {**eval_options, "task": task, "model": name}, "eval")
+            cfg = _config(EvalConfig, {**eval_options, "task": task, "model": name}, "eval")
             steps.append(Step("eval", task, name, cfg, run_eval))
 
         for kind, key in (("diversity", "diversity"), ("judge", "judge")):
@@ -201,15 +206,13 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
 def _extra_step(kind: str, task: str, options: dict, roles: dict) -> Step:
     """Diversity and judge steps, built by their own modules."""
     if kind == "diversity":
-        from xkd_cli.evaluation.diversity import DiversityConfig, run_diversity
+        from xkd_cli.evaluation.diversity import run_diversity  # torch loads only once a recipe is planned
 
         models = [roles.get(m, m) for m in _names(options.pop("models", None), "diversity.models") or [roles["student"]]]
-        cfg = _config(DiversityConfig, eval_defaults(task), {**options, "task": task, "models": models}, "diversity")
+        cfg = _config(DiversityConfig, {**options, "task": task, "models": models}, "diversity")
         return Step("diversity", task, cfg.name, cfg, run_diversity, note=", ".join(models))
-    from xkd_cli.evaluation.judge import JudgeConfig, run_judge
-
-    cfg = _config(JudgeConfig, {}, {**options, "task": task, "a": roles.get(options.get("a"), options.get("a")),
-                                    "b": roles.get(options.get("b"), options.get("b"))}, "judge")
+    cfg = _config(JudgeConfig, {**options, "task": task, "a": roles.get(options.get("a"), options.get("a")),
+                                "b": roles.get(options.get("b"), options.get("b"))}, "judge")
     return Step("judge", task, cfg.name or f"judge-{cfg.a}-vs-{cfg.b}", cfg, run_judge, note=f"{cfg.a} vs {cfg.b}")
 
 
@@ -223,7 +226,7 @@ def _state(step: Step, runs_root: Path) -> tuple[str, list[str]]:
         return "new", []
     record = read_record(path / RUN_RECORD)
     if record.get("status") != "completed":
-        from xkd_cli.training.checkpoint.resume import resumable_checkpoint
+        from xkd_cli.training.checkpoint.resume import resumable_checkpoint  # torch: only for an unfinished run
 
         resumable = step.kind in ("sft", "distill") and resumable_checkpoint(path, step.config) is not None
         return ("resume" if resumable else "stale"), []
@@ -266,8 +269,6 @@ def run_pipeline(recipe_path: str | Path, *, runs_root: Path, dry_run: bool = Fa
         if step.record:
             open_run(runs_root, step.task, step.name).update_record(**step.record)
         results.append({**listed[i - 1], "seconds": round(time.time() - t0, 1), "result": result})
-    from xkd_cli.experiments.report.build import build_report
-
     console.print(f"[bold]{len(steps) + 1}/{len(steps) + 1}[/] report")
     report = build_report(runs_root)
     return {"recipe": str(recipe_path), "steps": results, "seconds": round(time.time() - started, 1),

@@ -32,7 +32,7 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.models.adapters import quiet_peft
 from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.models.loading import load_model, save_model
-from xkd_cli.training.loop import resolve_device
+from xkd_cli.core.runtime import resolve_device
 
 MERGED_DIR = "merged"
 

@@ -20,7 +20,7 @@ import torch
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.batches import Batch, forward, pad_rows
-from xkd_cli.models.loading import LoadedModel
+from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.objectives.divergences import divergence_sum, divergence_term, topk_divergence_term
 from xkd_cli.objectives.engine import kd_sum, nll_sum, nll_term, td_mask, token_logprobs, valid_mask
 from xkd_cli.objectives.experiential import kd_experiential_sum, summarize_stats

@@ -23,6 +23,7 @@ from xkd_cli.training.checkpoint.resume import find_resume
 from xkd_cli.config.checks import quantization_of
 from xkd_cli.config.training import DistillConfig
 from xkd_cli.core.errors import XKDError
+from xkd_cli.core.runtime import resolve_device
 from xkd_cli.models.generate import Sampling, generate_ids
 from xkd_cli.models.lora import load_trained_model, lora_record
 from xkd_cli.models.loaded import LoadedModel
@@ -30,13 +31,13 @@ from xkd_cli.models.loading import load_model
 from xkd_cli.models.tokenizers import check_same_tokenizer
 from xkd_cli.objectives.objectives import KDObjective, MiniLLMObjective, TeacherMixer
 from xkd_cli.objectives.reward import RewardHead
-from xkd_cli.training.sft import EncodedSet, load_split, run_training
+from xkd_cli.training.run import EncodedSet, load_split, run_training
+from xkd_cli.training.gen_teacher import load_teacher_data
 from xkd_cli.training.teacher_cache import TeacherCache
-from xkd_cli.evaluation.evaluate import keep_prompt_end
 from xkd_cli.data.tasks import Example, get_task
 from xkd_cli.training.timing import PHASES
 from xkd_cli.training.distributed import current as current_processes
-from xkd_cli.training.loop import IndexStream, resolve_device
+from xkd_cli.training.loop import IndexStream
 from xkd_cli.core.workspace import Run, find_runs
 
 REWARD_HEAD_FILE = "reward_head.safetensors"
@@ -71,6 +72,9 @@ class StudentSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seconds, self.sequences = state["seconds"], state["sequences"]
+
+    def step_metrics(self) -> dict[str, Any]:
+        return {"generation_s": round(self.seconds, 3), "student_samples": self.sequences}
 
 
 class MixedSource:
@@ -123,8 +127,6 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
 
     teacher_data = None
     if method.data == "teacher-samples":
-        from xkd_cli.training.gen_teacher import load_teacher_data
-
         teacher_data = load_teacher_data(cfg.teacher_data, task=task.name, runs_root=runs_root)
     teacher_ref = None  # sequence-level methods need only the teacher's text (black-box teachers too)
     if method.needs_teacher_model:
@@ -148,7 +150,6 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
     if teacher_data is not None:
         teacher_data.check_tokenizer(student.tokenizer, student_ref)
 
-    keep_end = keep_prompt_end(task)
     if teacher_data is not None:
         examples = [Example(f"{r['id']}#{r['sample']}", r["prompt"], r["response"], r.get("source", ""))
                     for r in teacher_data.rows]
@@ -156,7 +157,7 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
         examples = load_split(task, "train", cfg, train_fraction=cfg.train_fraction)
     eval_examples = load_split(task, task.eval_split, cfg, limit=cfg.eval_limit) if cfg.eval_every else []
     data = EncodedSet(examples, student, max_input_len=cfg.max_input_len, max_output_len=cfg.max_output_len,
-                      keep_end=keep_end)
+                      keep_end=task.keep_prompt_end)
 
     head = None
     if method.experiential:
@@ -184,6 +185,10 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
         alpha = cfg.alpha if method.data == "mixed" else 0.0
         draw = MixedSource(data, cfg.batch_size, alpha, sampler, cfg.seed)
 
+    def step_metrics() -> dict[str, Any]:
+        # the objective's counters and F_ex statistics (KD objectives), then the sampler's
+        return {**(objective.step_metrics() if isinstance(objective, KDObjective) else {}), **sampler.step_metrics()}
+
     def save_head(run: Run) -> None:
         if head is not None:
             head.save(run.path / REWARD_HEAD_FILE)
@@ -197,10 +202,7 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
     result = run_training(cfg, kind="distill", runs_root=runs_root, overwrite=overwrite, loaded=student, task=task,
                           train_set=data, eval_examples=eval_examples, objective=objective, draw=draw,
                           extra_params=list(head.parameters()) if head is not None else [], record=record,
-                          save_extra=save_head, name=name,
-                          step_metrics=lambda: {"generation_s": round(sampler.seconds, 3),
-                                                "student_samples": sampler.sequences},
-                          resume_from=resume_from,
+                          save_extra=save_head, name=name, step_metrics=step_metrics, resume_from=resume_from,
                           checkpointed={"sampler": sampler, **({"reward_head": head} if head is not None else {}),
                                         **({"objective": objective} if isinstance(objective, KDObjective) else {}),
                                         **({"source": draw} if isinstance(draw, MixedSource) else {})})

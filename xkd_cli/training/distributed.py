@@ -28,6 +28,7 @@ the final model is gathered (:meth:`Processes.full_state_dict`). DeepSpeed is re
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from functools import cached_property
 from typing import Iterable, Sequence
@@ -35,10 +36,7 @@ from typing import Iterable, Sequence
 import torch
 
 from xkd_cli.core.errors import XKDError
-
-def launched() -> bool:
-    """True inside ``accelerate launch`` / ``torchrun`` with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+from xkd_cli.core.runtime import launched
 
 
 FSDP_ENV = "ACCELERATE_USE_FSDP"  # what ``accelerate launch`` sets for a config with ``distributed_type: FSDP``
@@ -75,7 +73,7 @@ def check_shardable(cfg) -> None:
 
 def is_sharded(tensor: torch.Tensor) -> bool:
     """A parameter (or gradient, optimizer state) that FSDP split across the processes (a DTensor)."""
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # seconds to import: not when this module loads (e.g. for the CLI)
 
     return isinstance(tensor, DTensor)
 
@@ -88,7 +86,7 @@ class Processes:
         if launched():
             refuse_deepspeed()
             try:
-                from accelerate import Accelerator
+                from accelerate import Accelerator  # only a multi-process launch needs it
             except ImportError as exc:  # pragma: no cover - accelerate is a dependency
                 raise XKDError("multi-process training needs accelerate: `pip install accelerate`") from exc
             # Without cpu=True Accelerate sees no GPU and falls back to a single process.
@@ -117,7 +115,7 @@ class Processes:
         ``_no_split_modules``), then on the whole model, in place. FSDP sums the gradients over processes
         (reduce-scatter) instead of :meth:`sum_gradients`; it sums rather than averages, because every
         process's loss is already divided by the token count of the whole global batch."""
-        from torch.distributed.fsdp import FSDPModule, fully_shard
+        from torch.distributed.fsdp import FSDPModule, fully_shard  # only FSDP runs need it (slow to import)
 
         blocks = set(getattr(model, "_no_split_modules", None) or ())
         for module in list(model.modules()):
@@ -135,7 +133,7 @@ class Processes:
     def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The whole (unsharded) state dict of a sharded model on the main process's CPU, an empty dict on the
         others. Every process must call it: the shards are gathered."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # FSDP runs only
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         # Tied weights (T5's shared embedding and head) come back once per name, as copies that save_pretrained
@@ -236,8 +234,6 @@ class ShardedStream:
 def relaunch(processes: int, argv: Sequence[str]) -> int:
     """Run this same ``xkd`` command under ``accelerate launch`` with ``processes`` processes (the
     ``--processes`` flag); returns the launcher's exit code."""
-    import subprocess
-
     if processes < 1:
         raise XKDError(f"--processes must be >= 1, got {processes}")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),

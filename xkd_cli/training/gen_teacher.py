@@ -16,14 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xkd_cli.evaluation.api import ChatClient, public_url
+from xkd_cli.evaluation.api import ChatClient
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.generation import GenTeacherConfig
 from xkd_cli.config.checks import quantization_of
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.jsonl import append_rows, read_rows
+from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.core.ui import console
-from xkd_cli.core.workspace import create_run, find_runs, open_run, read_record, resumable_run, run_path
+from xkd_cli.core.workspace import create_run, find_runs, open_run, public_url, read_record, resumable_run, run_path
+from xkd_cli.data.tasks import get_task
+from xkd_cli.evaluation.evaluate import predict
+from xkd_cli.models.generate import Sampling
+from xkd_cli.models.loading import load_model, resolve_model
+from xkd_cli.models.tokenizers import tokenizer_fingerprint
 
 KIND = "gen-teacher"
 SAMPLES_FILE = "samples.jsonl"
@@ -47,10 +53,6 @@ def default_teacher(root: Path, task: str) -> str:
 def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool = False,
                     client: ChatClient | None = None) -> dict[str, Any]:
     """Sample the teacher on the training prompts into ``<run>/samples.jsonl`` (resumable)."""
-    from xkd_cli.models.loading import load_model, resolve_model
-    from xkd_cli.models.tokenizers import tokenizer_fingerprint
-    from xkd_cli.data.tasks import get_task
-
     task = get_task(cfg.task)
     examples = task.load("train", cfg.data, train_fraction=cfg.train_fraction, limit=cfg.limit)
     decoding = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
@@ -82,8 +84,6 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
 
     loaded = None
     if todo and not cfg.black_box:
-        from xkd_cli.training.loop import resolve_device
-
         loaded = load_model(settings["teacher"], task=task.name, runs_dir=runs_root, dtype=cfg.dtype,
                             device=str(resolve_device(cfg.device)), for_training=False,
                             quantization=settings["quantization"], trust_remote_code=cfg.trust_remote_code)
@@ -120,10 +120,6 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
         client.map(ask, todo, on_result=lambda pair, text: append_rows(samples_path, [row(pair[0], pair[1], text)]),
                    description=description)
     elif todo:
-        from xkd_cli.evaluation.evaluate import predict
-        from xkd_cli.models.generate import Sampling
-        from xkd_cli.training.loop import seed_everything
-
         missing: dict[str, list[int]] = {}
         for e, k in todo:
             missing.setdefault(e.id, []).append(k)
@@ -166,14 +162,13 @@ class TeacherData:
 
     @property
     def num_samples(self) -> int:
+        """Samples per prompt. Kept as public API for readers of teacher data (distill itself reads the rows)."""
         return 1 + max(int(r["sample"]) for r in self.rows)
 
     def check_tokenizer(self, tokenizer, student: str) -> None:
         """Refuse samples a white-box teacher made with another tokenizer than ``student``'s: the file was made
         for another model family (X-KD pairs a teacher and student that share one vocabulary). Samples of an
         API teacher, or from a file that does not say, fit any student."""
-        from xkd_cli.models.tokenizers import tokenizer_fingerprint
-
         made_with = {r.get("tokenizer_sha") for r in self.rows} | {self.record.get("tokenizer_sha")}
         made_with.discard(None)
         if made_with and made_with != {tokenizer_fingerprint(tokenizer)}:

@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
-import numpy as np
 import torch
 
 from xkd_cli.data.batches import Batch
@@ -37,6 +35,9 @@ class Objective(Protocol):
 
 @dataclass(frozen=True)
 class Schedule:
+    """The optimizer steps of a run. ``optimizer="sgd"`` is no command's choice: it is kept on purpose, for
+    checks that need the update to be a plain multiple of the gradient (the tests) and for ablations."""
+
     max_steps: int
     lr: float
     warmup_steps: int = 0
@@ -45,7 +46,7 @@ class Schedule:
     max_grad_norm: float = 1.0
     log_every: int = 10
     eval_every: int = 0
-    optimizer: str = "adamw"  # "sgd" makes the update a plain multiple of the gradient (tests, ablations)
+    optimizer: str = "adamw"  # or "sgd"
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast; fp16 adds loss scaling)
 
 
@@ -64,12 +65,6 @@ class TrainingDiverged(XKDError):
     """The loss became NaN or infinite: not bad input, so a different exit code."""
 
     exit_code = 1
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class IndexStream:
@@ -124,7 +119,9 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
     """Run ``schedule.max_steps`` optimizer steps; return the last step's log and every evaluation.
     ``checkpoints`` (a :class:`checkpoint.Checkpointer`) resumes from its checkpoint, saves after steps
     and turns SIGTERM/SIGINT into "finish the step, save, stop". With several ``processes`` each draws its
-    own share of the global batch; counts, loss terms and gradients are summed over all of them."""
+    own share of the global batch; counts, loss terms and gradients are summed over all of them.
+    ``step_metrics()`` is the caller's one source of further numbers for each step's log entry (the
+    objective's counters and F_ex statistics, sampling time), read once per optimizer step."""
     processes = processes or current()
     groups = [[p for p in group if p.requires_grad] for group in (params, extra_params)]
     groups = [group for group in groups if group]
@@ -132,14 +129,17 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
     optimizer = (torch.optim.SGD if schedule.optimizer == "sgd" else torch.optim.AdamW)(
         params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     scheduler = linear_schedule(optimizer, schedule.warmup_steps, schedule.max_steps)
-    # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type) if schedule.mixed_precision == "fp16" else None
+    # fp16 gradients underflow without loss scaling; bf16 has float32's range and needs none. Disabled, the scaler
+    # hands the loss, the gradients and the optimizer step through untouched.
+    fp16 = schedule.mixed_precision == "fp16"
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    kept_scaler = scaler if fp16 else None  # only fp16 checkpoints hold a "scaler" entry
     model.train()
     log_file = open(log_path, "a", encoding="utf-8") if log_path else None
     board = tensorboard_writer(log_path)
     last: dict = {}
     # Last before the loop: a resume restores the RNG states here, so nothing may draw random numbers between.
-    resumed = checkpoints.restore(optimizer, scheduler, scaler=scaler) if checkpoints is not None else None
+    resumed = checkpoints.restore(optimizer, scheduler, scaler=kept_scaler) if checkpoints is not None else None
     evals: list[dict] = list(resumed.evals) if resumed else []
     started = time.perf_counter() - (resumed.elapsed_s if resumed else 0.0)
     tokens_seen = resumed.tokens_seen if resumed else 0
@@ -164,7 +164,7 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                             terms = objective.terms(batch)
                         loss = sum(value / max(totals[key], 1) for value, key in terms.values())
                         with PHASES.backward():
-                            (loss if scaler is None else scaler.scale(loss)).backward()
+                            scaler.scale(loss).backward()
                         for name, (value, key) in terms.items():
                             sums[name] = sums.get(name, 0.0) + value.detach() / max(totals[key], 1)
                 except XKDError as exc:  # e.g. a non-finite teacher: say where it happened
@@ -176,23 +176,16 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                     raise TrainingDiverged(
                         f"loss became {loss_value} at step {step} ({values}). Lower --lr or check the data; "
                         "nothing was saved from this step.")
-                if scaler is not None:
-                    scaler.unscale_(optimizer)  # after the gradients are summed: every process sees the same inf
+                scaler.unscale_(optimizer)  # after the gradients are summed: every process sees the same inf
                 grad_norm = clip_gradients(groups, schedule.max_grad_norm) if schedule.max_grad_norm > 0 else None
                 with PHASES("optimizer"):
-                    if scaler is None:
-                        optimizer.step()
-                    else:  # skips the update when a gradient overflowed, and adapts the scale
-                        scaler.step(optimizer)
-                        scaler.update()
+                    scaler.step(optimizer)  # fp16: skips the update when a gradient overflowed
+                    scaler.update()  # fp16: adapts the scale
                 scheduler.step()
                 tokens_seen += totals.get("tokens", 0)
                 elapsed = time.perf_counter() - started
-                extra = dict(getattr(objective, "step_metrics", dict)())
-                if step_metrics is not None:
-                    extra.update(step_metrics())
-                last = {"step": step, "loss": loss_value, **values, **extra,
-                        "lr": scheduler.get_last_lr()[0],
+                extra = step_metrics() if step_metrics is not None else {}
+                last = {"step": step, "loss": loss_value, **values, **extra, "lr": scheduler.get_last_lr()[0],
                         "grad_norm": None if grad_norm is None else float(grad_norm),
                         "tokens": totals.get("tokens", 0), "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
                         "elapsed_s": elapsed}
@@ -217,7 +210,7 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                 bar.update(task_id, advance=1, info=f"loss {loss_value:.4f} {parts}".strip())
                 if checkpoints is not None:
                     checkpoints.step_done(LoopState(step, tokens_seen, elapsed, evals), max_steps=schedule.max_steps,
-                                          optimizer=optimizer, scheduler=scheduler, scaler=scaler)
+                                          optimizer=optimizer, scheduler=scheduler, scaler=kept_scaler)
     finally:
         if log_file:
             log_file.close()
@@ -250,23 +243,10 @@ def tensorboard_writer(log_path):
     if not log_path:
         return None
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: needs the tensorboard package
     except ImportError:
         return None
     return SummaryWriter(log_dir=str(log_path.parent / "tensorboard"))
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device named by --device; ``auto`` under a multi-process launcher is this process's own device."""
-    if name == "auto":
-        from xkd_cli.training.distributed import current, launched
-
-        if launched():
-            return current(name).device
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise XKDError(f"--device {name} asked for a GPU but torch sees none. Use --device cpu (or auto).")
-    return torch.device(name)
 
 
 def set_dropout(model: torch.nn.Module, p: float | None) -> None:

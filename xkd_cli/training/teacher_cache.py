@@ -60,10 +60,14 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
+import transformers
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from xkd_cli.data.batches import IGNORE, Batch
 from xkd_cli.core.errors import XKDError
+from xkd_cli.core.ui import console
 from xkd_cli.objectives.divergences import teacher_topk
 
 MODES = ("off", "full", "topk")
@@ -94,8 +98,6 @@ def _tensor_bytes(tensor: Tensor) -> np.ndarray:
 def model_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
     """Everything about a model that changes its logits: a SHA-256 over every parameter and buffer
     (name, dtype, shape, bytes), its class and config, the device type and the library versions."""
-    import transformers
-
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
@@ -182,7 +184,7 @@ def _crc(tensor: Tensor) -> str:
 class TeacherCache:
     """One cache directory (one key).  :meth:`teacher` serves a batch's teacher from disk where it can and
     runs ``forward`` on the rest.  Counters: ``hits`` / ``misses`` (sequences served / computed),
-    ``corrupt`` (unreadable entries recomputed), ``forwards`` (teacher forward passes it asked for)."""
+    ``corrupt`` (unreadable entries recomputed), ``stored_bytes`` (bytes of the entries this run wrote)."""
 
     def __init__(self, directory: Path, fields: dict[str, Any]):
         self.directory, self.fields = Path(directory), fields
@@ -229,8 +231,6 @@ class TeacherCache:
         return {"logprobs": logprobs.half(), "ids": ids.int(), "tail": tail.float()}
 
     def _store(self, key: str, tokens: Tensor, entry: dict[str, Tensor]) -> None:
-        from safetensors.torch import save_file
-
         tensors = {**entry, "tokens": tokens}
         metadata = {"format": FORMAT, "mode": self.mode, **{f"crc32:{k}": _crc(v) for k, v in tensors.items()}}
         path = self._path(key)
@@ -252,8 +252,6 @@ class TeacherCache:
         if not path.is_file():
             return None
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
@@ -266,8 +264,6 @@ class TeacherCache:
         self.corrupt += 1
         if not self._warned:
             self._warned = True
-            from xkd_cli.core.ui import console
-
             console.print(f"warning: teacher cache entry {path} is {problem}; recomputing it "
                           "(further bad entries are only counted: teacher_cache_corrupt)", markup=False, soft_wrap=True)
         return None

@@ -38,6 +38,7 @@ class PhaseTimer:
         self._grad_reached: float | None = None
 
     def enable(self, on: bool = True) -> None:
+        """The switch for whoever profiles (``bench/``; no command turns timing on): on, or off again."""
         self.enabled = on
         self.seconds, self._open = {}, []
 
