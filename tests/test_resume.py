@@ -7,7 +7,7 @@ xkd_cli`` runs) and dies by a real signal, leaving on disk whatever it left. The
 entry point itself, for the exit code and the message exactly as a user sees them.
 
 Kill steps are drawn at random: a failure message names the seed; ``XKD_RESUME_SEED=N`` replays it.
-Mid-write kills use ``XKD_TEST_CHECKPOINT_DELAY`` (see checkpoint.py): it sleeps after each file of a checkpoint
+Mid-write kills use ``XKD_TEST_CHECKPOINT_DELAY`` (see xkd_cli/training/checkpoint/files.py): it sleeps after each file of a checkpoint
 and between the directory's rename and its ``COMPLETE`` marker, so the test can kill the writer while the
 temporary directory is being filled, or while the renamed directory still lacks ``COMPLETE``.
 """

@@ -43,11 +43,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip("-.") or "model"
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a reader never sees a half-written file."""
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically: a reader never sees a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:

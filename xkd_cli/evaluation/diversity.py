@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.evaluation import DiversityConfig
 from xkd_cli.core.errors import XKDError
-from xkd_cli.core.workspace import Run, create_run, now, open_run, run_path, write_json
+from xkd_cli.core.workspace import Run, create_run, now, open_run, run_path, write_json, write_text
 from xkd_cli.data.tasks import get_task
 from xkd_cli.evaluation.evaluate import run_eval
 from xkd_cli.experiments.plots import Series, metric_label, plot_curves
@@ -116,9 +115,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, buffer.getvalue())
 
 
 def draw(summary: dict[str, Any], stem: Path) -> dict[str, Path]:

@@ -36,6 +36,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from xkd_cli.config.core import DTYPES
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import read_record
 from xkd_cli.models.adapters import attach_adapter, base_reference, is_adapter_dir, write_base_record
@@ -56,12 +57,9 @@ HUB_ALIASES: dict[str, str] = {
 """Short names for the paper's T5 models. The hub moved the original checkpoints under ``google-t5/``;
 there is no v1.0 "xl" (the 3B model is ``t5-3b``), so ``t5-xl`` means the v1.1 XL checkpoint."""
 
-DTYPES: dict[str, torch.dtype | str] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "auto": "auto",
-}
+# The --dtype names (declared with the option, in config/core.py) and what each loads as.
+TORCH_DTYPES: dict[str, torch.dtype | str] = dict(zip(DTYPES, (torch.float32, torch.bfloat16, torch.float16, "auto"),
+                                                      strict=True))
 
 # transformers renamed from_pretrained's ``torch_dtype`` to ``dtype`` in 4.56 (the old name warns in 5.x).
 _DTYPE_KWARG = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
@@ -159,7 +157,7 @@ def resolve_model(ref: str, *, task: str | None = None, runs_dir: Path | None = 
 
 def _parse_dtype(dtype: str) -> torch.dtype | str:
     try:
-        return DTYPES[dtype]
+        return TORCH_DTYPES[dtype]
     except KeyError:
         raise XKDError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}") from None
 

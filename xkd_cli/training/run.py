@@ -75,7 +75,7 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
                  resume_from: Checkpoint | None = None, checkpointed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Create the run (or reopen it to continue from ``resume_from``), train, save the model (and whatever
     ``save_extra`` adds), finish the record. ``checkpointed``: trained modules and stateful data-source
-    parts that checkpoints must hold besides the model and the index stream (see checkpoint.py)."""
+    parts that checkpoints must hold besides the model and the index stream (see xkd_cli/training/checkpoint/)."""
     processes = current_processes(cfg.device)
     device = resolve_device(cfg.device)
     model = loaded.model.to(device)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Any
 
+from xkd_cli.core.workspace import write_text
 from xkd_cli.experiments.report.collect import link
 from xkd_cli.experiments.report.formatting import MISSING, as_number, cell_text, human_count, metric_text, value_text
 from xkd_cli.experiments.report.tables import table1_cells, table1_header
@@ -22,12 +22,6 @@ SWEEP_COLUMNS = ("figure", "task", "param", "kind", "method", "label", "value", 
 
 def _md(text: Any) -> str:
     return str(text).replace("|", "\\|")
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any, Mapping
 
 from xkd_cli.config.core import config_hash, to_dict
 from xkd_cli.core.errors import XKDError
-from xkd_cli.core.workspace import RUN_RECORD, Run, check_new_run, now, open_run, run_path, write_json
+from xkd_cli.core.workspace import RUN_RECORD, Run, check_new_run, now, open_run, run_path, write_json, write_text
 from xkd_cli.training.checkpoint.files import read_json_file
 from xkd_cli.training.checkpoint.lock import refuse_if_training
 
@@ -161,7 +160,7 @@ def reopen_run(root: Path, task: str, name: str, checkpoint: Checkpoint, config:
     if log.is_file():
         kept = [line for line in log.read_text(encoding="utf-8").splitlines()
                 if line.strip() and _logged_step(line) <= checkpoint.step]
-        write_json_lines(log, kept)
+        write_text(log, "".join(line + "\n" for line in kept))
     resumes = run.record().get("resumes", [])
     run.update_record(status="running", error=None, resumes=[*resumes, {"step": checkpoint.step, "at": now()}])
     return run
@@ -174,7 +173,4 @@ def _logged_step(line: str) -> int:
         return 0
 
 
-def write_json_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
+
