@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from xkd_cli.config.evaluation import SPLITS
 from xkd_cli.evaluation import metrics
 from xkd_cli.data import synth
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.registry import Registry
 
-SPLITS = ("train", "validation", "test")
 FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 WMT_TRAIN_PAIRS = 10_000  # the paper trains on the first 10k pairs of WMT14 de-en
 
