@@ -15,12 +15,9 @@ Usage: python scripts/build_unigram_tokenizer.py [--check]   (--check: fail if t
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from pathlib import Path
 
-from build_tokenizer import ROOT, corpus  # sets the one-thread environment before tokenizers loads
+from build_tokenizer import ROOT, build_or_check, corpus  # sets the one-thread environment before tokenizers loads
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
 
@@ -61,21 +58,7 @@ def _canonical(text: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="fail if the committed tokenizer differs")
-    args = parser.parse_args()
-    first, second = build(), build()
-    if first != second:
-        print("error: two builds differ; the tokenizer training is not deterministic", file=sys.stderr)
-        return 1
-    if args.check:
-        same = OUTPUT.exists() and OUTPUT.read_text(encoding="utf-8") == first
-        print(f"{OUTPUT}: {'up to date' if same else 'OUT OF DATE: run scripts/build_unigram_tokenizer.py'}")
-        return 0 if same else 1
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(first, encoding="utf-8")
-    print(f"wrote {OUTPUT} ({Tokenizer.from_str(first).get_vocab_size()} tokens, {len(first)} bytes)")
-    return 0
+    return build_or_check(build, OUTPUT, "build_unigram_tokenizer.py", __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":
