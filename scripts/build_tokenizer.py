@@ -88,22 +88,27 @@ def build() -> str:
     return tokenizer.to_str(pretty=True)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_or_check(build_json, output: Path, script: str, description: str) -> int:
+    """Build twice (the builds must agree byte for byte), then write ``output`` or, with --check, compare."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--check", action="store_true", help="fail if the committed tokenizer differs")
     args = parser.parse_args()
-    first, second = build(), build()
+    first, second = build_json(), build_json()
     if first != second:
         print("error: two builds differ; the tokenizer training is not deterministic", file=sys.stderr)
         return 1
     if args.check:
-        same = OUTPUT.exists() and OUTPUT.read_text(encoding="utf-8") == first
-        print(f"{OUTPUT}: {'up to date' if same else 'OUT OF DATE: run scripts/build_tokenizer.py'}")
+        same = output.exists() and output.read_text(encoding="utf-8") == first
+        print(f"{output}: {'up to date' if same else f'OUT OF DATE: run scripts/{script}'}")
         return 0 if same else 1
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(first, encoding="utf-8")
-    print(f"wrote {OUTPUT} ({Tokenizer.from_str(first).get_vocab_size()} tokens)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(first, encoding="utf-8")
+    print(f"wrote {output} ({Tokenizer.from_str(first).get_vocab_size()} tokens)")
     return 0
+
+
+def main() -> int:
+    return build_or_check(build, OUTPUT, "build_tokenizer.py", __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ EXPECTED_PARAMS = {  # (low, high): "~1M", "~3M", "~8M"
     "tiny-t5-large": (6.5e6, 10e6),
     "tiny-gpt-small": (0.8e6, 1.5e6),
     "tiny-gpt-large": (6.5e6, 10e6),
+    "tiny-gpt-uni": (0.8e6, 1.5e6),
 }
 PROMPTS = ["Translate to German: the quick brown fox jumps over the lazy dog.", "Hi!"]
 
@@ -68,7 +69,8 @@ def test_builtin_builds_with_expected_size(tiny, name):
     assert loaded.model.config.is_encoder_decoder == loaded.is_encoder_decoder
     assert model_vocab_size(loaded) == len(loaded.tokenizer) == loaded.model.config.vocab_size
     cfg = loaded.model.config
-    assert (cfg.pad_token_id, cfg.eos_token_id) == (0, 1)
+    # tiny-gpt-uni's Unigram tokenizer numbers its special tokens as SentencePiece models often do
+    assert (cfg.pad_token_id, cfg.eos_token_id) == ((1, 2) if name == "tiny-gpt-uni" else (0, 1))
     if loaded.is_encoder_decoder:
         assert cfg.decoder_start_token_id == 0
 

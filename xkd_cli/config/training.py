@@ -13,6 +13,7 @@ from xkd_cli.core.workspace import slug
 from xkd_cli.objectives.methods import DIVERGENCE_NAMES, METHODS, REWARD_POSITIONS, Method
 
 ROLES = ("teacher", "student")
+CROSS_TOKENIZER_MODES = ("off", "uld", "hybrid")
 TEACHER_CACHE_MODES = ("off", "full", "topk")
 
 TASK_HELP = "Task name: xsum, wmt, gsm8k, synth-sum, synth-mt, synth-gsm."
@@ -134,6 +135,9 @@ class DistillConfig(TrainingConfig):
     teacher_cache: str = option("off", "Keep the teacher's view of ground-truth batches on disk and reuse it across "
                                        "epochs and runs: off, full (exact) or topk (top-k + tail, small).")
     teacher_cache_k: int = option(64, "Tokens per position kept by --teacher-cache topk.")
+    cross_tokenizer: str = option("off", "Distil token by token from a teacher with another tokenizer (skd, sxkd, "
+                                         "gkd, gxkd): off, uld (sorted-probability distance) or hybrid (--divergence "
+                                         "on the shared vocabulary + uld on the rest).")
 
     TASK_FROM_RUNS: ClassVar[bool] = True
 
@@ -159,6 +163,7 @@ class DistillConfig(TrainingConfig):
             found.append(f"--teacher-cache {self.teacher_cache} caches the teacher on fixed targets, which {self.method} "
                          "never runs it on: use it with skd, sxkd, gkd or gxkd, or pass --teacher-cache off")
         in_range(found, "teacher_cache_k", self.teacher_cache_k, 1)
+        found += cross_tokenizer_problems(self)
         return found
 
     @property
@@ -171,3 +176,27 @@ class DistillConfig(TrainingConfig):
 
     def run_name(self) -> str:
         return self.name or self.method
+
+
+def cross_tokenizer_problems(cfg: DistillConfig) -> list[str]:
+    """What --cross-tokenizer cannot be combined with, one line each."""
+    found: list[str] = []
+    choice(found, "cross_tokenizer", cfg.cross_tokenizer, CROSS_TOKENIZER_MODES)
+    if cfg.cross_tokenizer in ("off", None) or cfg.method not in METHODS or cfg.cross_tokenizer not in CROSS_TOKENIZER_MODES:
+        return found
+    flag = f"--cross-tokenizer {cfg.cross_tokenizer}"
+    if cfg.spec.loss == "nll":
+        found.append(f"{flag} has no effect on {cfg.method}: sequence-level methods read the teacher's samples as "
+                     "text, re-encoded for the student, so they work across tokenizers without it; drop it")
+    elif cfg.spec.loss == "minillm":
+        found.append(f"{flag} does not support minillm, whose sampling mixes the teacher's and the student's "
+                     "next-token distributions over one vocabulary: use gkd or gxkd (on-policy too), or a teacher "
+                     "with the student's tokenizer")
+    if cfg.teacher_cache != "off":
+        found.append(f"--teacher-cache {cfg.teacher_cache} stores the teacher's logits at the student's token "
+                     f"positions, which {flag} re-tokenises per batch: pass --teacher-cache off")
+    if cfg.cross_tokenizer == "uld" and cfg.divergence is not None:
+        found.append(f"--divergence {cfg.divergence} has no effect with {flag}, whose distance is ULD's: drop it, "
+                     "or use --cross-tokenizer hybrid (the divergence on the shared vocabulary)")
+    return found
+

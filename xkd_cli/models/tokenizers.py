@@ -43,7 +43,7 @@ def _files_stamp(location: str) -> tuple[int, ...]:
 def load_tokenizer(location: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer of a builtin name, saved directory or hub id (cached; returns a private copy)."""
     if location in BUILTIN_MODELS:
-        return builtin_tokenizer()
+        return builtin_tokenizer(BUILTIN_MODELS.get(location).tokenizer)
     location = str(location)
     directory = Path(location)
     if directory.is_dir() and not any((directory / f).is_file() for f in TOKENIZER_FILES):
@@ -66,6 +66,15 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def tokenizers_match(teacher_tok: PreTrainedTokenizerBase, student_tok: PreTrainedTokenizerBase) -> bool:
+    """Whether the two tokenize identically (what :func:`check_same_tokenizer` requires)."""
+    try:
+        check_same_tokenizer(teacher_tok, student_tok, "teacher", "student")
+    except XKDError:
+        return False
+    return True
+
+
 def check_same_tokenizer(
     teacher_tok: PreTrainedTokenizerBase,
     student_tok: PreTrainedTokenizerBase,
@@ -83,7 +92,8 @@ def check_same_tokenizer(
     t_size, s_size = len(teacher_tok), len(student_tok)
     t_vocab, s_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
     prefix = f"teacher {teacher_name!r} and student {student_name!r} use different tokenizers"
-    fix = "pick a student and teacher from the same model family (same tokenizer)"
+    fix = ("pick a student and teacher from the same model family (same tokenizer), or pass --cross-tokenizer uld "
+           "(or hybrid) to distil across tokenizers")
     if t_size != s_size:
         raise XKDError(f"{prefix}: {t_size} vs {s_size} tokens; {fix}")
     if t_vocab != s_vocab:

@@ -1,5 +1,6 @@
-"""The builtin tiny models: randomly initialised with a fixed seed and sharing one byte-level tokenizer, they
-make the whole pipeline runnable and testable on a CPU in minutes with no download."""
+"""The builtin tiny models: randomly initialised with a fixed seed, they make the whole pipeline runnable and
+testable on a CPU in minutes with no download. All but one share one byte-level BPE tokenizer; tiny-gpt-uni
+reads a SentencePiece-style Unigram tokenizer, so distillation across tokenizers can be tried offline."""
 
 from __future__ import annotations
 
@@ -24,9 +25,14 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.core.registry import Registry
 from xkd_cli.models.loaded import LoadedModel, set_generation_ids
 
-TOKENIZER_FILE = Path(__file__).resolve().parents[1] / "assets" / "tokenizer" / "tokenizer.json"
-"""The byte-level BPE tokenizer shared by all builtin models (``<pad>``=0, ``</s>``=1, ``<unk>``=2).
-One tokenizer for every tiny model is what lets any tiny teacher distil into any tiny student."""
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+TOKENIZER_FILE = ASSETS / "tokenizer" / "tokenizer.json"
+"""The byte-level BPE tokenizer shared by the builtin models (``<pad>``=0, ``</s>``=1, ``<unk>``=2).
+One tokenizer for these tiny models is what lets any of them distil into any other token by token."""
+UNIGRAM_TOKENIZER_FILE = ASSETS / "tokenizer_unigram" / "tokenizer.json"
+"""A Unigram tokenizer with ``▁`` word boundaries and byte fallback (``<unk>``=0, ``<pad>``=1, ``</s>``=2;
+scripts/build_unigram_tokenizer.py): a different kind of tokenizer, for distillation across tokenizers."""
+BUILTIN_TOKENIZERS = {"bpe": TOKENIZER_FILE, "unigram": UNIGRAM_TOKENIZER_FILE}
 
 PAD_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "</s>", "<unk>"
 
@@ -47,13 +53,13 @@ def _builtin_tokenizer_cached(path: str) -> PreTrainedTokenizerFast:
     )
 
 
-def builtin_tokenizer() -> PreTrainedTokenizerFast:
-    """The tokenizer of every builtin tiny model.
+def builtin_tokenizer(kind: str = "bpe") -> PreTrainedTokenizerFast:
+    """A builtin tokenizer: ``bpe`` (every builtin model but tiny-gpt-uni) or ``unigram`` (tiny-gpt-uni).
 
     Parsed once and cached; each call returns a copy because callers set ``padding_side`` (left for
     decoder-only generation, right for training) and must not change it under each other's feet.
     """
-    return copy.deepcopy(_builtin_tokenizer_cached(str(TOKENIZER_FILE)))
+    return copy.deepcopy(_builtin_tokenizer_cached(str(BUILTIN_TOKENIZERS[kind])))
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class TinyModelSpec:
     description: str
     config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    tokenizer: str = "bpe"  # a key of BUILTIN_TOKENIZERS
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -149,6 +156,18 @@ BUILTIN_MODELS.register(
         seed=5,
     ),
 )
+BUILTIN_MODELS.register(
+    "tiny-gpt-uni",
+    TinyModelSpec(
+        "llama",
+        "tiny decoder-only student on a Unigram tokenizer (~1M params; pair it with a BPE teacher and "
+        "--cross-tokenizer)",
+        dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, num_key_value_heads=4,
+             num_hidden_layers=4),
+        seed=6,
+        tokenizer="unigram",
+    ),
+)
 
 
 def build_tiny_model(name: str) -> LoadedModel:
@@ -159,7 +178,7 @@ def build_tiny_model(name: str) -> LoadedModel:
     built a teacher first).
     """
     spec = BUILTIN_MODELS.get(name)
-    tokenizer = builtin_tokenizer()
+    tokenizer = builtin_tokenizer(spec.tokenizer)
     config = spec.make_config(tokenizer)
     model_cls = T5ForConditionalGeneration if spec.is_encoder_decoder else LlamaForCausalLM
     with torch.random.fork_rng(devices=[]):

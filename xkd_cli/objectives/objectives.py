@@ -22,7 +22,7 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.data.batches import Batch, forward, pad_rows
 from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.objectives.divergences import divergence_sum, divergence_term, topk_divergence_term
-from xkd_cli.objectives.engine import kd_sum, nll_sum, nll_term, td_mask, token_logprobs, valid_mask
+from xkd_cli.objectives.engine import KDTerm, kd_sum, nll_sum, nll_term, td_mask, token_logprobs, valid_mask
 from xkd_cli.objectives.experiential import kd_experiential_sum, summarize_stats
 from xkd_cli.objectives.methods import Method
 from xkd_cli.objectives.minillm import (
@@ -127,14 +127,7 @@ class KDObjective:
         with PHASES("student_forward"):
             logits, hidden = forward(self.student.model, batch, hidden=self.head is not None)
         PHASES.watch(logits)
-        if self.divergence is None:
-            term = nll_term()
-        else:
-            with PHASES("teacher_forward"):  # a cache hit makes this phase nearly free
-                teacher = self.teacher_view(batch)
-            term = (topk_divergence_term(self.divergence, *teacher, beta=self.cfg.beta)
-                    if isinstance(teacher, TopKTeacher) else
-                    divergence_term(self.divergence, teacher, beta=self.cfg.beta))
+        term = self.kd_term(batch)
         if self.head is None:
             with PHASES("loss"):
                 kd = kd_sum(term, logits, batch.labels, vocab_size=self.vocab_size)
@@ -148,6 +141,16 @@ class KDObjective:
             self._stats[key] = self._stats[key] + value if key in self._stats else value
         self._td_tokens = self._td_tokens + ex.tokens
         return {"kd": (kd.total, "tokens"), "ex": (ex.total, "td_tokens")}
+
+    def kd_term(self, batch: Batch) -> KDTerm:
+        """The per-position KD term of this batch: NLL of the targets, or the divergence to the teacher."""
+        if self.divergence is None:
+            return nll_term()
+        with PHASES("teacher_forward"):  # a cache hit makes this phase nearly free
+            teacher = self.teacher_view(batch)
+        if isinstance(teacher, TopKTeacher):
+            return topk_divergence_term(self.divergence, *teacher, beta=self.cfg.beta)
+        return divergence_term(self.divergence, teacher, beta=self.cfg.beta)
 
     def teacher_view(self, batch: Batch) -> torch.Tensor | TopKTeacher:
         """The teacher's logits, or for off-policy batches with a cache what the cache serves (never a

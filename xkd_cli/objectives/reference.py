@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from xkd_cli.data.batches import IGNORE
@@ -68,6 +69,16 @@ def divergence(name: str, p_s: Tensor, p_t: Tensor, beta: float = 0.5) -> Tensor
     if name == "mix":
         return beta_mix(p_s, p_t, beta)
     return {"fkl": forward_kl, "rkl": reverse_kl, "tvd": total_variation}[name](p_s, p_t)
+
+
+def uld(p_s: Tensor, p_t: Tensor) -> Tensor:
+    """ULD's distance (Boizard et al., 2024) between two distributions over *different* vocabularies:
+    the Wasserstein-1 distance of the sorted probability vectors, Σ_k |sort↓(p_S)_k − sort↓(p_T)_k|, the
+    shorter vector padded with zeros.  One value per row; the rows may have different widths."""
+    width = max(p_s.shape[-1], p_t.shape[-1])
+    s = torch.nn.functional.pad(p_s, (0, width - p_s.shape[-1])).sort(-1, descending=True).values
+    t = torch.nn.functional.pad(p_t, (0, width - p_t.shape[-1])).sort(-1, descending=True).values
+    return (s - t).abs().sum(-1)
 
 
 def token_nll(p: Tensor, y: Tensor) -> Tensor:

@@ -28,7 +28,8 @@ from xkd_cli.models.generate import Sampling, generate_ids
 from xkd_cli.models.lora import load_trained_model, lora_record
 from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.models.loading import load_model
-from xkd_cli.models.tokenizers import check_same_tokenizer
+from xkd_cli.models.tokenizers import check_same_tokenizer, tokenizers_match
+from xkd_cli.objectives.cross_tokenizer import CrossTokenizerObjective
 from xkd_cli.objectives.objectives import KDObjective, MiniLLMObjective, TeacherMixer
 from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.training.run import EncodedSet, load_split, run_training
@@ -106,6 +107,13 @@ class MixedSource:
         self.on_policy_batches = state["on_policy_batches"]
 
 
+def batch_indices(data: EncodedSet, batch: Batch) -> list[int]:
+    """The data set rows of a batch, from its example ids (the cross-tokenizer objective's fallback when a
+    prompt's text must be recovered from its ids)."""
+    where = {e.id: i for i, e in enumerate(data.examples)}
+    return [where[example_id] for example_id in batch.ids]
+
+
 # -- the job ----------------------------------------------------------------------------------------------
 
 
@@ -139,17 +147,20 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
                              device=str(resolve_device(cfg.teacher_device or cfg.device)), for_training=False,
                              quantization=quantization_of(cfg.teacher_load_in_8bit, cfg.teacher_load_in_4bit),
                              trust_remote_code=cfg.trust_remote_code)
-        vocab_size = check_same_tokenizer(teacher.tokenizer, student.tokenizer, teacher_ref, student_ref)
-        if teacher.is_encoder_decoder != student.is_encoder_decoder:  # one batch layout feeds both models
+        same_tokenizer = tokenizers_match(teacher.tokenizer, student.tokenizer)
+        if cfg.cross_tokenizer == "off" or same_tokenizer:
+            vocab_size = check_same_tokenizer(teacher.tokenizer, student.tokenizer, teacher_ref, student_ref)
+        else:
+            vocab_size = len(student.tokenizer)
+        if cfg.cross_tokenizer == "off" and teacher.is_encoder_decoder != student.is_encoder_decoder:
+            # one batch layout feeds both models (--cross-tokenizer builds the teacher a batch of its own)
             kinds = {True: "an encoder-decoder (seq2seq)", False: "a decoder-only"}
             raise XKDError(f"teacher {teacher_ref!r} is {kinds[teacher.is_encoder_decoder]} model but student "
                            f"{student_ref!r} is {kinds[student.is_encoder_decoder]} one: token-level distillation "
-                           "needs both of the same kind; pick e.g. tiny-t5-large with tiny-t5-small")
+                           "needs both of the same kind; pick e.g. tiny-t5-large with tiny-t5-small, or pass "
+                           "--cross-tokenizer uld")
     else:
         vocab_size = len(student.tokenizer)
-    if teacher_data is not None:
-        teacher_data.check_tokenizer(student.tokenizer, student_ref)
-
     if teacher_data is not None:
         examples = [Example(f"{r['id']}#{r['sample']}", r["prompt"], r["response"], r.get("source", ""))
                     for r in teacher_data.rows]
@@ -181,7 +192,16 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
                                       max_input_len=cfg.max_input_len, max_output_len=cfg.max_output_len,
                                       vocab_size=vocab_size, is_encoder_decoder=teacher.is_encoder_decoder,
                                       mode=cfg.teacher_cache, k=cfg.teacher_cache_k)
-        objective = KDObjective(student, teacher, cfg, vocab_size, head, cache)
+        if cfg.cross_tokenizer != "off":
+            prompts = {e.id: e.prompt for e in examples}
+            objective = CrossTokenizerObjective(
+                student, teacher, cfg, vocab_size, head, method=cfg.cross_tokenizer,
+                teacher_vocab=len(teacher.tokenizer), prompt_text=prompts.get,
+                prompt_ids=lambda batch: [data.prompts[i] for i in batch_indices(data, batch)],
+                max_input_len=cfg.max_input_len, keep_end=task.keep_prompt_end,
+                same_layout=same_tokenizer and teacher.is_encoder_decoder == student.is_encoder_decoder)
+        else:
+            objective = KDObjective(student, teacher, cfg, vocab_size, head, cache)
         alpha = cfg.alpha if method.data == "mixed" else 0.0
         draw = MixedSource(data, cfg.batch_size, alpha, sampler, cfg.seed)
 
@@ -198,7 +218,8 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
               "divergence": cfg.divergence_name if method.loss == "divergence" else None,
               "base_model": student_ref, **lora_record(cfg, student),
               "teacher_quantization": quantization_of(cfg.teacher_load_in_8bit, cfg.teacher_load_in_4bit),
-              "teacher_cache": cache.describe() if cache is not None else None}
+              "teacher_cache": cache.describe() if cache is not None else None,
+              "cross_tokenizer": cfg.cross_tokenizer if cfg.cross_tokenizer != "off" else None}
     result = run_training(cfg, kind="distill", runs_root=runs_root, overwrite=overwrite, loaded=student, task=task,
                           train_set=data, eval_examples=eval_examples, objective=objective, draw=draw,
                           extra_params=list(head.parameters()) if head is not None else [], record=record,

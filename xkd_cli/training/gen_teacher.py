@@ -165,19 +165,6 @@ class TeacherData:
         """Samples per prompt. Kept as public API for readers of teacher data (distill itself reads the rows)."""
         return 1 + max(int(r["sample"]) for r in self.rows)
 
-    def check_tokenizer(self, tokenizer, student: str) -> None:
-        """Refuse samples a white-box teacher made with another tokenizer than ``student``'s: the file was made
-        for another model family (X-KD pairs a teacher and student that share one vocabulary). Samples of an
-        API teacher, or from a file that does not say, fit any student."""
-        made_with = {r.get("tokenizer_sha") for r in self.rows} | {self.record.get("tokenizer_sha")}
-        made_with.discard(None)
-        if made_with and made_with != {tokenizer_fingerprint(tokenizer)}:
-            teacher = self.record.get("teacher") or self.rows[0].get("teacher") or "its teacher"
-            raise XKDError(f"{self.path} was made by {teacher!r}, whose tokenizer differs from the one of student "
-                           f"{student!r}: "
-                           "re-create the samples with `xkd gen-teacher --teacher MODEL` using a teacher of the "
-                           "student's family, or pick a student with that teacher's tokenizer")
-
 
 def load_teacher_data(ref: str | None, *, task: str, runs_root: Path) -> TeacherData:
     """Teacher samples from ``ref``: None (the task's latest completed gen-teacher run), a run name, or a

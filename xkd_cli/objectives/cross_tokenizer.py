@@ -1,0 +1,126 @@
+"""Token-level distillation when the teacher's tokenizer differs from the student's (``xkd distill
+--cross-tokenizer``; docs/method.md, "Different tokenizers").
+
+The teacher reads the batch's text tokenised its own way (:mod:`.alignment`); its logits rows are gathered
+at the student positions they align with, and a per-position term compares two distributions over two
+vocabularies.  Unaligned student positions (inside a merged span) add 0 but still count: every loss is
+normalised per student token, as everywhere else.  F_ex reads only the student's probabilities, so the
+X-variants (sxkd, gxkd) compose with these terms unchanged (:func:`kd_experiential_sum`).
+
+* ``uld``: Universal Logit Distillation (Boizard et al., 2024): the closed-form Wasserstein-1 distance
+  between the two sorted probability vectors (the shorter padded with zeros),
+  Σ_k |sort↓(p_S)_k − sort↓(p_T)_k|.  It ignores which token carries which probability, so as in the
+  paper the NLL of the targets anchors the tokens: added on ground-truth batches (on the student's own
+  samples it would only reinforce them).
+* ``hybrid``: after TRL's GOLD: the divergence (``--divergence``) between the two distributions
+  restricted to the shared vocabulary (tokens spelling the same text, each side renormalised there),
+  plus ULD between the probabilities of the tokens outside it.  With identical tokenizers the shared
+  part is the whole vocabulary, the ULD part is empty and the term *is* the ordinary divergence, bit
+  for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from xkd_cli.data.batches import Batch, forward
+from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.tokenizers import tokenizers_match
+from xkd_cli.objectives.alignment import AlignedTeacher, Retokenizer, TokenMap
+from xkd_cli.objectives.divergences import DIVERGENCES
+from xkd_cli.objectives.engine import KDTerm
+from xkd_cli.objectives.objectives import DistillSettings, KDObjective
+from xkd_cli.objectives.reward import RewardHead
+from xkd_cli.training.timing import PHASES
+
+CROSS_TOKENIZER_METHODS = ("uld", "hybrid")
+
+
+def uld_distance(p_s: Tensor, p_t: Tensor) -> Tensor:
+    """Σ_k |sort↓(p_s)_k − sort↓(p_t)_k| per row, ``N x V_s`` and ``N x V_t`` probabilities, the shorter
+    row padded with zeros (the padding meets the other side's smallest entries: their plain sum)."""
+    k = min(p_s.shape[-1], p_t.shape[-1])
+    s = p_s.sort(-1, descending=True).values
+    t = p_t.sort(-1, descending=True).values
+    return (s[:, :k] - t[:, :k]).abs().sum(-1) + s[:, k:].sum(-1) + t[:, k:].sum(-1)
+
+
+def uld_term(aligned_teacher: Tensor, aligned: Tensor, *, teacher_vocab: int, with_nll: bool) -> KDTerm:
+    """ULD at the aligned positions (0 elsewhere), plus −log p_S(y_t) at every position when ``with_nll``.
+    ``aligned_teacher`` is ``B x T x V_t`` (the teacher's rows at the student's positions), ``aligned``
+    ``B x T`` bool."""
+
+    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+        s, t, mask = rows  # N x V_s float32, N x V_t, N x 1
+        distance = uld_distance(s.softmax(-1), t[:, :teacher_vocab].float().softmax(-1)) * mask[:, 0]
+        if with_nll:
+            distance = distance - s.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+        return distance  # N
+
+    return KDTerm(row_fn, extras=(aligned_teacher.detach(), aligned[..., None].float()), uses_targets=with_nll)
+
+
+def hybrid_term(name: str, aligned_teacher: Tensor, aligned: Tensor, token_map: TokenMap, *, teacher_vocab: int,
+                beta: float) -> KDTerm:
+    """D_name on the shared vocabulary plus ULD on the rest, at the aligned positions (module docstring)."""
+    fn = DIVERGENCES.get(name)
+    s_ids, t_ids = token_map.student_ids, token_map.teacher_ids
+
+    def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
+        s, t, mask = rows
+        t = t[:, :teacher_vocab].float()
+        if token_map.identity:  # the ordinary divergence on the same rows: equal bit for bit
+            return fn(s, t, beta) * mask[:, 0]  # x·1.0 is x exactly: equal to the plain divergence bit for bit
+        shared = fn(s[:, s_ids.to(s.device)], t[:, t_ids.to(t.device)], beta)
+        p_s, p_t = s.softmax(-1), t.softmax(-1)
+        rest_s = p_s.index_fill(-1, s_ids.to(s.device), 0.0)  # the shared tokens' mass moves to the end
+        rest_t = p_t.index_fill(-1, t_ids.to(t.device), 0.0)  # of the sorted rows, as zeros
+        return (shared + uld_distance(rest_s, rest_t)) * mask[:, 0]
+
+    return KDTerm(row_fn, extras=(aligned_teacher.detach(), aligned[..., None].float()))
+
+
+class CrossTokenizerObjective(KDObjective):
+    """skd, sxkd, gkd, gxkd with a teacher of another tokenizer: the teacher runs on its own tokenisation
+    of the batch's text and the term compares the aligned positions (``method``: uld or hybrid)."""
+
+    def __init__(self, student: LoadedModel, teacher: LoadedModel, cfg: DistillSettings, vocab_size: int,
+                 head: RewardHead | None, *, method: str, teacher_vocab: int, prompt_text: Callable[[str], str | None],
+                 prompt_ids: Callable[[Batch], Sequence[Sequence[int]]], max_input_len: int, keep_end: bool,
+                 same_layout: bool):
+        super().__init__(student, teacher, cfg, vocab_size, head)
+        self.method, self.teacher_vocab, self.same_layout = method, teacher_vocab, same_layout
+        self.prompt_ids = prompt_ids
+        self.retokenize = Retokenizer(student, teacher, prompt_text=prompt_text, max_input_len=max_input_len,
+                                      keep_end=keep_end)
+        self.token_map = None
+        if method == "hybrid":
+            self.token_map = TokenMap.same(vocab_size) if vocab_size == teacher_vocab and tokenizers_match(
+                teacher.tokenizer, student.tokenizer) else TokenMap.build(
+                student.tokenizer, teacher.tokenizer, student_vocab=vocab_size, teacher_vocab=teacher_vocab)
+
+    def teacher_view_aligned(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The teacher's logits at the student's positions (``B x T x V_t``) and which positions align.
+        With the same tokenizer and layout the batch needs no re-tokenisation: every position is its own partner
+        (re-encoding a sample the student tokenised unusually would change it)."""
+        if self.same_layout:
+            logits = self.teacher_logits(batch)
+            return logits, torch.ones_like(batch.labels, dtype=torch.bool)
+        view: AlignedTeacher = self.retokenize(batch, self.prompt_ids(batch))
+        self.teacher_forwards += 1
+        device = next(self.teacher.model.parameters()).device
+        with torch.no_grad():
+            logits, _ = forward(self.teacher.model, view.batch.to(device))
+        logits = view.gather(logits.to(batch.labels.device))
+        return logits, view.aligned.to(batch.labels.device)
+
+    def kd_term(self, batch: Batch) -> KDTerm:
+        with PHASES("teacher_forward"):
+            teacher, aligned = self.teacher_view_aligned(batch)
+        if self.method == "uld":
+            return uld_term(teacher, aligned, teacher_vocab=self.teacher_vocab, with_nll=batch.off_policy)
+        return hybrid_term(self.divergence, teacher, aligned, self.token_map, teacher_vocab=self.teacher_vocab,
+                           beta=self.cfg.beta)
