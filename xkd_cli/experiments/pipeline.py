@@ -36,7 +36,7 @@ from xkd_cli.config.evaluation import DiversityConfig, EvalConfig, JudgeConfig
 from xkd_cli.config.generation import GenTeacherConfig
 from xkd_cli.config.training import DistillConfig, SFTConfig
 from xkd_cli.core.errors import XKDError
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import get_task
 from xkd_cli.core.ui import console
 from xkd_cli.core.workspace import RUN_RECORD, open_run, read_json, read_record, run_path
 from xkd_cli.evaluation.judge import run_judge

@@ -8,7 +8,7 @@ from typing import Any
 from xkd_cli import __version__
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import read_json, write_json
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import get_task
 from xkd_cli.experiments.report.collect import collect_runs, task_dirs
 from xkd_cli.experiments.report.figures import FIGURES_DIR, build_diversity, build_figures, draw_figure
 from xkd_cli.experiments.report.tables import build_judge, build_table1
