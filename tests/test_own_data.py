@@ -161,3 +161,32 @@ def test_bad_task_files_are_one_line_errors(xkd, runs, tmp_path):
     result = xkd("sft", "--model", "tiny-gpt-small", "--data", data, "--metric", "f1", "--max-steps", "1")
     assert result.code == 2 and "--metric must be one of rouge" in result.err
     assert not runs.exists()
+
+
+# -- pipeline and report ------------------------------------------------------------------------------------
+
+def test_pipeline_takes_task_files_and_inline_tasks(xkd, runs, tmp_path):
+    recipe = tmp_path / "pipe.yaml"
+    data = write(tmp_path / "hi.jsonl", PC_ROWS)
+    recipe.write_text(f"""
+tasks:
+  - {EXAMPLES / "numbers.yaml"}
+  - {{name: greet, data: hi.jsonl, metric: chrf}}
+teacher: {{model: tiny-t5-base, max_steps: 1, batch_size: 2}}
+student: {{model: tiny-t5-small, max_steps: 1, batch_size: 2}}
+methods: [gkd]
+distill: {{max_steps: 1, batch_size: 2}}
+eval: {{limit: 2, max_new_tokens: 4}}
+""")
+    result = xkd("pipeline", recipe, "--dry-run", "--json")
+    assert result.code == 0, result.err
+    steps = result.json()["steps"]
+    assert {s["task"] for s in steps} == {"numbers", "greet"}
+    assert (runs / ".tasks" / "greet.yaml").is_file() and data.is_file()
+    recipe.write_text(recipe.read_text().replace(f"  - {EXAMPLES / 'numbers.yaml'}\n", ""))
+    result = xkd("pipeline", recipe, "--json")
+    assert result.code == 0, result.err
+    metrics_file = runs / "greet" / "gkd" / "eval" / "validation-greedy" / "metrics.json"
+    assert json.loads(metrics_file.read_text())["headline"] == "chrf"
+    result = xkd("report", "--task", "greet", "--json")
+    assert result.code == 0, result.err
