@@ -105,8 +105,9 @@ def test_every_command_on_a_messages_file(xkd, runs, key):
     samples = [json.loads(line) for line in Path(result.json()["samples"]).read_text().splitlines()]
     assert samples[0]["messages"][0] == ["system", "You are a concise English grammar assistant."]
     assert all("<|im" not in s["response"] for s in samples)
-    for method in ("gxkd", "seqxkd"):
-        result = xkd("distill", "--task", task, "--method", method, *small)
+    for method in ("seqkd", "seqxkd", "skd", "sxkd", "gkd", "gxkd", "minillm"):
+        on_policy = ("--alpha", "1") if method in ("gkd", "gxkd") else ()  # student samples on every step
+        result = xkd("distill", "--task", task, "--method", method, *small, *on_policy)
         assert result.code == 0, result.err
     result = xkd("eval", "--task", task, "--model", "gxkd", "--limit", "4", "--max-new-tokens", "6", "--json")
     assert result.code == 0, result.err
