@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from xkd_cli.core.errors import XKDError
+from xkd_cli.evaluation.metrics import CUSTOM_METRICS
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 OPENAI_BASE = "https://api.openai.com/v1"
@@ -39,6 +41,23 @@ def choice(problems: list[str], name: str, value: str | None, choices: tuple[str
     """Append a message to ``problems`` when ``value`` is set and not one of ``choices``."""
     if value is not None and value not in choices:
         problems.append(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {value!r}")
+
+
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def task_problems(found: list[str], task: str, data: str | None, metric: str | None = None,
+                  chat_template: str | None = None) -> None:
+    """--task (or a bare --data file standing for the task), --metric and --chat-template."""
+    from_data = bool(data) and Path(data).suffix.lower() in DATA_FILE_SUFFIXES
+    if not task and not from_data:
+        found.append("--task is required (a built-in task, a task file, or leave it out and pass --data FILE.jsonl "
+                     "in prompt-completion or messages format)")
+    if metric is not None and (task or not from_data):
+        found.append("--metric applies to a bare --data file without --task; put 'metric:' in the task file instead")
+    choice(found, "metric", metric, tuple(CUSTOM_METRICS))
+    if chat_template not in (None, "auto", "none") and not Path(chat_template).expanduser().is_file():
+        found.append(f"--chat-template must be auto, none or a .jinja file; {chat_template!r} is no file")
 
 
 def quantization_of(load_in_8bit: bool, load_in_4bit: bool) -> str | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from xkd_cli.config.core import build_config, load_recipe
 from xkd_cli.config.evaluation import DiversityConfig, EvalConfig, JudgeConfig
 from xkd_cli.config.generation import GenTeacherConfig
@@ -85,9 +87,28 @@ def distill_defaults(task: str, student: str | None) -> dict[str, Any]:
     return dict(PAPER_DISTILL.get(task, {}))
 
 
+def task_file_lengths(task: str, output_key: str) -> dict[str, Any]:
+    """A task file's own max_input_len / max_output_len, as defaults (the file is checked in full later)."""
+    path = Path(task).expanduser()
+    if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
+        return {}
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}  # loading the task reports what is wrong with the file
+    if not isinstance(spec, dict):
+        return {}
+    found = {"max_input_len": spec.get("max_input_len"), output_key: spec.get("max_output_len")}
+    return {k: v for k, v in found.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
 def task_defaults(cls: type, task: str, values: dict[str, Any]) -> dict[str, Any]:
     """The per-task defaults of a command's config; ``values`` are the options given so far (recipe and flags),
-    which pick the paper's table by model size."""
+    which pick the paper's table by model size. A task file's lengths are its defaults."""
+    if cls in (SFTConfig, DistillConfig, EvalConfig, DiversityConfig, GenTeacherConfig):
+        own = task_file_lengths(task, "max_output_len" if cls in (SFTConfig, DistillConfig) else "max_new_tokens")
+        if own:
+            return own
     if cls is SFTConfig:
         return sft_defaults(task, values.get("model"))
     if cls is DistillConfig:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from xkd_cli.config.checks import (DEFAULT_KEY_ENV, OPENAI_BASE, check, choice, in_range, key_env_problem,
+from xkd_cli.config.checks import (DEFAULT_KEY_ENV, OPENAI_BASE, check, choice, in_range, key_env_problem, task_problems,
                                    quantization_problems, url_problem)
 from xkd_cli.config.core import DTYPES, option
 from xkd_cli.config.training import (DATA_HELP, DEVICE_HELP, DTYPE_HELP, LOAD_4BIT_HELP, LOAD_8BIT_HELP, MODEL_HELP,
-                                     NAME_HELP, REMOTE_CODE_HELP, TASK_HELP)
+                                     NAME_HELP, REMOTE_CODE_HELP, TASK_HELP, METRIC_HELP,
+                                     CHAT_TEMPLATE_HELP)
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import check_run_name, slug
 
@@ -26,6 +27,8 @@ class EvalConfig:
     task: str = option("", TASK_HELP, flags=("--task", "-t"))
     name: str | None = option(None, NAME_HELP)
     data: str | None = option(None, DATA_HELP)
+    metric: str | None = option(None, METRIC_HELP)
+    chat_template: str = option("auto", CHAT_TEMPLATE_HELP)
     split: str | None = option(None, SPLIT_HELP)
     limit: int | None = option(None, "Evaluate the first N examples only.")
     batch_size: int = option(32, "Batch size.")
@@ -46,8 +49,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
-        if not self.task:
-            found.append("--task is required")
+        task_problems(found, self.task, self.data, self.metric, self.chat_template)
         if not self.model:
             found.append("--model is required (a run name, a path, a hub id or a built-in model)")
         choice(found, "split", self.split, SPLITS)

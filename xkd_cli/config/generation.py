@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from xkd_cli.config.checks import (DEFAULT_KEY_ENV, OPENAI_BASE, check, choice, in_range, key_env_problem,
+from xkd_cli.config.checks import (DEFAULT_KEY_ENV, OPENAI_BASE, check, choice, in_range, key_env_problem, task_problems,
                                    quantization_problems, url_problem)
 from xkd_cli.config.core import DTYPES, option
 from xkd_cli.config.training import (DATA_HELP, DEVICE_HELP, DTYPE_HELP, LOAD_4BIT_HELP, LOAD_8BIT_HELP, NAME_HELP,
-                                     REMOTE_CODE_HELP, TASK_HELP)
+                                     REMOTE_CODE_HELP, TASK_HELP, METRIC_HELP,
+                                     CHAT_TEMPLATE_HELP)
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class GenTeacherConfig:
                                        "task's latest `xkd sft --role teacher` run).")
     name: str = option("teacher-samples", NAME_HELP)
     data: str | None = option(None, DATA_HELP)
+    metric: str | None = option(None, METRIC_HELP)
+    chat_template: str = option("auto", CHAT_TEMPLATE_HELP)
     train_fraction: float = option(1.0, "Keep the first fraction of the training set.")
     limit: int | None = option(None, "Keep the first N training prompts (the paper's black-box study: 1000).")
     num_samples: int = option(1, "Teacher responses per prompt (the paper's black-box study: 10).")
@@ -49,8 +52,7 @@ class GenTeacherConfig:
 
     def __post_init__(self) -> None:
         found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
-        if not self.task:
-            found.append("--task is required")
+        task_problems(found, self.task, self.data, self.metric, self.chat_template)
         if self.black_box:
             if not self.api_model:
                 found.append("--api-model is required with --api-base (the model name the endpoint serves)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from xkd_cli.config.checks import check, choice, hparam_problems, in_range, lora_problems, quantization_problems
+from xkd_cli.config.checks import check, choice, task_problems, hparam_problems, in_range, lora_problems, quantization_problems
 from xkd_cli.config.core import DTYPES, MIXED_PRECISION, option
 from xkd_cli.core.registry import unknown_name_message
 from xkd_cli.core.workspace import slug
@@ -16,7 +16,11 @@ ROLES = ("teacher", "student")
 CROSS_TOKENIZER_MODES = ("off", "uld", "hybrid")
 TEACHER_CACHE_MODES = ("off", "full", "topk")
 
-TASK_HELP = "Task name: xsum, wmt, gsm8k, synth-sum, synth-mt, synth-gsm."
+TASK_HELP = "Task: xsum, wmt, gsm8k, synth-sum, synth-mt, synth-gsm, or a task file (.yaml) of your own data."
+METRIC_HELP = ("Metric when --data is a bare prompt-completion/messages file and --task is left out: "
+               "rouge, bleu, chrf, exact, number, none.")
+CHAT_TEMPLATE_HELP = ("Prompt format of decoder-only models: auto (the tokenizer's chat template when it has one), "
+                      "none (the raw prompt), or a .jinja template file. T5 never uses one.")
 NAME_HELP = "Run name (a directory under <runs-dir>/<task>/)."
 DATA_HELP = "Local data file or directory in the task's Hugging Face schema (JSONL/JSON/CSV/Parquet)."
 MODEL_HELP = "Run name, local path, Hugging Face id (t5-small … t5-xl aliases) or built-in tiny model."
@@ -33,6 +37,8 @@ class TrainingConfig:
     task: str = option("", TASK_HELP, flags=("--task", "-t"))
     name: str | None = option(None, NAME_HELP)
     data: str | None = option(None, DATA_HELP)
+    metric: str | None = option(None, METRIC_HELP)
+    chat_template: str = option("auto", CHAT_TEMPLATE_HELP)
     max_steps: int = option(1000, "Optimizer steps.")
     batch_size: int = option(8, "Batch size (per process).")
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
@@ -72,8 +78,7 @@ class TrainingConfig:
 
     def problems(self) -> list[str]:
         found: list[str] = []
-        if not self.task:
-            found.append("--task is required")
+        task_problems(found, self.task, self.data, self.metric, self.chat_template)
         for name in ("max_steps", "batch_size", "grad_accum", "max_input_len", "max_output_len", "log_every"):
             in_range(found, name, getattr(self, name), 1)
         for name in ("warmup_steps", "eval_every", "eval_limit", "save_every"):

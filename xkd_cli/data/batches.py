@@ -68,9 +68,10 @@ def encode_prompts(tokenizer, prompts: Sequence[str], *, is_encoder_decoder: boo
     return out
 
 
-def encode_targets(tokenizer, targets: Sequence[str], *, max_len: int) -> list[list[int]]:
-    """Target ids ending with eos (truncated targets keep their eos so the model learns to stop)."""
-    eos = tokenizer.eos_token_id
+def encode_targets(tokenizer, targets: Sequence[str], *, max_len: int, end: int | None = None) -> list[list[int]]:
+    """Target ids ending with eos, or ``end`` (a chat template's end-of-turn token) when given; truncated
+    targets keep that last token so the model learns to stop."""
+    eos = tokenizer.eos_token_id if end is None else end
     encoded = tokenizer(list(targets), add_special_tokens=False)["input_ids"]
     return [(ids[: max_len - 1] + [eos]) if len(ids) >= max_len else ids + [eos] for ids in encoded]
 

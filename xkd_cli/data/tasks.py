@@ -48,6 +48,9 @@ class Example:
     prompt: str      # the full model input (task prefix / few-shot exemplars included)
     reference: str   # target text: trained on and scored against
     source: str      # the raw input without prefix (document / English sentence / question), for judges
+    # Chat prompt turns as (role, content) pairs, system first, when the data has them (one's own data,
+    # xkd_cli.data.taskfile); None: a chat model sees ``prompt`` as one user turn.
+    messages: tuple[tuple[str, str], ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from xkd_cli.config.core import to_dict
 from xkd_cli.config.evaluation import DiversityConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import Run, create_run, now, open_run, run_path, write_json, write_text
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import task_of
 from xkd_cli.evaluation.evaluate import run_eval
 from xkd_cli.experiments.plots import Series, metric_label, plot_curves
 from xkd_cli.models.loading import resolve_model
@@ -69,7 +69,7 @@ def run_diversity(cfg: DiversityConfig, *, runs_root: Path, overwrite: bool = Fa
     """Evaluate every (model, temperature) with ``num_samples`` samples per input (resumable), then write
     the summary table, JSON and figure into the run ``<runs_root>/<task>/<cfg.name>``."""
     root = Path(runs_root)
-    task = get_task(cfg.task)
+    task = task_of(cfg)
     split = cfg.split or task.eval_split
     for model in cfg.models:  # an unknown model fails now, before anything is generated or written
         resolve_model(model, task=task.name, runs_dir=root)

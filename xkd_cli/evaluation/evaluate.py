@@ -7,13 +7,16 @@ unless ``--overwrite``, so two decodings never mix in one file.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from xkd_cli.evaluation import metrics
-from xkd_cli.data.batches import encode_prompts, special_ids
+from xkd_cli.data.batches import IGNORE, forward, make_batch, special_ids
 from xkd_cli.config.checks import quantization_of
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.evaluation import EvalConfig
@@ -23,7 +26,9 @@ from xkd_cli.core.jsonl import append_rows, read_rows
 from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.models.loading import load_model
-from xkd_cli.data.tasks import Example, Task, get_task
+from xkd_cli.data.tasks import Example, Task
+from xkd_cli.data.taskfile import task_of
+from xkd_cli.models.chat import encode_example_prompts, encode_example_targets, stop_ids, use_chat_template
 from xkd_cli.core.ui import console, progress
 from xkd_cli.core.workspace import Run, create_run, open_run, read_json, run_path, slug, write_json
 
@@ -38,8 +43,7 @@ def predict(loaded: LoadedModel, task: Task, examples: Sequence[Example], sampli
             batch_size: int, seed: int | None = None, on_rows=None, description: str = "generate") -> list[list[str]]:
     """Generated texts per example (``num_samples`` each); ``on_rows(rows)`` gets finished rows batch by batch."""
     pad, eos, _ = special_ids(loaded.tokenizer, loaded.model.config)
-    prompts = encode_prompts(loaded.tokenizer, [e.prompt for e in examples], is_encoder_decoder=loaded.is_encoder_decoder,
-                             max_len=max_input_len, keep_end=task.keep_prompt_end)
+    prompts = encode_example_prompts(loaded, examples, max_len=max_input_len, keep_end=task.keep_prompt_end)
     with progress() as bar:
         bar_id = bar.add_task(description, total=len(examples), info="")
 
@@ -49,7 +53,8 @@ def predict(loaded: LoadedModel, task: Task, examples: Sequence[Example], sampli
             bar.update(bar_id, advance=len(indices))
 
         outputs = generate_batched(loaded.model, prompts, sampling, is_encoder_decoder=loaded.is_encoder_decoder,
-                                   pad_id=pad, eos_id=eos, batch_size=batch_size, seed=seed, on_batch=finished)
+                                   pad_id=pad, eos_id=eos, batch_size=batch_size, seed=seed, on_batch=finished,
+                                   stop_ids=stop_ids(loaded))
     return [decode(loaded.tokenizer, out) for out in outputs]
 
 
@@ -66,6 +71,27 @@ def score(task: Task, predictions: Sequence[Sequence[str]], references: Sequence
         out["self_bleu"] = metrics.self_bleu([list(p) for p in predictions])
         out["diversity"] = 100.0 - out["self_bleu"]
     return out
+
+
+@torch.no_grad()
+def reference_loss(loaded: LoadedModel, task: Task, examples: Sequence[Example], *, max_input_len: int,
+                   max_output_len: int, batch_size: int) -> dict[str, float]:
+    """Mean token NLL of the references under the model and its perplexity (``metric: none`` tasks)."""
+    pad, _, start = special_ids(loaded.tokenizer, loaded.model.config)
+    prompts = encode_example_prompts(loaded, examples, max_len=max_input_len, keep_end=task.keep_prompt_end)
+    targets = encode_example_targets(loaded, [e.reference for e in examples], max_len=max_output_len)
+    device = next(loaded.model.parameters()).device
+    total, tokens = 0.0, 0
+    loaded.model.eval()
+    for at in range(0, len(examples), batch_size):
+        batch = make_batch(prompts[at:at + batch_size], targets[at:at + batch_size],
+                           is_encoder_decoder=loaded.is_encoder_decoder, pad_id=pad, decoder_start_id=start).to(device)
+        logits, _ = forward(loaded.model, batch)
+        total += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch.labels.flatten(),
+                                                         ignore_index=IGNORE, reduction="sum"))
+        tokens += batch.tokens
+    loss = total / max(tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
 def quick_eval(loaded: LoadedModel, task: Task, examples: Sequence[Example], *, max_input_len: int,
@@ -97,7 +123,7 @@ def _eval_run(cfg: EvalConfig, task: Task, runs_root: Path, source: str) -> Run:
 
 
 def run_eval(cfg: EvalConfig, *, runs_root: Path, overwrite: bool = False) -> dict[str, Any]:
-    task = get_task(cfg.task)
+    task = task_of(cfg)
     split = cfg.split or task.eval_split
     examples = task.load(split, cfg.data, limit=cfg.limit)
     if not examples:
@@ -107,10 +133,12 @@ def run_eval(cfg: EvalConfig, *, runs_root: Path, overwrite: bool = False) -> di
     loaded = load_model(cfg.model, task=task.name, runs_dir=runs_root, dtype=cfg.dtype,
                         device=str(resolve_device(cfg.device)), for_training=False, quantization=quantization,
                         trust_remote_code=cfg.trust_remote_code)
+    use_chat_template(loaded, cfg.chat_template)
     run = _eval_run(cfg, task, runs_root, loaded.source)
     out_dir = run.path / "eval" / f"{split}-{sampling.label()}"
     settings = {"task": task.name, "model": cfg.model, "model_location": loaded.location, "data": cfg.data,
-                "split": split, "max_input_len": cfg.max_input_len, "seed": cfg.seed, **to_dict(sampling),
+                "split": split, "max_input_len": cfg.max_input_len,
+                **({"chat_template": loaded.chat.origin} if loaded.chat is not None else {}), "seed": cfg.seed, **to_dict(sampling),
                 **({"quantization": quantization} if quantization else {})}
     if out_dir.exists() and overwrite:
         shutil.rmtree(out_dir)
@@ -143,6 +171,9 @@ def run_eval(cfg: EvalConfig, *, runs_root: Path, overwrite: bool = False) -> di
     rows = [done[e.id] for e in examples]
     texts = [r.get("predictions", [r["prediction"]]) for r in rows]
     values = score(task, texts, [r["reference"] for r in rows], use_stemmer=cfg.use_stemmer)
+    if task.metric == "none":  # nothing to compare the texts with: how well the model predicts the references
+        values.update(reference_loss(loaded, task, examples, max_input_len=cfg.max_input_len,
+                                     max_output_len=cfg.max_new_tokens, batch_size=cfg.batch_size))
     result = {"task": task.name, "model": cfg.model, "run": run.name, "split": split, "examples": len(rows),
               "decoding": sampling.label(), "headline": task.headline, "metrics": values,
               "predictions": str(pred_path), "seconds": round(time.time() - started, 2)}

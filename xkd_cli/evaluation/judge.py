@@ -46,7 +46,7 @@ from xkd_cli.core.jsonl import append_rows, read_rows
 from xkd_cli.core.ui import console
 from xkd_cli.core.workspace import (check_run_name, create_run, now, public_url, resumable_run, run_path, slug,
                                     write_json)
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import task_of
 
 KIND = "judge"
 VERDICTS_FILE = "verdicts.jsonl"
@@ -306,7 +306,7 @@ def run_judge(cfg: JudgeConfig, *, runs_root: Path, overwrite: bool = False,
               client: ChatClient | None = None) -> dict[str, Any]:
     """Judge A against B on their shared inputs; writes verdicts.jsonl and results.json (resumable)."""
     root = Path(runs_root)
-    task = get_task(cfg.task)
+    task = task_of(cfg)
     split = cfg.split or task.eval_split
     template = load_template(task.family, cfg.template)
     name = cfg.results_name

@@ -127,10 +127,59 @@ def self_bleu(samples: Sequence[Sequence[str]]) -> float:
     return sum(per_input) / len(per_input)
 
 
+def chrf(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Corpus chrF (sacreBLEU's defaults, 0-100): character n-grams, kinder than BLEU to short or inflected text."""
+    from sacrebleu.metrics import CHRF  # imported here: only chrF tasks need it
+
+    _check_pairs(predictions, references)
+    return {"chrf": float(CHRF().corpus_score(list(predictions), [list(references)]).score)}
+
+
+def _normalized(text: str) -> str:
+    """Lowercase, no punctuation, single spaces: "The answer: Paris." matches "the answer paris"."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def exact(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Exact match x 100 of the normalised strings (see :func:`_normalized`)."""
+    _check_pairs(predictions, references)
+    hits = sum(_normalized(p) == _normalized(r) for p, r in zip(predictions, references))
+    return {"exact_match": 100.0 * hits / len(predictions)}
+
+
+def number(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """GSM8K's answer extraction for one's own data: the gold is what follows ``####``, or else the whole
+    reference read as a number (a target field holding just the answer)."""
+    _check_pairs(predictions, references)
+    golds = []
+    for reference in references:
+        gold = gold_answer(reference) if "####" in reference else normalize_number(reference.strip())
+        if gold is None:
+            raise XKDError(f"reference {reference[-60:]!r} is not a number and has no '#### N' final answer; "
+                           "the 'number' metric needs one of those in every target (or use metric: exact)")
+        golds.append(gold)
+    hits = sum(extract_answer(p) == g for p, g in zip(predictions, golds))
+    return {"accuracy": 100.0 * hits / len(predictions)}
+
+
+def no_metric(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """``metric: none``: nothing to compare; evaluation reports the references' loss and perplexity instead."""
+    _check_pairs(predictions, references)
+    return {}
+
+
 METRICS: Registry[Callable[..., dict]] = Registry("metric")
 METRICS.register("rouge", rouge)
 METRICS.register("bleu", bleu)
 METRICS.register("accuracy", accuracy)
+METRICS.register("chrf", chrf)
+METRICS.register("exact", exact)
+METRICS.register("number", number)
+METRICS.register("none", no_metric)
+
+# The metrics a task of one's own may name, each with its headline key (``none``: the reference loss).
+CUSTOM_METRICS = {"rouge": "rouge2", "bleu": "bleu", "chrf": "chrf", "exact": "exact_match", "number": "accuracy",
+                  "none": "loss"}
 
 
 def score(metric: str, predictions: Sequence[str], references: Sequence[str], **kw) -> dict[str, float | str]:

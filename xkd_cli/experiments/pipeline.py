@@ -30,13 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from xkd_cli.config.core import load_recipe, to_dict
 from xkd_cli.config.defaults import make_config
 from xkd_cli.config.evaluation import DiversityConfig, EvalConfig, JudgeConfig
 from xkd_cli.config.generation import GenTeacherConfig
 from xkd_cli.config.training import DistillConfig, SFTConfig
 from xkd_cli.core.errors import XKDError
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import get_task, is_task_path, task_from_mapping
 from xkd_cli.core.ui import console
 from xkd_cli.core.workspace import RUN_RECORD, open_run, read_json, read_record, run_path
 from xkd_cli.evaluation.judge import run_judge
@@ -80,6 +82,31 @@ def _names(value: Any, key: str) -> list[str]:
     return list(items)
 
 
+def _tasks(value: Any, recipe_path: Path, runs_root: Path) -> dict[str, str]:
+    """The recipe's tasks as {what --task says: the task's name}: built-in names, task files (relative to the
+    recipe) and inline mappings, which are written to ``<runs>/.tasks/<name>.yaml`` for the commands to read."""
+    items = value if isinstance(value, list) else [] if value is None else [value]
+    found: dict[str, str] = {}
+    for item in items:
+        if isinstance(item, dict):
+            spec = dict(item)
+            base = recipe_path.parent
+            if isinstance(spec.get("data"), str) and not Path(spec["data"]).expanduser().is_absolute() \
+                    and (base / spec["data"]).exists():
+                spec["data"] = str((base / spec["data"]).resolve())
+            task = task_from_mapping(spec, where=f"{recipe_path}, inline task", base=base)
+            path = runs_root / ".tasks" / f"{task.name}.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+            item = str(path)
+        elif not isinstance(item, str):
+            raise XKDError(f"pipeline key 'tasks' must list task names, task files or task mappings, got {item!r}.")
+        elif is_task_path(item) and not Path(item).expanduser().is_absolute() and (recipe_path.parent / item).is_file():
+            item = str(recipe_path.parent / item)
+        found[item] = get_task(item).name
+    return found
+
+
 def _config(cls, options: dict, where: str):
     """A command's config from recipe options, merged as the command merges its flags (the task's defaults,
     then the options); an unknown option is named with its recipe section."""
@@ -107,11 +134,9 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise XKDError(f"unknown key '{unknown[0]}' in pipeline recipe {recipe_path}.{hint} "
                        f"Valid keys: {', '.join(TOP_KEYS)}.")
-    tasks = _names(recipe.get("tasks") or recipe.get("task"), "tasks")
+    tasks = _tasks(recipe.get("tasks") or recipe.get("task"), Path(recipe_path), runs_root)
     if not tasks:
         raise XKDError(f"pipeline recipe {recipe_path} names no task: add 'tasks: [synth-sum]'.")
-    for task in tasks:
-        get_task(task)
     methods = _names(recipe.get("methods"), "methods") or list(DEFAULT_METHODS)
     for method in methods:
         METHODS.get(method)
@@ -131,7 +156,7 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                            "(valid: param, values, methods).")
 
     steps: list[Step] = []
-    for task in tasks:
+    for task, task_name in tasks.items():  # task: what --task would say (a built-in name or a task file)
         roles, sft_cfgs = {}, {}
         gen_options = _mapping(recipe, "gen_teacher")
         black_box = "api_model" in gen_options or "api_base" in gen_options
@@ -141,17 +166,17 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             model = options.get("model") or ("tiny-t5-large" if role == "teacher" else "tiny-t5-small")
             cfg = _config(SFTConfig, {**options, "task": task, "model": model, "role": role,
                                        "name": options.get("name", role)}, role)
-            resolve_model(cfg.model, task=task, runs_dir=runs_root)  # an unknown model fails the plan, not step N
+            resolve_model(cfg.model, task=task_name, runs_dir=runs_root)  # an unknown model fails the plan, not step N
             roles[role], sft_cfgs[role] = cfg.run_name(), cfg
-            steps.append(Step("sft", task, cfg.run_name(), cfg, run_sft, note=model))
+            steps.append(Step("sft", task_name, cfg.run_name(), cfg, run_sft, note=model))
         if sweep.get("param") in ("teacher", "student"):  # each size is SFT'd like the default pair
             for model in sweep["values"]:
                 role = sweep["param"]
                 options = {**_mapping(recipe, role), "task": task, "model": model, "role": role,
                            "name": f"{role}-{model}"}
                 cfg = _config(SFTConfig, options, f"sweep {role}")
-                resolve_model(cfg.model, task=task, runs_dir=runs_root)
-                steps.append(Step("sft", task, cfg.run_name(), cfg, run_sft, note=f"{role} size sweep"))
+                resolve_model(cfg.model, task=task_name, runs_dir=runs_root)
+                steps.append(Step("sft", task_name, cfg.run_name(), cfg, run_sft, note=f"{role} size sweep"))
 
         gen_name = None
         if any(METHODS.get(m).data == "teacher-samples" for m in methods):
@@ -159,7 +184,7 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             if options.get("max_input_len") is None:  # prompts cut as the student's training cuts them
                 options["max_input_len"] = sft_cfgs["student"].max_input_len
             cfg = _config(GenTeacherConfig, options, "gen_teacher")
-            steps.append(Step("gen-teacher", task, cfg.name, cfg, run_gen_teacher,
+            steps.append(Step("gen-teacher", task_name, cfg.name, cfg, run_gen_teacher,
                               note="black-box" if black_box else "white-box"))
             gen_name = cfg.name
 
@@ -173,7 +198,7 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             if METHODS.get(method).data == "teacher-samples":
                 options.setdefault("teacher_data", gen_name)
             cfg = _config(DistillConfig, options, f"distill/{method}")
-            steps.append(Step("distill", task, name, cfg, run_distill, note=note or METHODS.get(method).paper_name,
+            steps.append(Step("distill", task_name, name, cfg, run_distill, note=note or METHODS.get(method).paper_name,
                               record=record or {}))
             evaluated.append(name)
 
@@ -194,26 +219,26 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
 
         for name in evaluated:
             cfg = _config(EvalConfig, {**eval_options, "task": task, "model": name}, "eval")
-            steps.append(Step("eval", task, name, cfg, run_eval))
+            steps.append(Step("eval", task_name, name, cfg, run_eval))
 
         for kind, key in (("diversity", "diversity"), ("judge", "judge")):
             options = _mapping(recipe, key)
             if options:
-                steps.append(_extra_step(kind, task, options, roles))
+                steps.append(_extra_step(kind, task, task_name, options, roles))
     return steps
 
 
-def _extra_step(kind: str, task: str, options: dict, roles: dict) -> Step:
+def _extra_step(kind: str, task: str, task_name: str, options: dict, roles: dict) -> Step:
     """Diversity and judge steps, built by their own modules."""
     if kind == "diversity":
         from xkd_cli.evaluation.diversity import run_diversity  # torch loads only once a recipe is planned
 
         models = [roles.get(m, m) for m in _names(options.pop("models", None), "diversity.models") or [roles["student"]]]
         cfg = _config(DiversityConfig, {**options, "task": task, "models": models}, "diversity")
-        return Step("diversity", task, cfg.name, cfg, run_diversity, note=", ".join(models))
+        return Step("diversity", task_name, cfg.name, cfg, run_diversity, note=", ".join(models))
     cfg = _config(JudgeConfig, {**options, "task": task, "a": roles.get(options.get("a"), options.get("a")),
                                 "b": roles.get(options.get("b"), options.get("b"))}, "judge")
-    return Step("judge", task, cfg.name or f"judge-{cfg.a}-vs-{cfg.b}", cfg, run_judge, note=f"{cfg.a} vs {cfg.b}")
+    return Step("judge", task_name, cfg.name or f"judge-{cfg.a}-vs-{cfg.b}", cfg, run_judge, note=f"{cfg.a} vs {cfg.b}")
 
 
 def _state(step: Step, runs_root: Path) -> tuple[str, list[str]]:

@@ -32,16 +32,18 @@ class Sampling:
 @torch.no_grad()
 def generate_ids(model, prompts: Sequence[Sequence[int]], sampling: Sampling, *, is_encoder_decoder: bool,
                  pad_id: int, eos_id: int, vocab_size: int | None = None,
-                 logits_processor=None) -> list[list[list[int]]]:
+                 logits_processor=None, stop_ids: Sequence[int] = ()) -> list[list[list[int]]]:
     """For each prompt, ``num_samples`` continuations as token ids ending with eos when the model stopped
     (no eos when it ran out of ``max_new_tokens``). One ``generate`` call, KV cache on. Ids at or past
     ``vocab_size`` (T5's embedding padding) are never produced; ``logits_processor`` reshapes the
-    next-token scores (MiniLLM's teacher mixing)."""
+    next-token scores (MiniLLM's teacher mixing); ``stop_ids`` end a continuation like eos (a chat
+    template's end-of-turn token), and the continuation keeps the one it stopped at."""
     device = next(model.parameters()).device
     mask = pad_rows([[1] * len(p) for p in prompts], 0, left=not is_encoder_decoder).to(device)
     input_ids = pad_rows(prompts, pad_id, left=not is_encoder_decoder).to(device)
     kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.num_samples,
-                  use_cache=True, pad_token_id=pad_id, eos_token_id=eos_id)
+                  use_cache=True, pad_token_id=pad_id,
+                  eos_token_id=list(dict.fromkeys([eos_id, *stop_ids])) if stop_ids else eos_id)
     if sampling.greedy:
         kwargs.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
     else:
@@ -67,9 +69,11 @@ def generate_ids(model, prompts: Sequence[Sequence[int]], sampling: Sampling, *,
             model.reshard()
     new = out[:, 1:] if is_encoder_decoder else out[:, input_ids.shape[1]:]  # drop decoder start / the prompt
     rows = []
+    stops = {eos_id, *stop_ids}
     for row in new.tolist():
-        if eos_id in row:
-            row = row[: row.index(eos_id) + 1]
+        end = next((i for i, token in enumerate(row) if token in stops), None)
+        if end is not None:
+            row = row[: end + 1]
         rows.append(row)
     k = sampling.num_samples
     return [rows[i * k:(i + 1) * k] for i in range(len(prompts))]
@@ -83,7 +87,8 @@ def _is_fsdp(model) -> bool:
 
 def generate_batched(model, prompts: Sequence[Sequence[int]], sampling: Sampling, *, is_encoder_decoder: bool,
                      pad_id: int, eos_id: int, batch_size: int, seed: int | None = None,
-                     on_batch: Callable[[list[int], list[list[list[int]]]], None] | None = None) -> list[list[list[int]]]:
+                     on_batch: Callable[[list[int], list[list[list[int]]]], None] | None = None,
+                     stop_ids: Sequence[int] = ()) -> list[list[list[int]]]:
     """``generate_ids`` over many prompts, longest first so batches pad little; results in input order.
     ``on_batch(indices, outputs)`` runs after each batch (to append results to disk as they come)."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -93,7 +98,7 @@ def generate_batched(model, prompts: Sequence[Sequence[int]], sampling: Sampling
         if seed is not None:
             torch.manual_seed(seed + start)
         outputs = generate_ids(model, [prompts[i] for i in chunk], sampling, is_encoder_decoder=is_encoder_decoder,
-                               pad_id=pad_id, eos_id=eos_id)
+                               pad_id=pad_id, eos_id=eos_id, stop_ids=stop_ids)
         for i, output in zip(chunk, outputs):
             results[i] = output
         if on_batch is not None:

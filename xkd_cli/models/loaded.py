@@ -25,6 +25,8 @@ class LoadedModel:
     is_encoder_decoder: bool
     adapter_base: dict[str, Any] | None = None
     """For a LoRA model (a peft model): the base it adapts (see adapters.py); saved beside the adapter."""
+    chat: Any = None
+    """The chat format its prompts are rendered with (xkd_cli.models.chat.ChatFormat), None for raw prompts."""
 
 
 def model_vocab_size(loaded: LoadedModel) -> int:

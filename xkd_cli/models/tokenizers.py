@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.models.load_errors import remote_code_error, short_error
-from xkd_cli.models.zoo import BUILTIN_MODELS, builtin_tokenizer
+from xkd_cli.models.zoo import BUILTIN_MODELS, spec_tokenizer
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,7 +43,7 @@ def _files_stamp(location: str) -> tuple[int, ...]:
 def load_tokenizer(location: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer of a builtin name, saved directory or hub id (cached; returns a private copy)."""
     if location in BUILTIN_MODELS:
-        return builtin_tokenizer(BUILTIN_MODELS.get(location).tokenizer)
+        return spec_tokenizer(BUILTIN_MODELS.get(location))
     location = str(location)
     directory = Path(location)
     if directory.is_dir() and not any((directory / f).is_file() for f in TOKENIZER_FILES):

@@ -62,6 +62,22 @@ def builtin_tokenizer(kind: str = "bpe") -> PreTrainedTokenizerFast:
     return copy.deepcopy(_builtin_tokenizer_cached(str(BUILTIN_TOKENIZERS[kind])))
 
 
+# ChatML, as SmolLM2 and Qwen write it: the tiny chat models exercise the chat path of a real instruct model.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+
+
+def chat_tokenizer() -> PreTrainedTokenizerFast:
+    """The builtin tokenizer plus ChatML's two special tokens and template (the tiny chat models')."""
+    tokenizer = builtin_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": list(CHAT_TOKENS)})
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
 @dataclass(frozen=True)
 class TinyModelSpec:
     """Architecture of one builtin model; the vocabulary size comes from the shared tokenizer."""
@@ -71,6 +87,7 @@ class TinyModelSpec:
     config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     tokenizer: str = "bpe"  # a key of BUILTIN_TOKENIZERS
+    chat: bool = False  # the chat tokenizer (ChatML template and tokens) instead of the plain one
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -168,6 +185,15 @@ BUILTIN_MODELS.register(
         tokenizer="unigram",
     ),
 )
+for _name, _base in (("tiny-chat-small", "tiny-gpt-small"), ("tiny-chat-large", "tiny-gpt-large")):
+    _spec = BUILTIN_MODELS.get(_base)
+    BUILTIN_MODELS.register(_name, TinyModelSpec("llama", _spec.description.replace("decoder-only", "chat (ChatML)"),
+                                                 _spec.config, seed=_spec.seed, chat=True))
+
+
+def spec_tokenizer(spec: TinyModelSpec) -> PreTrainedTokenizerFast:
+    """The tokenizer a builtin model is built with."""
+    return chat_tokenizer() if spec.chat else builtin_tokenizer(spec.tokenizer)
 
 
 def build_tiny_model(name: str) -> LoadedModel:
@@ -178,7 +204,7 @@ def build_tiny_model(name: str) -> LoadedModel:
     built a teacher first).
     """
     spec = BUILTIN_MODELS.get(name)
-    tokenizer = builtin_tokenizer(spec.tokenizer)
+    tokenizer = spec_tokenizer(spec)
     config = spec.make_config(tokenizer)
     model_cls = T5ForConditionalGeneration if spec.is_encoder_decoder else LlamaForCausalLM
     with torch.random.fork_rng(devices=[]):

@@ -35,7 +35,9 @@ from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.training.run import EncodedSet, load_split, run_training
 from xkd_cli.training.gen_teacher import load_teacher_data
 from xkd_cli.training.teacher_cache import TeacherCache
-from xkd_cli.data.tasks import Example, get_task
+from xkd_cli.data.tasks import Example
+from xkd_cli.data.taskfile import task_of
+from xkd_cli.models.chat import check_same_prompts, use_chat_template
 from xkd_cli.training.timing import PHASES
 from xkd_cli.training.distributed import current as current_processes
 from xkd_cli.training.loop import IndexStream
@@ -61,7 +63,8 @@ class StudentSampler:
         with PHASES("generate"):
             rows = generate_ids(self.student.model, [self.data.prompts[i] for i in indices], self.sampling,
                                 is_encoder_decoder=self.data.is_encoder_decoder, pad_id=self.data.pad_id,
-                                eos_id=self.data.eos_id, vocab_size=self.vocab_size, logits_processor=processor)
+                                eos_id=self.data.eos_id, vocab_size=self.vocab_size, logits_processor=processor,
+                                stop_ids=self.data.stop_ids)
         self.seconds += time.perf_counter() - started
         self.sequences += len(indices)
         # An empty continuation still needs one target (eos) so the row counts as a sequence.
@@ -128,7 +131,7 @@ def default_model_run(root: Path, task: str, role: str, flag: str) -> str:
 def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
                 resume: bool = False) -> dict[str, Any]:
     method = cfg.spec
-    task = get_task(cfg.task)
+    task = task_of(cfg)
     name = cfg.run_name()
     resume_from = find_resume(runs_root, task.name, name, kind="distill", cfg=cfg, overwrite=overwrite, resume=resume)
     student_ref = cfg.student or default_model_run(runs_root, task.name, "student", "--student")
@@ -140,13 +143,15 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
     if method.needs_teacher_model:
         teacher_ref = cfg.teacher or default_model_run(runs_root, task.name, "teacher", "--teacher")
 
-    student = load_trained_model(student_ref, cfg, task=task.name, runs_dir=runs_root)
+    student = use_chat_template(load_trained_model(student_ref, cfg, task=task.name, runs_dir=runs_root),
+                                cfg.chat_template)
     teacher = None
     if teacher_ref is not None:
         teacher = load_model(teacher_ref, task=task.name, runs_dir=runs_root, dtype=cfg.teacher_dtype or cfg.dtype,
                              device=str(resolve_device(cfg.teacher_device or cfg.device)), for_training=False,
                              quantization=quantization_of(cfg.teacher_load_in_8bit, cfg.teacher_load_in_4bit),
                              trust_remote_code=cfg.trust_remote_code)
+        use_chat_template(teacher, cfg.chat_template)
         same_tokenizer = tokenizers_match(teacher.tokenizer, student.tokenizer)
         if cfg.cross_tokenizer == "off" or same_tokenizer:
             vocab_size = check_same_tokenizer(teacher.tokenizer, student.tokenizer, teacher_ref, student_ref)
@@ -162,11 +167,15 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
     else:
         vocab_size = len(student.tokenizer)
     if teacher_data is not None:
-        examples = [Example(f"{r['id']}#{r['sample']}", r["prompt"], r["response"], r.get("source", ""))
+        examples = [Example(f"{r['id']}#{r['sample']}", r["prompt"], r["response"], r.get("source", ""),
+                            tuple(map(tuple, r["messages"])) if r.get("messages") else None)
                     for r in teacher_data.rows]
     else:
         examples = load_split(task, "train", cfg, train_fraction=cfg.train_fraction)
     eval_examples = load_split(task, task.eval_split, cfg, limit=cfg.eval_limit) if cfg.eval_every else []
+    if teacher is not None and cfg.cross_tokenizer == "off":  # one prompt, the same tokens for both models, before any compute
+        check_same_prompts(teacher, student, examples[0], teacher_ref=teacher_ref, student_ref=student_ref,
+                           max_len=cfg.max_input_len)
     data = EncodedSet(examples, student, max_input_len=cfg.max_input_len, max_output_len=cfg.max_output_len,
                       keep_end=task.keep_prompt_end)
 

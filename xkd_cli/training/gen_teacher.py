@@ -25,7 +25,8 @@ from xkd_cli.core.jsonl import append_rows, read_rows
 from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.core.ui import console
 from xkd_cli.core.workspace import create_run, find_runs, open_run, public_url, read_record, resumable_run, run_path
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import task_of
+from xkd_cli.models.chat import use_chat_template
 from xkd_cli.evaluation.evaluate import predict
 from xkd_cli.models.generate import Sampling
 from xkd_cli.models.loading import load_model, resolve_model
@@ -53,7 +54,7 @@ def default_teacher(root: Path, task: str) -> str:
 def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool = False,
                     client: ChatClient | None = None) -> dict[str, Any]:
     """Sample the teacher on the training prompts into ``<run>/samples.jsonl`` (resumable)."""
-    task = get_task(cfg.task)
+    task = task_of(cfg)
     examples = task.load("train", cfg.data, train_fraction=cfg.train_fraction, limit=cfg.limit)
     decoding = {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p}
     common = {"task": task.name, "data": cfg.data, "train_fraction": cfg.train_fraction, "limit": cfg.limit,
@@ -87,6 +88,7 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
         loaded = load_model(settings["teacher"], task=task.name, runs_dir=runs_root, dtype=cfg.dtype,
                             device=str(resolve_device(cfg.device)), for_training=False,
                             quantization=settings["quantization"], trust_remote_code=cfg.trust_remote_code)
+        use_chat_template(loaded, cfg.chat_template)
     # Which tokenizer the samples belong to, so `distill` can refuse them for a student of another family.
     tokenizer_sha = tokenizer_fingerprint(loaded.tokenizer) if loaded is not None else None
     if tokenizer_sha:
@@ -107,6 +109,7 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
 
     def row(example, k: int, text: str) -> dict[str, Any]:
         return {"id": example.id, "sample": k, "prompt": example.prompt, "response": text, "source": example.source,
+                **({"messages": [list(m) for m in example.messages]} if example.messages is not None else {}),
                 **row_settings}
 
     description = f"gen-teacher {task.name}/{run.name}"
@@ -114,7 +117,8 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
         assert client is not None
 
         def ask(pair) -> str:
-            return client.complete(pair[0].prompt, temperature=cfg.temperature, top_p=cfg.top_p,
+            messages = [{"role": r, "content": c} for r, c in pair[0].messages] if pair[0].messages else pair[0].prompt
+            return client.complete(messages, temperature=cfg.temperature, top_p=cfg.top_p,
                                    max_tokens=cfg.max_new_tokens)
 
         client.map(ask, todo, on_result=lambda pair, text: append_rows(samples_path, [row(pair[0], pair[1], text)]),

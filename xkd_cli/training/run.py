@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from xkd_cli.data.batches import Batch, encode_prompts, encode_targets, make_batch, special_ids
+from xkd_cli.data.batches import Batch, make_batch, special_ids
 from xkd_cli.training.checkpoint.checkpointer import Checkpointer, TrainingInterrupted
 from xkd_cli.training.checkpoint.resume import Checkpoint, latest_checkpoint, reopen_run
 from xkd_cli.config.core import to_dict
@@ -20,6 +20,7 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.evaluation.evaluate import quick_eval
 from xkd_cli.models.lora import MERGED_DIR, export_merged
+from xkd_cli.models.chat import encode_example_prompts, encode_example_targets, stop_ids
 from xkd_cli.models.loaded import LoadedModel, count_parameters
 from xkd_cli.models.loading import save_model
 from xkd_cli.data.tasks import Example, Task
@@ -38,9 +39,11 @@ class EncodedSet:
         self.examples = list(examples)
         self.is_encoder_decoder = loaded.is_encoder_decoder
         self.pad_id, self.eos_id, self.start_id = special_ids(tok, loaded.model.config)
-        self.prompts = encode_prompts(tok, [e.prompt for e in self.examples], is_encoder_decoder=self.is_encoder_decoder,
-                                      max_len=max_input_len, keep_end=keep_end)
-        self.targets = encode_targets(tok, [e.reference for e in self.examples], max_len=max_output_len)
+        self.stop_ids = stop_ids(loaded)
+        if loaded.chat is not None:  # targets (and empty samples) end with the template's end-of-turn token
+            self.eos_id = loaded.chat.end_of_turn
+        self.prompts = encode_example_prompts(loaded, self.examples, max_len=max_input_len, keep_end=keep_end)
+        self.targets = encode_example_targets(loaded, [e.reference for e in self.examples], max_len=max_output_len)
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -8,7 +8,7 @@ from typing import Any
 from xkd_cli import __version__
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import read_json, write_json, write_text
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import get_task
 from xkd_cli.experiments.report.collect import collect_runs, task_dirs
 from xkd_cli.experiments.report.figures import FIGURES_DIR, build_diversity, build_figures, draw_figure
 from xkd_cli.experiments.report.tables import build_judge, build_table1
@@ -22,9 +22,9 @@ def default_output(root: Path, task: str | None) -> Path:
 def build_report(root: Path, task: str | None = None, output: Path | None = None) -> dict[str, Any]:
     """Collect, draw and write the report; returns what report.json holds."""
     root = Path(root)
-    if task is not None:
-        get_task(task)  # an unknown name lists the valid ones
     available = task_dirs(root)
+    if task is not None and task not in available:
+        task = get_task(task).name  # a task file names its runs' folder; an unknown name lists the valid ones
     if not available:
         raise XKDError(f"no runs in {root}: run an experiment first (e.g. `xkd pipeline recipes/pipeline/offline-quick.yaml`) "
                        "or pass --runs-dir (env XKD_RUNS_DIR) pointing at one.")
