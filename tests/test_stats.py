@@ -56,4 +56,4 @@ def test_wilson():
     low, high = wilson(20, 40)
     # p = ½, z = 1.96: centre ½, half-width 1.96·√(1/160 + 1.96²/6400)/(1 + 1.96²/40) = 0.1480
     assert low == pytest.approx(35.20, abs=0.01) and high == pytest.approx(64.80, abs=0.01)
-    assert wilson(0, 10)[0] == 0.0 and wilson(0, 0) is None
+    assert wilson(0, 10)[0] == pytest.approx(0.0, abs=1e-9) and wilson(0, 0) is None
