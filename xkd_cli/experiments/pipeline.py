@@ -19,6 +19,13 @@ Recipe keys (all optional except ``tasks`` or ``task``)::
     diversity: {models: [student, gkd, gxkd], temperatures: [0.1, 0.3, 0.5, 1.0], num_samples: 4, limit: 20}
     judge: {a: seqxkd, b: seqkd, judge_model: gpt-4, base_url: http://..., limit: 50}
     sweep: {param: lam, values: [0, 0.001, 0.01], methods: [gxkd]}
+    seeds: [1, 2, 3]          # every distillation once per seed, runs "<method>-seed-<s>" (seed in run.json)
+    seed_students: true       # with seeds: also one SFT student per seed ("student-seed-<s>"), which the
+                              # distillations of that seed start from
+
+With ``seeds``, diversity and judge steps that name a method or the student use its first seed's run, and
+sweep runs keep one seed (the config's); ``xkd report`` shows each seeded method as mean ± sd over its seeds
+and the X-variants' paired differences with intervals.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from xkd_cli.experiments.report.build import build_report
 from xkd_cli.objectives.methods import METHODS
 
 TOP_KEYS = ("task", "tasks", "teacher", "student", "gen_teacher", "methods", "distill", "method_options", "eval",
-            "diversity", "judge", "sweep")
+            "diversity", "judge", "sweep", "seeds", "seed_students")
 SWEEP_PARAMS = ("train_fraction", "lam", "tau", "teacher", "student")
 DEFAULT_METHODS = ["seqkd", "seqxkd", "skd", "sxkd", "gkd", "gxkd", "minillm"]
 
@@ -130,20 +137,35 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             raise XKDError(f"unknown key '{sorted(unknown_sweep)[0]}' in pipeline section 'sweep' "
                            "(valid: param, values, methods).")
 
+    seeds = _seeds(recipe.get("seeds"))
+    seed_students = recipe.get("seed_students", False)
+    if not isinstance(seed_students, bool):
+        raise XKDError(f"pipeline key 'seed_students' must be true or false, got {seed_students!r}.")
+    if seed_students and not seeds:
+        raise XKDError("pipeline key 'seed_students' needs 'seeds', e.g. seeds: [1, 2, 3].")
+
     steps: list[Step] = []
     for task in tasks:
         roles, sft_cfgs = {}, {}
         gen_options = _mapping(recipe, "gen_teacher")
         black_box = "api_model" in gen_options or "api_base" in gen_options
         needs_local_teacher = not black_box or any(METHODS.get(m).needs_teacher_model for m in methods)
+        students: dict[int, str] = {}  # seed -> its SFT student run (seed_students)
         for role in ("teacher", "student") if needs_local_teacher else ("student",):
             options = _mapping(recipe, role)
             model = options.get("model") or ("tiny-t5-large" if role == "teacher" else "tiny-t5-small")
-            cfg = _config(SFTConfig, {**options, "task": task, "model": model, "role": role,
-                                       "name": options.get("name", role)}, role)
-            resolve_model(cfg.model, task=task, runs_dir=runs_root)  # an unknown model fails the plan, not step N
-            roles[role], sft_cfgs[role] = cfg.run_name(), cfg
-            steps.append(Step("sft", task, cfg.run_name(), cfg, run_sft, note=model))
+            per_seed = role == "student" and seed_students
+            for seed in seeds if per_seed else [None]:
+                extra = {} if seed is None else {"seed": seed, "name": f"{options.get('name', role)}-seed-{seed}"}
+                cfg = _config(SFTConfig, {**options, "task": task, "model": model, "role": role,
+                                           "name": options.get("name", role), **extra}, role)
+                resolve_model(cfg.model, task=task, runs_dir=runs_root)  # an unknown model fails the plan, not step N
+                if role not in roles:
+                    roles[role], sft_cfgs[role] = cfg.run_name(), cfg
+                if seed is not None:
+                    students[seed] = cfg.run_name()
+                steps.append(Step("sft", task, cfg.run_name(), cfg, run_sft, note=model + _seed_note(seed),
+                                  record={} if seed is None else {"seed": seed, "seed_group": role}))
         if sweep.get("param") in ("teacher", "student"):  # each size is SFT'd like the default pair
             for model in sweep["values"]:
                 role = sweep["param"]
@@ -165,7 +187,7 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
 
         distill_options = _mapping(recipe, "distill")
         eval_options = _mapping(recipe, "eval")
-        evaluated = list(roles.values())
+        evaluated = list(dict.fromkeys([*roles.values(), *students.values()]))
 
         def add_distill(method: str, name: str, extra: dict, note: str = "", record: dict | None = None) -> None:
             options = {"task": task, "method": method, "name": name, "teacher": roles.get("teacher"),
@@ -178,7 +200,14 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             evaluated.append(name)
 
         for method in methods:
-            add_distill(method, method, {})
+            if not seeds:
+                add_distill(method, method, {})
+                continue
+            for seed in seeds:
+                extra = {"seed": seed, **({"student": students[seed]} if seed in students else {})}
+                add_distill(method, f"{method}-seed-{seed}", extra, note=METHODS.get(method).paper_name + _seed_note(seed),
+                            record={"seed": seed, "seed_group": method})
+            roles.setdefault(method, f"{method}-seed-{seeds[0]}")  # what diversity / judge mean by the method
         if sweep:
             param = sweep["param"]
             for method in sweep.get("methods") or methods:
@@ -201,6 +230,20 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             if options:
                 steps.append(_extra_step(kind, task, options, roles))
     return steps
+
+
+def _seeds(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise XKDError(f"pipeline key 'seeds' must be a list of integers, e.g. [1, 2, 3], got {value!r}.")
+    if len(set(value)) != len(value):
+        raise XKDError(f"pipeline key 'seeds' lists a seed twice: {value}.")
+    return list(value)
+
+
+def _seed_note(seed: int | None) -> str:
+    return "" if seed is None else f", seed {seed}"
 
 
 def _extra_step(kind: str, task: str, options: dict, roles: dict) -> Step:
