@@ -387,6 +387,14 @@ def seeded_runs(root):
             scores = run / "eval" / "validation-greedy" / "scores.jsonl"
             scores.write_text("".join(json.dumps({"id": f"e{i}", "metric": "rouge2", "stats": [v]}) + "\n"
                                       for i, v in enumerate(values)))
+    # a seeded λ sweep point: 2.0 above GKD on every example of seeds 1 and 2 (no seed 3)
+    for seed in (1, 2):
+        values = [v + 2.0 for v in SEEDED["gkd"][seed]]
+        run = distill(root, "synth-sum", f"gxkd-lam-0.1-seed-{seed}", "gxkd", sum(values) / 4, sweep=("lam", 0.1), lam=0.1)
+        record = json.loads((run / "run.json").read_text())
+        write(run / "run.json", {**record, "seed": seed, "seed_group": "gxkd-lam-0.1"})
+        (run / "eval" / "validation-greedy" / "scores.jsonl").write_text(
+            "".join(json.dumps({"id": f"e{i}", "metric": "rouge2", "stats": [v]}) + "\n" for i, v in enumerate(values)))
     return root
 
 
@@ -415,7 +423,9 @@ def test_report_with_seeds(tmp_path, xkd, runs):
     assert rows[0] == ["model", "synth-sum", "synth-sum sd", "synth-sum seeds"]
     assert {r[0]: r[1:] for r in rows[1:]}["G-XKD"] == ["14.0", "1.0", "3"]
 
-    [diff] = report["differences"]
+    diff, point = report["differences"]
+    assert (point["label"], point["diff"], point["low"], point["high"], point["seed_values"]) == (
+        "G-XKD (lam=0.1) − GKD", 2.0, 2.0, 2.0, [1, 2])
     assert (diff["method"], diff["baseline"], diff["diff"], diff["low"], diff["high"]) == ("gxkd", "gkd", 1.0, 1.0, 1.0)
     assert (diff["seeds"], diff["examples"], diff["seed_values"]) == (3, 4, [1, 2, 3])
     assert diff["sources"][0] == ["synth-sum/gxkd-seed-1/eval/validation-greedy/scores.jsonl",
@@ -424,8 +434,9 @@ def test_report_with_seeds(tmp_path, xkd, runs):
     [fig] = report["difference_figures"]
     assert (out / fig["png"]).read_bytes().startswith(PNG_MAGIC) and "G-XKD − GKD" in svg_text(out / fig["svg"])
     with open(out / "differences.csv", newline="") as fh:
-        [saved] = list(csv.DictReader(fh))
-    assert (saved["method"], float(saved["diff"]), saved["seeds"]) == ("gxkd", 1.0, "3")
+        saved, saved_point = list(csv.DictReader(fh))
+    assert (saved["method"], float(saved["diff"]), saved["seeds"], saved["point"]) == ("gxkd", 1.0, "3", "")
+    assert (saved_point["point"], float(saved_point["low"])) == ("lam=0.1", 2.0)
     assert saved["runs"].split(";")[0] == "gxkd-seed-1/gkd-seed-1"
 
     text = xkd("report")
@@ -438,5 +449,5 @@ def test_differences_need_per_example_scores(xkd, runs):
     seeded_runs(runs)
     (runs / "synth-sum" / "gkd-seed-2" / "eval" / "validation-greedy" / "scores.jsonl").unlink()
     report = xkd("report", "--json").json()
-    assert report["differences"][0]["seeds"] == 2  # seed 2 has no pair any more
+    assert [d["seeds"] for d in report["differences"]] == [2, 1]  # seed 2 has no pair any more
     assert any(m["run"] == "gkd-seed-2" and "xkd eval --model gkd-seed-2" in m["fix"] for m in report["missing"])

@@ -18,14 +18,15 @@ Recipe keys (all optional except ``tasks`` or ``task``)::
     eval: {limit: 200}
     diversity: {models: [student, gkd, gxkd], temperatures: [0.1, 0.3, 0.5, 1.0], num_samples: 4, limit: 20}
     judge: {a: seqxkd, b: seqkd, judge_model: gpt-4, base_url: http://..., limit: 50}
-    sweep: {param: lam, values: [0, 0.001, 0.01], methods: [gxkd]}
+    sweep: {param: lam, values: [0, 0.001, 0.01], methods: [gxkd]}   # or a list of such mappings
     seeds: [1, 2, 3]          # every distillation once per seed, runs "<method>-seed-<s>" (seed in run.json)
     seed_students: true       # with seeds: also one SFT student per seed ("student-seed-<s>"), which the
                               # distillations of that seed start from
 
 With ``seeds``, diversity and judge steps that name a method or the student use its first seed's run, and
-sweep runs keep one seed (the config's); ``xkd report`` shows each seeded method as mean ± sd over its seeds
-and the X-variants' paired differences with intervals.
+every sweep point runs once per seed too ("<method>-<param>-<value>-seed-<s>"; teacher / student size
+sweeps excepted: one SFT'd model per size); ``xkd report`` shows each seeded method as mean ± sd over its
+seeds and the X-variants' paired differences (default runs and each sweep point) with intervals.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from xkd_cli.objectives.methods import METHODS
 
 TOP_KEYS = ("task", "tasks", "teacher", "student", "gen_teacher", "methods", "distill", "method_options", "eval",
             "diversity", "judge", "sweep", "seeds", "seed_students")
-SWEEP_PARAMS = ("train_fraction", "lam", "tau", "teacher", "student")
+SWEEP_PARAMS = ("train_fraction", "lam", "tau", "teacher", "student", "reward_position")
 DEFAULT_METHODS = ["seqkd", "seqxkd", "skd", "sxkd", "gkd", "gxkd", "minillm"]
 
 
@@ -126,8 +127,8 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
     for method in method_options:
         if method not in methods:
             raise XKDError(f"method_options names '{method}', which is not in 'methods' ({', '.join(methods)}).")
-    sweep = _mapping(recipe, "sweep")
-    if sweep:
+    sweeps = _sweeps(recipe)
+    for sweep in sweeps:
         if sweep.get("param") not in SWEEP_PARAMS:
             raise XKDError(f"sweep param must be one of {', '.join(SWEEP_PARAMS)}, got {sweep.get('param')!r}.")
         if not isinstance(sweep.get("values"), list) or not sweep["values"]:
@@ -166,8 +167,10 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                     students[seed] = cfg.run_name()
                 steps.append(Step("sft", task, cfg.run_name(), cfg, run_sft, note=model + _seed_note(seed),
                                   record={} if seed is None else {"seed": seed, "seed_group": role}))
-        if sweep.get("param") in ("teacher", "student"):  # each size is SFT'd like the default pair
-            for model in sweep["values"]:
+        for sweep in sweeps:
+            if sweep.get("param") not in ("teacher", "student"):
+                continue
+            for model in sweep["values"]:  # each size is SFT'd like the default pair
                 role = sweep["param"]
                 options = {**_mapping(recipe, role), "task": task, "model": model, "role": role,
                            "name": f"{role}-{model}"}
@@ -208,7 +211,7 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                 add_distill(method, f"{method}-seed-{seed}", extra, note=METHODS.get(method).paper_name + _seed_note(seed),
                             record={"seed": seed, "seed_group": method})
             roles.setdefault(method, f"{method}-seed-{seeds[0]}")  # what diversity / judge mean by the method
-        if sweep:
+        for sweep in sweeps:
             param = sweep["param"]
             for method in sweep.get("methods") or methods:
                 if method not in methods:
@@ -218,8 +221,15 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                         extra = {param: f"{param}-{value}"}
                     else:
                         extra = {param: value}
-                    add_distill(method, f"{method}-{param}-{value}", extra, note=f"sweep {param}={value}",
-                                record={"sweep": {"param": param, "value": value, "method": method}})
+                    name, record = f"{method}-{param}-{value}", {"sweep": {"param": param, "value": value, "method": method}}
+                    if not seeds or param in ("teacher", "student"):  # a size sweep uses the one SFT'd model per size
+                        add_distill(method, name, extra, note=f"sweep {param}={value}", record=record)
+                        continue
+                    for seed in seeds:
+                        add_distill(method, f"{name}-seed-{seed}",
+                                    {**extra, "seed": seed, **({"student": students[seed]} if seed in students else {})},
+                                    note=f"sweep {param}={value}{_seed_note(seed)}",
+                                    record={**record, "seed": seed, "seed_group": name})
 
         for name in evaluated:
             cfg = _config(EvalConfig, {**eval_options, "task": task, "model": name}, "eval")
@@ -230,6 +240,15 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             if options:
                 steps.append(_extra_step(kind, task, options, roles))
     return steps
+
+
+def _sweeps(recipe: dict) -> list[dict]:
+    """The recipe's sweeps: one mapping, or a list of them (e.g. λ and the reward position)."""
+    value = recipe.get("sweep")
+    items = [] if value is None else value if isinstance(value, list) else [value]
+    if not all(isinstance(item, dict) for item in items):
+        raise XKDError(f"pipeline key 'sweep' must be a mapping or a list of mappings, got {value!r}.")
+    return [{str(k).replace("-", "_"): v for k, v in item.items()} for item in items]
 
 
 def _seeds(value: Any) -> list[int]:

@@ -34,6 +34,17 @@ def _paired_runs(runs: list[RunInfo], x: str, b: str) -> dict[int | None, tuple[
     return {None: (defaults[x], defaults[b])} if x in defaults and b in defaults else {}
 
 
+def _sweep_groups(runs: list[RunInfo]) -> dict[str, tuple[dict, dict[int, RunInfo]]]:
+    """Seeded sweep points of the pipeline (``seed_group`` "<method>-<param>-<value>"): group -> (its
+    sweep record, seed -> run)."""
+    groups: dict[str, tuple[dict, dict[int, RunInfo]]] = {}
+    for run in runs:
+        sweep, seed, group = run.record.get("sweep"), run.record.get("seed"), run.record.get("seed_group")
+        if run.kind == "distill" and isinstance(sweep, dict) and isinstance(seed, int) and isinstance(group, str):
+            groups.setdefault(group, (sweep, {}))[1][seed] = run
+    return groups
+
+
 def _scores(run: RunInfo, root: Path, task: str, missing: list[dict[str, Any]]) -> tuple[dict[str, list], str] | None:
     cell = greedy_eval(run, root)
     path = (root / cell["source"]).parent / SCORES if cell else None
@@ -49,9 +60,19 @@ def build_differences(root: Path, tasks: list[str], runs: dict[str, list[RunInfo
                       missing: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for task in tasks:
+        candidates = []
         for x in METHODS.names():
             b = counterpart(x)
-            pairs = _paired_runs(runs[task], x, b) if b else {}
+            if b:
+                candidates.append((x, b, "", _paired_runs(runs[task], x, b)))
+        for group, (sweep, by_seed) in sorted(_sweep_groups(runs[task]).items()):
+            x = sweep.get("method")
+            b = counterpart(x) if x in METHODS else None
+            baseline = seed_group(runs[task], b) if b else {}
+            pairs = {seed: (by_seed[seed], baseline[seed]) for seed in sorted(by_seed) if seed in baseline}
+            if pairs:
+                candidates.append((x, b, f" ({sweep.get('param')}={sweep.get('value')})", pairs))
+        for x, b, point, pairs in candidates:
             loaded = []
             for seed, (run_x, run_b) in pairs.items():
                 sx, sb = _scores(run_x, root, task, missing), _scores(run_b, root, task, missing)
@@ -67,7 +88,8 @@ def build_differences(root: Path, tasks: list[str], runs: dict[str, list[RunInfo
             bs = np.array([[l[4][0][i] for i in ids] for l in loaded])
             boot = paired_bootstrap(xs, bs, headline)
             rows.append({"task": task, "method": x, "baseline": b,
-                         "label": f"{METHODS.get(x).paper_name} − {METHODS.get(b).paper_name}", "metric": headline,
+                         "label": f"{METHODS.get(x).paper_name}{point} − {METHODS.get(b).paper_name}",
+                         "point": point.strip(" ()") or None, "metric": headline,
                          **boot, "seed_values": [l[0] for l in loaded],
                          "runs": [[l[1].name, l[2].name] for l in loaded],
                          "sources": [[l[3][1], l[4][1]] for l in loaded]})

@@ -16,7 +16,7 @@ FILES = {"md": "report.md", "json": "report.json", "table1": "table1.csv", "judg
          "sweeps": "sweeps.csv", "differences": "differences.csv"}
 JUDGE_COLUMNS = ("task", "a", "b", "win_rate", "win_low", "win_high", "tie_rate", "lose_rate", "lose_low",
                  "lose_high", "inconsistency_rate", "judged", "unparsed", "judge_model", "run", "source")
-DIFFERENCE_COLUMNS = ("task", "method", "baseline", "metric", "diff", "low", "high", "level", "seeds", "examples",
+DIFFERENCE_COLUMNS = ("task", "method", "point", "baseline", "metric", "diff", "low", "high", "level", "seeds", "examples",
                       "replicates", "runs", "sources")
 SWEEP_COLUMNS = ("figure", "task", "param", "kind", "method", "label", "value", "x", "y", "metric", "run",
                  "source", "x_source")
