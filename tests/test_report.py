@@ -437,7 +437,7 @@ def test_report_with_seeds(tmp_path, xkd, runs):
         saved, saved_point = list(csv.DictReader(fh))
     assert (saved["method"], float(saved["diff"]), saved["seeds"], saved["point"]) == ("gxkd", 1.0, "3", "")
     assert (saved_point["point"], float(saved_point["low"])) == ("lam=0.1", 2.0)
-    assert saved["runs"].split(";")[0] == "gxkd-seed-1/gkd-seed-1"
+    assert saved["runs"].split(";")[0] == "gxkd-seed-1 vs gkd-seed-1"
 
     text = xkd("report")
     assert text.code == 0, text.err

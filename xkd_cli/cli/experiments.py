@@ -13,7 +13,7 @@ from xkd_cli.core.ui import console, emit, out, table
 from xkd_cli.core.workspace import runs_root
 from xkd_cli.experiments.pipeline import run_pipeline
 from xkd_cli.experiments.report.build import build_report
-from xkd_cli.experiments.report.formatting import cell_text
+from xkd_cli.experiments.report.formatting import cell_text, metric_text
 from xkd_cli.experiments.report.tables import table1_cells, table1_header
 from xkd_cli.experiments.report.write import interval_text
 
@@ -81,7 +81,7 @@ def render_report(report: dict[str, Any]) -> None:
     if report["differences"]:
         out.print(table("Paired differences · X-variant − baseline, 95% paired bootstrap over examples and seeds",
                         ["task", "difference", "metric", "Δ", "95% interval", "seeds", "examples"],
-                        [(r["task"], r["label"], r["metric"], f"{r['diff']:+.2f}", f"[{r['low']:+.2f}, {r['high']:+.2f}]",
+                        [(r["task"], r["label"], metric_text(r["metric"]), f"{r['diff']:+.2f}", f"[{r['low']:+.2f}, {r['high']:+.2f}]",
                           r["seeds"], r["examples"]) for r in report["differences"]]))
     out_dir = Path(report["output"])
     for fig in report.get("difference_figures") or []:

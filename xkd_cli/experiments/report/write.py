@@ -51,7 +51,7 @@ def write_csvs(report: dict[str, Any], out_dir: Path) -> None:
                       for i, end in enumerate(("low", "high"))}} for r in report["judge"]]
     _write_csv(out_dir / FILES["judge"], list(JUDGE_COLUMNS), [[r.get(k) for k in JUDGE_COLUMNS] for r in judge])
     _write_csv(out_dir / FILES["differences"], list(DIFFERENCE_COLUMNS),
-               [[";".join("/".join(p) for p in r[k]) if k in ("runs", "sources") else r.get(k)
+               [[";".join(" vs ".join(p) for p in r[k]) if k in ("runs", "sources") else r.get(k)
                  for k in DIFFERENCE_COLUMNS] for r in report["differences"]])
     lines = []
     for fig in report["figures"]:
