@@ -431,6 +431,11 @@ def test_report_with_seeds(tmp_path, xkd, runs):
     assert diff["sources"][0] == ["synth-sum/gxkd-seed-1/eval/validation-greedy/scores.jsonl",
                                   "synth-sum/gkd-seed-1/eval/validation-greedy/scores.jsonl"]
     assert "| synth-sum | G-XKD − GKD | ROUGE-2 | +1.00 | [+1.00, +1.00] | 3 | 4 |" in md
+    # the λ figure's point is the mean over its two seeds (15 + 16) / 2, both files named
+    [lam_figure] = report["figures"]
+    [lam_point] = lam_figure["series"][0]["points"]
+    assert (lam_point["y"], lam_point["seeds"], lam_point["sd"]) == (15.5, 2, 0.5 ** 0.5)
+    assert "| G-XKD | 0.1 | 15.50 ± 0.71 (2) | gxkd-lam-0.1-seed-1, gxkd-lam-0.1-seed-2 |" in md
     [fig] = report["difference_figures"]
     assert (out / fig["png"]).read_bytes().startswith(PNG_MAGIC) and "G-XKD − GKD" in svg_text(out / fig["svg"])
     with open(out / "differences.csv", newline="") as fh:

@@ -170,8 +170,9 @@ def render_markdown(report: dict[str, Any], out_dir: Path, root: Path) -> str:
         for s in fig["series"]:
             for p in s["points"]:
                 size = f" ({human_count(p['parameters'])}, {src(p['x_source'])})" if p.get("x_source") else ""
-                lines.append(f"| {_md(s['label'])} | {_md(p['label'])}{size} | {cell_text(p['y'])} | {p['run']} | "
-                             f"{src(p['source'])} |")
+                spread = f" ± {cell_text(p['sd'])} ({p['seeds']})" if p.get("seeds") and p.get("sd") is not None else ""
+                lines.append(f"| {_md(s['label'])} | {_md(p['label'])}{size} | {cell_text(p['y'])}{spread} | {p['run']} | "
+                             f"{' · '.join(src(x) for x in p.get('sources') or [p['source']])} |")
         for b in fig["baselines"]:
             lines.append(f"| {_md(b['label'])} | default | {cell_text(b['value'])} | {b['run']} | {src(b['source'])} |")
     for div in report["diversity"]:
