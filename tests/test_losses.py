@@ -16,6 +16,7 @@ import torch
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.batches import IGNORE
 from xkd_cli.objectives import engine, reference
+from xkd_cli.objectives.divergences import _R_BOUND, _log_mix_ratio  # private: the guarded path, spelled out
 from xkd_cli.objectives.divergences import (
     DIVERGENCES,
     divergence_sum,
@@ -772,8 +773,6 @@ def test_single_step_reverse_kl_is_the_rkl_divergence():
 
 def _guarded_jsd(s, t, beta):
     """The generalized JSD with its -inf guards always applied (the formula without the full-support fast path)."""
-    from xkd_cli.objectives.divergences import _R_BOUND, _log_mix_ratio  # private helpers, this test only
-
     ls, lt = s.log_softmax(-1), t.log_softmax(-1)
     both_zero = (ls == -math.inf) & (lt == -math.inf)
     r = (lt.masked_fill(both_zero, 0.0) - ls.masked_fill(both_zero, 0.0)).clamp(-_R_BOUND, _R_BOUND)
