@@ -46,6 +46,11 @@ def test_sft_then_eval_end_to_end(xkd, runs):
     assert len(rows) == 6 and {"id", "prompt", "reference", "prediction"} <= set(rows[0])
     assert set(info["metrics"]) >= {"rouge1", "rouge2", "rougeL"} and info["headline"] == "rouge2"
     assert json.loads((out_dir / "metrics.json").read_text())["metrics"] == info["metrics"]
+    scores = [json.loads(line) for line in (out_dir / "scores.jsonl").read_text().splitlines()]
+    # in the evaluation's order (predictions.jsonl is in the order generation finished them)
+    assert sorted(s["id"] for s in scores) == sorted(r["id"] for r in rows) and len(scores) == 6
+    assert info["scores"] == str(out_dir / "scores.jsonl")
+    assert sum(s["stats"][0] for s in scores) / 6 == pytest.approx(info["metrics"]["rouge2"])
 
     # A re-run generates nothing new and reports the same numbers.
     before = (out_dir / "predictions.jsonl").read_bytes()

@@ -49,19 +49,21 @@ def test_white_box_methods_run_end_to_end(xkd, runs, pair, method):
         assert "generation_s" in last
 
 
-@pytest.mark.parametrize("baseline,variant", [("skd", "sxkd"), ("gkd", "gxkd")])
-def test_lambda_zero_reproduces_the_baseline_bit_for_bit(xkd, runs, baseline, variant):
+@pytest.mark.parametrize("baseline,variant,position",
+                         [("skd", "sxkd", "next"), ("gkd", "gxkd", "next"), ("skd", "sxkd", "current")])
+def test_lambda_zero_reproduces_the_baseline_bit_for_bit(xkd, runs, baseline, variant, position):
     """λ = 0: the head sits at the prior, F_ex and its gradient are exactly 0 — same weights, bit for bit
-    (gkd/gxkd with α = 0.5 include fresh student samples)."""
+    (gkd/gxkd with α = 0.5 include fresh student samples), at the default reward position (next) and
+    at the ablation (current)."""
     for method in (baseline, variant):
         result = xkd("distill", "--method", method, *T5_PAIR, *SHORT, "--max-steps", "4", "--lam", "0",
-                     "--name", method)
+                     "--reward-position", position, "--name", method)
         assert result.code == 0, result.err
     a, b = weights(runs, baseline), weights(runs, variant)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # ...and λ > 0 does change the trajectory, so the comparison above can fail.
     result = xkd("distill", "--method", variant, *T5_PAIR, *SHORT, "--max-steps", "4", "--lam", "0.5",
-                 "--name", "lam")
+                 "--reward-position", position, "--name", "lam")
     assert result.code == 0, result.err
     c = weights(runs, "lam")
     assert any(not torch.equal(a[k], c[k]) for k in a)

@@ -16,6 +16,7 @@ import torch
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.batches import IGNORE
 from xkd_cli.objectives import engine, reference
+from xkd_cli.objectives.divergences import _R_BOUND, _log_mix_ratio  # private: the guarded path, spelled out
 from xkd_cli.objectives.divergences import (
     DIVERGENCES,
     divergence_sum,
@@ -771,18 +772,48 @@ def test_single_step_reverse_kl_is_the_rkl_divergence():
 
 
 def _guarded_jsd(s, t, beta):
-    """The generalized JSD with its -inf guards always applied (the formula before the full-support fast path)."""
+    """The generalized JSD with its -inf guards always applied (the formula without the full-support fast path)."""
     ls, lt = s.log_softmax(-1), t.log_softmax(-1)
     both_zero = (ls == -math.inf) & (lt == -math.inf)
-    log_m = torch.logaddexp(lt.masked_fill(both_zero, 0.0) + math.log(beta),
-                            ls.masked_fill(both_zero, 0.0) + math.log1p(-beta))
+    r = (lt.masked_fill(both_zero, 0.0) - ls.masked_fill(both_zero, 0.0)).clamp(-_R_BOUND, _R_BOUND)
+    kl_t = -(lt.exp() * _log_mix_ratio(-r, 1 - beta, math.log1p(-beta), math.log(beta))).sum(-1)
+    kl_s = -(ls.exp() * _log_mix_ratio(r, beta, math.log(beta), math.log1p(-beta))).sum(-1)
+    return beta * kl_t + (1 - beta) * kl_s
 
-    def kl(logp, logq):
-        outside = logp == -math.inf
-        logp, logq = logp.masked_fill(outside, 0.0), logq.masked_fill(outside, 0.0)
-        return (logp.exp() * (logp - logq)).sum(-1)
 
-    return beta * kl(lt, log_m) + (1 - beta) * kl(ls, log_m)
+def _plain_jsd64(p_s, p_t, beta):
+    """JSD_β straight from its definition in float64, Σ p·log p − Σ p·log M; its cancellation near the
+    endpoints costs float64 about 1e-9 relative at β = 1e-7, far below what the float32 test asks."""
+    m = beta * p_t + (1 - beta) * p_s
+    return beta * (p_t.xlogy(p_t) - p_t.xlogy(m)).sum(-1) + (1 - beta) * (p_s.xlogy(p_s) - p_s.xlogy(m)).sum(-1)
+
+
+@pytest.mark.parametrize("beta", [1e-5, 1e-7, 1 - 1e-5, 1 - 1e-7])
+def test_jsd_near_the_endpoints_against_float64(beta):
+    """Computing log(M/p) from the log-ratio keeps float32's precision where JSD_β = O(β) or O(1−β)
+    (the plain Σ p·log p − Σ p·log M lost it: relative error 3e-4 at β = 1e-5, 8e-2 at 1e-7)."""
+    g = torch.Generator().manual_seed(11)
+    s, t = 2 * torch.randn(4, 8, 50, generator=g), 2 * torch.randn(4, 8, 50, generator=g)
+    labels = torch.zeros(4, 8, dtype=torch.long)
+    want = _plain_jsd64(s.double().softmax(-1), t.double().softmax(-1), beta)  # 4 x 8
+    got = divergence_sum("jsd", s, t, labels, beta=beta).total.double()
+    assert abs(got - want.sum()) / want.sum() < 1e-5
+    ref = reference.generalized_jsd(s.double().softmax(-1), t.double().softmax(-1), beta)
+    torch.testing.assert_close(ref, want, rtol=1e-8, atol=0)
+    rows = DIVERGENCES.get("jsd")(s.view(-1, 50), t.view(-1, 50), beta).double()
+    torch.testing.assert_close(rows, want.view(-1), rtol=1e-5, atol=0)  # every row, not only the sum
+
+
+def test_jsd_with_a_one_sided_zero_probability_near_the_endpoints():
+    """A token only one side can emit: its ±inf log-ratio gives the exact limits log β / log(1−β)."""
+    s = torch.tensor([[0.0, 1.0, -math.inf]])
+    t = torch.tensor([[0.5, -math.inf, 0.0]])
+    for beta in (1e-7, 0.5, 1 - 1e-7):
+        want = _plain_jsd64(s.double().softmax(-1), t.double().softmax(-1), beta)
+        got = DIVERGENCES.get("jsd")(s.clone().requires_grad_(), t, beta)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0)
+        torch.testing.assert_close(reference.generalized_jsd(s.double().softmax(-1), t.double().softmax(-1), beta),
+                                   want, rtol=1e-8, atol=0)
 
 
 @pytest.mark.parametrize("zeros", [False, True])

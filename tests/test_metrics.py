@@ -7,6 +7,7 @@ import math
 import pytest
 
 from xkd_cli.evaluation import metrics
+from xkd_cli.evaluation.example_scores import example_stats, headline_from_stats
 from xkd_cli.core.errors import XKDError
 
 
@@ -131,3 +132,47 @@ def test_length_mismatch_and_empty_are_errors(fn):
         fn(["#### 1", "#### 1"], ["#### 1"])
     with pytest.raises(XKDError, match="nothing to score"):
         fn([], [])
+
+
+PAIRS = (["the cat sat on the mat", "a dog ran", "hello world there", "x y z w", "nothing"],
+         ["the cat is on the mat", "the dog ran far", "hello there world", "x y z w", "something else"])
+
+
+@pytest.mark.parametrize("headline,metric", [("bleu", "bleu"), ("rouge2", "rouge"), ("rougeL", "rouge")])
+def test_example_stats_sum_to_the_corpus_metric(headline, metric):
+    """Summed per-example statistics give back the reported metric (corpus BLEU too), and a subset of
+    examples is scored as that subset's corpus, which is what the report's bootstrap relies on."""
+    predictions, references = PAIRS
+    stats = example_stats(headline, predictions, references)
+    assert len(stats) == 5
+    summed = [sum(column) for column in zip(*stats)]
+    assert headline_from_stats(headline, summed, 5) == pytest.approx(metrics.score(metric, predictions, references)[headline])
+    subset = [0, 2, 2]  # a resample, with a repeat
+    summed = [sum(stats[i][k] for i in subset) for k in range(len(stats[0]))]
+    want = metrics.score(metric, [predictions[i] for i in subset], [references[i] for i in subset])[headline]
+    assert headline_from_stats(headline, summed, 3) == pytest.approx(want)
+
+
+def test_example_stats_accuracy():
+    stats = example_stats("accuracy", ["The answer is 4", "5", "no idea"], ["#### 4", "#### 6", "#### 1"])
+    assert stats == [[100.0], [0.0], [0.0]] and headline_from_stats("accuracy", [100.0], 3) == pytest.approx(100 / 3)
+
+
+@pytest.mark.parametrize("headline,metric,predictions,references", [
+    ("exact_match", "exact", ["Paris.", "the Answer: 4", "no"], ["paris", "the answer 4", "yes"]),
+    ("accuracy", "number", ["The answer is 4", "7 apples", "none"], ["4", "#### 7", "12"]),
+])
+def test_example_stats_of_own_data_metrics(headline, metric, predictions, references):
+    """exact and number (tasks of one's own) decompose like accuracy: their mean is the reported metric."""
+    stats = example_stats(headline, predictions, references)
+    summed = [sum(column) for column in zip(*stats)]
+    assert headline_from_stats(headline, summed, 3) == pytest.approx(metrics.score(metric, predictions, references)[headline])
+    assert stats[2] == [0.0]
+
+
+def test_chrf_and_reference_loss_have_no_example_scores():
+    from xkd_cli.evaluation.example_scores import SUPPORTED
+
+    assert "chrf" not in SUPPORTED and "loss" not in SUPPORTED
+    with pytest.raises(XKDError, match="no per-example scores for metric 'chrf'"):
+        example_stats("chrf", ["a"], ["a"])

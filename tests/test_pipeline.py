@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from xkd_cli.experiments.pipeline import plan
+
 RECIPE = """
 tasks: [synth-mt]
 teacher: {model: tiny-t5-base, max_steps: 2, batch_size: 2, max_input_len: 40, max_output_len: 10}
@@ -91,3 +93,60 @@ def test_pipeline_runs_then_resumes(xkd, runs, tmp_path, monkeypatch):
     refused = xkd("pipeline", changed)
     assert refused.code == 2 and "max_steps" in refused.err and "--overwrite" in refused.err
     assert model.stat().st_mtime_ns == before
+
+
+SEEDED = """
+tasks: [synth-mt]
+teacher: {model: tiny-t5-base, max_steps: 2}
+student: {model: tiny-t5-small, max_steps: 2}
+methods: [gkd, gxkd]
+distill: {max_steps: 2}
+seeds: [1, 2]
+seed_students: true
+judge: {a: gxkd, b: gkd, limit: 2}
+sweep: [{param: lam, values: [0.01], methods: [gxkd]}, {param: reward_position, values: [current], methods: [gxkd]}]
+"""
+
+
+def test_seeds_expand_the_plan(xkd, runs, tmp_path):
+    """seeds: every distillation once per seed, and with seed_students one SFT student per seed that the
+    distillations of that seed start from; the dry run shows the expanded plan."""
+    result = xkd("pipeline", write(tmp_path, SEEDED), "--dry-run", "--json")
+    assert result.code == 0, result.err
+    steps = result.json()["steps"]
+    assert [(s["kind"], s["name"]) for s in steps if s["kind"] in ("sft", "distill")] == [
+        ("sft", "teacher"), ("sft", "student-seed-1"), ("sft", "student-seed-2"),
+        ("distill", "gkd-seed-1"), ("distill", "gkd-seed-2"), ("distill", "gxkd-seed-1"), ("distill", "gxkd-seed-2"),
+        ("distill", "gxkd-lam-0.01-seed-1"), ("distill", "gxkd-lam-0.01-seed-2"),
+        ("distill", "gxkd-reward_position-current-seed-1"), ("distill", "gxkd-reward_position-current-seed-2")]
+    assert {s["name"] for s in steps if s["kind"] == "eval"} == {
+        "teacher", "student-seed-1", "student-seed-2", "gkd-seed-1", "gkd-seed-2", "gxkd-seed-1", "gxkd-seed-2",
+        "gxkd-lam-0.01-seed-1", "gxkd-lam-0.01-seed-2", "gxkd-reward_position-current-seed-1",
+        "gxkd-reward_position-current-seed-2"}
+    assert steps[-1]["kind"] == "judge" and steps[-1]["note"] == "gxkd-seed-1 vs gkd-seed-1"
+    assert "seed 2" in next(s["note"] for s in steps if s["name"] == "gxkd-seed-2")
+    # The configs carry the seed and the seed's student; the plan says so in text too.
+    configs = {s.name: s for s in plan(write(tmp_path, SEEDED), runs) if s.kind in ("sft", "distill")}
+    assert configs["gxkd-seed-2"].config.seed == 2 and configs["gxkd-seed-2"].config.student == "student-seed-2"
+    assert configs["gxkd-seed-2"].record == {"seed": 2, "seed_group": "gxkd"}
+    sweep_point = configs["gxkd-lam-0.01-seed-2"]
+    assert (sweep_point.config.seed, sweep_point.config.lam, sweep_point.config.student) == (2, 0.01, "student-seed-2")
+    assert sweep_point.record == {"sweep": {"param": "lam", "value": 0.01, "method": "gxkd"}, "seed": 2,
+                                  "seed_group": "gxkd-lam-0.01"}
+    assert configs["gxkd-reward_position-current-seed-1"].config.reward_position == "current"
+    assert configs["student-seed-1"].config.seed == 1
+    text = xkd("pipeline", write(tmp_path, SEEDED), "--dry-run")
+    assert text.code == 0 and "gxkd-seed-2" in text.out
+    without = xkd("pipeline", write(tmp_path, SEEDED.replace("seed_students: true\n", "")), "--dry-run", "--json")
+    names = [s["name"] for s in without.json()["steps"] if s["kind"] in ("sft", "distill")]
+    assert names[:3] == ["teacher", "student", "gkd-seed-1"]
+
+
+@pytest.mark.parametrize("text,words", [
+    ("tasks: [synth-mt]\nseeds: 3\n", ["'seeds'", "list of integers"]),
+    ("tasks: [synth-mt]\nseeds: [1, 1]\n", ["twice"]),
+    ("tasks: [synth-mt]\nseed_students: true\n", ["needs 'seeds'"]),
+])
+def test_bad_seeds_are_refused(xkd, runs, tmp_path, text, words):
+    result = xkd("pipeline", write(tmp_path, text), "--dry-run")
+    assert result.code == 2 and all(w in result.err for w in words), result.err

@@ -181,10 +181,12 @@ def test_judge_table(built):
     assert (row["task"], row["judge_model"], row["run"]) == ("synth-sum", "gpt-4", "judge-seqxkd-vs-seqkd")
     assert row["source"] == "synth-sum/judge-seqxkd-vs-seqkd/results.json"
     md = (out / "report.md").read_text()
-    assert "| synth-sum | seqxkd vs seqkd | 48.30% | 8.70% | 43.00% | 12.50% | 40 | gpt-4 |" in md
+    # 95% Wilson intervals over the 40 judged items (test_stats checks the formula)
+    assert "| synth-sum | seqxkd vs seqkd | 48.30% [33.7, 63.2] | 8.70% | 43.00% [28.9, 58.3] | 12.50% | 40 | gpt-4 |" in md
     with open(out / "judge.csv", newline="") as fh:
         [saved] = list(csv.DictReader(fh))
     assert float(saved["win_rate"]) == 48.3 and saved["source"] == row["source"]
+    assert round(float(saved["win_low"]), 1) == 33.7 and round(float(saved["lose_high"]), 1) == 58.3
 
 
 def figure(report, fig_id):
@@ -361,3 +363,96 @@ def test_axis_scale_follows_the_spread_of_the_swept_values(values, zero_ok, expe
     from xkd_cli.experiments.report.figures import _scale_name, _spread_scale
 
     assert _scale_name(_spread_scale(values, zero_ok)) == expected
+
+
+# A workspace the pipeline made with seeds: [1, 2, 3] and seed_students (hand-written files).  Per example
+# ROUGE-2 of 4 examples; G-XKD beats GKD by exactly 1.0 on every example of every seed.
+SEEDED = {"gkd": {1: [10, 12, 14, 16], 2: [11, 13, 15, 17], 3: [9, 11, 13, 15]}}
+SEEDED["gxkd"] = {s: [v + 1.0 for v in vals] for s, vals in SEEDED["gkd"].items()}
+SEEDED["student"] = {1: [5, 5, 5, 5], 2: [6, 6, 6, 6]}
+
+
+def seeded_runs(root):
+    make_run(root, "synth-sum", "teacher", "sft", value=30.0, role="teacher")
+    for group, by_seed in SEEDED.items():
+        for seed, values in by_seed.items():
+            name = f"{group}-seed-{seed}"
+            if group == "student":
+                run = make_run(root, "synth-sum", name, "sft", value=sum(values) / 4, role="student", seed=seed,
+                               seed_group="student")
+            else:
+                run = distill(root, "synth-sum", name, group, sum(values) / 4, seed=seed)
+                record = json.loads((run / "run.json").read_text())
+                write(run / "run.json", {**record, "seed": seed, "seed_group": group, "student": f"student-seed-{seed}"})
+            scores = run / "eval" / "validation-greedy" / "scores.jsonl"
+            scores.write_text("".join(json.dumps({"id": f"e{i}", "metric": "rouge2", "stats": [v]}) + "\n"
+                                      for i, v in enumerate(values)))
+    # a seeded λ sweep point: 2.0 above GKD on every example of seeds 1 and 2 (no seed 3)
+    for seed in (1, 2):
+        values = [v + 2.0 for v in SEEDED["gkd"][seed]]
+        run = distill(root, "synth-sum", f"gxkd-lam-0.1-seed-{seed}", "gxkd", sum(values) / 4, sweep=("lam", 0.1), lam=0.1)
+        record = json.loads((run / "run.json").read_text())
+        write(run / "run.json", {**record, "seed": seed, "seed_group": "gxkd-lam-0.1"})
+        (run / "eval" / "validation-greedy" / "scores.jsonl").write_text(
+            "".join(json.dumps({"id": f"e{i}", "metric": "rouge2", "stats": [v]}) + "\n" for i, v in enumerate(values)))
+    return root
+
+
+def test_report_with_seeds(tmp_path, xkd, runs):
+    """Table 1 shows mean ± sd over seeds (Markdown, terminal, CSV), the paired differences get a bootstrap
+    interval and a figure, and every number names its files."""
+    seeded_runs(runs)
+    result = xkd("report", "--json")
+    assert result.code == 0, result.err
+    report = result.json()
+    out = runs / "report"
+    gxkd = cell(report, "synth-sum", "gxkd")
+    # seed means 14, 15, 13 -> 14 ± 1 (sample sd)
+    assert (gxkd["value"], gxkd["sd"], gxkd["n"], gxkd["seeds"]) == (14.0, 1.0, 3, [1, 2, 3])
+    assert [m["source"] for m in gxkd["members"]] == [source("synth-sum", f"gxkd-seed-{s}") for s in (1, 2, 3)]
+    student = cell(report, "synth-sum", "student")
+    assert (student["value"], student["n"]) == (5.5, 2) and student["sd"] == pytest.approx(0.5 ** 0.5)
+    md = (out / "report.md").read_text()
+    assert md_row(md, "G-XKD") == ["**14.00 ± 1.00 (3)**"] and md_row(md, "GKD") == ["13.00 ± 1.00 (3)"]
+    assert md_row(md, "Teacher") == ["30.00"]
+    for s in (1, 2, 3):
+        assert f"| synth-sum | G-XKD (seed {s}) | {13 + [1, 2, 0][s - 1]:.2f} | gxkd-seed-{s} |" in md
+        assert f"synth-sum/gxkd-seed-{s}/eval/validation-greedy/scores.jsonl" in md
+    with open(out / "table1.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["model", "synth-sum", "synth-sum sd", "synth-sum seeds"]
+    assert {r[0]: r[1:] for r in rows[1:]}["G-XKD"] == ["14.0", "1.0", "3"]
+
+    diff, point = report["differences"]
+    assert (point["label"], point["diff"], point["low"], point["high"], point["seed_values"]) == (
+        "G-XKD (lam=0.1) − GKD", 2.0, 2.0, 2.0, [1, 2])
+    assert (diff["method"], diff["baseline"], diff["diff"], diff["low"], diff["high"]) == ("gxkd", "gkd", 1.0, 1.0, 1.0)
+    assert (diff["seeds"], diff["examples"], diff["seed_values"]) == (3, 4, [1, 2, 3])
+    assert diff["sources"][0] == ["synth-sum/gxkd-seed-1/eval/validation-greedy/scores.jsonl",
+                                  "synth-sum/gkd-seed-1/eval/validation-greedy/scores.jsonl"]
+    assert "| synth-sum | G-XKD − GKD | ROUGE-2 | +1.00 | [+1.00, +1.00] | 3 | 4 |" in md
+    # the λ figure's point is the mean over its two seeds (15 + 16) / 2, both files named
+    [lam_figure] = report["figures"]
+    [lam_point] = lam_figure["series"][0]["points"]
+    assert (lam_point["y"], lam_point["seeds"], lam_point["sd"]) == (15.5, 2, 0.5 ** 0.5)
+    assert "| G-XKD | 0.1 | 15.50 ± 0.71 (2) | gxkd-lam-0.1-seed-1, gxkd-lam-0.1-seed-2 |" in md
+    [fig] = report["difference_figures"]
+    assert (out / fig["png"]).read_bytes().startswith(PNG_MAGIC) and "G-XKD − GKD" in svg_text(out / fig["svg"])
+    with open(out / "differences.csv", newline="") as fh:
+        saved, saved_point = list(csv.DictReader(fh))
+    assert (saved["method"], float(saved["diff"]), saved["seeds"], saved["point"]) == ("gxkd", 1.0, "3", "")
+    assert (saved_point["point"], float(saved_point["low"])) == ("lam=0.1", 2.0)
+    assert saved["runs"].split(";")[0] == "gxkd-seed-1 vs gkd-seed-1"
+
+    text = xkd("report")
+    assert text.code == 0, text.err
+    assert "14.00 ± 1.00 (3)" in text.out and "G-XKD − GKD" in text.out and "[+1.00, +1.00]" in text.out
+    assert "differences.png" in text.out
+
+
+def test_differences_need_per_example_scores(xkd, runs):
+    seeded_runs(runs)
+    (runs / "synth-sum" / "gkd-seed-2" / "eval" / "validation-greedy" / "scores.jsonl").unlink()
+    report = xkd("report", "--json").json()
+    assert [d["seeds"] for d in report["differences"]] == [2, 1]  # seed 2 has no pair any more
+    assert any(m["run"] == "gkd-seed-2" and "xkd eval --model gkd-seed-2" in m["fix"] for m in report["missing"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -139,3 +141,45 @@ def test_load_errors(tmp_path):
     save_file({"weight": torch.zeros(2, 2)}, str(other))
     with pytest.raises(XKDError, match="not an xkd reward head"):
         RewardHead.load(other)
+
+
+@pytest.mark.parametrize("position", REWARD_POSITIONS)
+def test_delta_and_mu_alignment_on_a_hand_built_example(position):
+    """One row of three tokens over a two-token vocabulary, worked by hand.  logits[t] predicts y_t,
+    so Q_t = P_t[y_t] − log Σ_v exp(P_t[v]) (Eq. 28, τ' = 1) and δ_t = Q_t − γ·Q_{t+1} (Eq. 16).
+    The head reads μ = h[..., 0] with log σ = 0: ``current`` pairs δ_t with μ = h_t, ``next`` with
+    μ = h_{t+1}, the state that has read y_t (Eq. 14/20's q_φ(·|x, y_{1:t+1}))."""
+    hidden = torch.tensor([[[1.0], [2.0], [3.0]]])  # h_0, h_1, h_2
+    logits = torch.tensor([[[math.log(3.0), 0.0], [0.0, 0.0], [0.0, math.log(3.0)]]])  # P = .75/.25, .5/.5, .25/.75
+    labels = torch.tensor([[0, 1, 1]])
+    head = RewardHead(1, position)
+    with torch.no_grad():
+        head.proj.weight.copy_(torch.tensor([[1.0], [0.0]]))
+    mu, log_sigma = head(hidden)
+    expected_mu = {"current": [1.0, 2.0, 3.0], "next": [2.0, 3.0, 0.0]}[position]
+    assert mu.tolist() == [expected_mu] and torch.equal(log_sigma, torch.zeros(1, 3))
+
+    def q(p_chosen, p_other):
+        return p_chosen - math.log(math.exp(p_chosen) + math.exp(p_other))
+
+    q0, q1, q2 = q(0.75, 0.25), q(0.5, 0.5), q(0.75, 0.25)  # y_0 = 0 at P_0, y_1 = 1 at P_1, y_2 = 1 at P_2
+    gamma, lam = 0.9, 0.5
+    deltas = [q0 - gamma * q1, q1 - gamma * q2]  # two TD pairs; the last token has no next action
+    expected = sum(m * m / 2 + lam * (0.5 * math.log(2 * math.pi) + (d - m) ** 2 / 2)
+                   for d, m in zip(deltas, expected_mu[:2]))
+    parts = experiential_sum(logits, labels, mu, log_sigma, lam=lam, gamma=gamma)
+    assert parts.tokens.item() == 2
+    assert parts.total.item() == pytest.approx(expected, rel=1e-6)
+    stats = parts.summary()
+    assert stats["delta_mean"] == pytest.approx(sum(deltas) / 2, rel=1e-6)
+    assert stats["mu_mean"] == pytest.approx(sum(expected_mu[:2]) / 2, rel=1e-6)
+    # The state no TD pair reads can change freely: h_0 for ``next``, h_2 for ``current``.
+    unread = 0 if position == "next" else 2
+    moved = hidden.clone()
+    moved[0, unread, 0] = 100.0
+    again = experiential_sum(logits, labels, *head(moved), lam=lam, gamma=gamma)
+    assert torch.equal(again.total, parts.total)
+    read = 2 if position == "next" else 0
+    moved = hidden.clone()
+    moved[0, read, 0] = 100.0
+    assert not torch.equal(experiential_sum(logits, labels, *head(moved), lam=lam, gamma=gamma).total, parts.total)

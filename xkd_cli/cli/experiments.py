@@ -13,8 +13,9 @@ from xkd_cli.core.ui import console, emit, out, table
 from xkd_cli.core.workspace import runs_root
 from xkd_cli.experiments.pipeline import run_pipeline
 from xkd_cli.experiments.report.build import build_report
-from xkd_cli.experiments.report.formatting import cell_text
+from xkd_cli.experiments.report.formatting import cell_text, metric_text
 from xkd_cli.experiments.report.tables import table1_cells, table1_header
+from xkd_cli.experiments.report.write import interval_text
 
 PIPELINE_EPILOG = ("Examples:\n\n  xkd pipeline recipes/pipeline/offline-quick.yaml\n\n"
                    "  xkd pipeline recipes/pipeline/paper-table1-large-small.yaml --dry-run\n\n"
@@ -66,16 +67,25 @@ def render_report(report: dict[str, Any]) -> None:
     rows = []
     for row in t1["rows"]:
         rows.append((row["label"], *table1_cells(t1, row, "[bold]{} *[/]")))
-    out.print(table("Table 1 · headline metric, greedy decoding (* best distilled method)",
+    out.print(table("Table 1 · headline metric, greedy decoding (* best distilled method; a ± sd (n seeds))",
                            ["model", *table1_header(t1)], rows))
     if report["judge"]:
         out.print(table("Table 2 · LLM judge", ["task", "A vs B", "win", "tie", "lose", "orders disagree", "judged",
                                                        "judge"],
-                               [(r["task"], f"{r['a']} vs {r['b']}", cell_text(r["win_rate"], "%"),
-                                 cell_text(r["tie_rate"], "%"), cell_text(r["lose_rate"], "%"),
+                               [(r["task"], f"{r['a']} vs {r['b']}",
+                                 cell_text(r["win_rate"], "%") + interval_text(r.get("win_ci")),
+                                 cell_text(r["tie_rate"], "%"),
+                                 cell_text(r["lose_rate"], "%") + interval_text(r.get("lose_ci")),
                                  cell_text(r["inconsistency_rate"], "%"), r["judged"], r["judge_model"])
                                 for r in report["judge"]]))
+    if report["differences"]:
+        out.print(table("Paired differences · X-variant − baseline, 95% paired bootstrap over examples and seeds",
+                        ["task", "difference", "metric", "Δ", "95% interval", "seeds", "examples"],
+                        [(r["task"], r["label"], metric_text(r["metric"]), f"{r['diff']:+.2f}", f"[{r['low']:+.2f}, {r['high']:+.2f}]",
+                          r["seeds"], r["examples"]) for r in report["differences"]]))
     out_dir = Path(report["output"])
+    for fig in report.get("difference_figures") or []:
+        out.print(f"figure (paired differences): {out_dir / fig['png']} (and .svg)")
     for fig in report["figures"]:
         out.print(f"figure ({fig['paper_figure']}): {out_dir / fig['png']} (and .svg)")
     for div in report["diversity"]:
@@ -83,4 +93,4 @@ def render_report(report: dict[str, Any]) -> None:
                    out.print(f"diversity figure: {Path(report['runs_dir']) / div['png_path']}")
     for m in report["missing"]:
         console.print(f"[yellow]not in the report:[/] {m['where']} ({m['task']}/{m['run']}): {m['reason']} — {m['fix']}")
-    out.print(f"report: {report['files']['md']} (and report.json, table1.csv, judge.csv, sweeps.csv)")
+    out.print(f"report: {report['files']['md']} (and report.json, table1.csv, judge.csv, sweeps.csv, differences.csv)")

@@ -1,13 +1,15 @@
 """Evaluation: generate on a task split, append predictions as they come, score with the task metric.
 
 Results live in ``<run>/eval/<split>-<decoding>/``: ``predictions.jsonl`` (one row per input id) and
-``metrics.json``. A re-run with the same settings skips finished ids; other settings are refused
+``metrics.json``, and for one prediction per input ``scores.jsonl`` (each example's share of the headline
+metric, for the report's intervals). A re-run with the same settings skips finished ids; other settings are refused
 unless ``--overwrite``, so two decodings never mix in one file.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from xkd_cli.config.evaluation import EvalConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.models.generate import Sampling, decode, generate_batched
 from xkd_cli.core.jsonl import append_rows, read_rows
+from xkd_cli.evaluation.example_scores import SUPPORTED, example_stats
 from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.models.loading import load_model
@@ -122,6 +125,20 @@ def _eval_run(cfg: EvalConfig, task: Task, runs_root: Path, source: str) -> Run:
                       extra={"base_model": cfg.model})
 
 
+SCORES_FILE = "scores.jsonl"
+
+
+def write_example_scores(path: Path, headline: str, rows: Sequence[dict], use_stemmer: bool = False) -> Path:
+    """One line per example, in the evaluation's order: its id and the statistics behind the headline
+    metric (:mod:`xkd_cli.evaluation.example_scores`).  Rewritten whole, like metrics.json."""
+    stats = example_stats(headline, [r["prediction"] for r in rows], [r["reference"] for r in rows], use_stemmer)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    append_rows(tmp, [{"id": r["id"], "metric": headline, "stats": st} for r, st in zip(rows, stats)])
+    os.replace(tmp, path)
+    return path
+
+
 def run_eval(cfg: EvalConfig, *, runs_root: Path, overwrite: bool = False) -> dict[str, Any]:
     task = task_of(cfg)
     split = cfg.split or task.eval_split
@@ -177,6 +194,8 @@ def run_eval(cfg: EvalConfig, *, runs_root: Path, overwrite: bool = False) -> di
     result = {"task": task.name, "model": cfg.model, "run": run.name, "split": split, "examples": len(rows),
               "decoding": sampling.label(), "headline": task.headline, "metrics": values,
               "predictions": str(pred_path), "seconds": round(time.time() - started, 2)}
+    if cfg.num_samples == 1 and task.headline in SUPPORTED:  # the report's paired bootstrap resamples these
+        result["scores"] = str(write_example_scores(out_dir / SCORES_FILE, task.headline, rows, cfg.use_stemmer))
     write_json(out_dir / "metrics.json", result)
     if run.record().get("kind") == "eval":
         run.update_record(status="completed")

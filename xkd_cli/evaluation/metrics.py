@@ -135,15 +135,15 @@ def chrf(predictions: Sequence[str], references: Sequence[str]) -> dict[str, flo
     return {"chrf": float(CHRF().corpus_score(list(predictions), [list(references)]).score)}
 
 
-def _normalized(text: str) -> str:
+def normalized_text(text: str) -> str:
     """Lowercase, no punctuation, single spaces: "The answer: Paris." matches "the answer paris"."""
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def exact(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """Exact match x 100 of the normalised strings (see :func:`_normalized`)."""
+    """Exact match x 100 of the normalised strings (see :func:`normalized_text`)."""
     _check_pairs(predictions, references)
-    hits = sum(_normalized(p) == _normalized(r) for p, r in zip(predictions, references))
+    hits = sum(normalized_text(p) == normalized_text(r) for p, r in zip(predictions, references))
     return {"exact_match": 100.0 * hits / len(predictions)}
 
 

@@ -18,7 +18,15 @@ Recipe keys (all optional except ``tasks`` or ``task``)::
     eval: {limit: 200}
     diversity: {models: [student, gkd, gxkd], temperatures: [0.1, 0.3, 0.5, 1.0], num_samples: 4, limit: 20}
     judge: {a: seqxkd, b: seqkd, judge_model: gpt-4, base_url: http://..., limit: 50}
-    sweep: {param: lam, values: [0, 0.001, 0.01], methods: [gxkd]}
+    sweep: {param: lam, values: [0, 0.001, 0.01], methods: [gxkd]}   # or a list of such mappings
+    seeds: [1, 2, 3]          # every distillation once per seed, runs "<method>-seed-<s>" (seed in run.json)
+    seed_students: true       # with seeds: also one SFT student per seed ("student-seed-<s>"), which the
+                              # distillations of that seed start from
+
+With ``seeds``, diversity and judge steps that name a method or the student use its first seed's run, and
+every sweep point runs once per seed too ("<method>-<param>-<value>-seed-<s>"; teacher / student size
+sweeps excepted: one SFT'd model per size); ``xkd report`` shows each seeded method as mean ± sd over its
+seeds and the X-variants' paired differences (default runs and each sweep point) with intervals.
 """
 
 from __future__ import annotations
@@ -46,8 +54,8 @@ from xkd_cli.experiments.report.build import build_report
 from xkd_cli.objectives.methods import METHODS
 
 TOP_KEYS = ("task", "tasks", "teacher", "student", "gen_teacher", "methods", "distill", "method_options", "eval",
-            "diversity", "judge", "sweep")
-SWEEP_PARAMS = ("train_fraction", "lam", "tau", "teacher", "student")
+            "diversity", "judge", "sweep", "seeds", "seed_students")
+SWEEP_PARAMS = ("train_fraction", "lam", "tau", "teacher", "student", "reward_position")
 DEFAULT_METHODS = ["seqkd", "seqxkd", "skd", "sxkd", "gkd", "gxkd", "minillm"]
 
 
@@ -100,7 +108,8 @@ def _tasks(value: Any, recipe_path: Path, runs_root: Path) -> dict[str, str]:
             path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
             item = str(path)
         elif not isinstance(item, str):
-            raise XKDError(f"pipeline key 'tasks' must list task names, task files or task mappings, got {item!r}.")
+            raise XKDError(f"pipeline key 'tasks' must be a name or a list of names (built-in tasks, task files) "
+                           f"or task mappings, got {item!r}.")
         elif is_task_path(item) and not Path(item).expanduser().is_absolute() and (recipe_path.parent / item).is_file():
             item = str(recipe_path.parent / item)
         found[item] = get_task(item).name
@@ -144,8 +153,8 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
     for method in method_options:
         if method not in methods:
             raise XKDError(f"method_options names '{method}', which is not in 'methods' ({', '.join(methods)}).")
-    sweep = _mapping(recipe, "sweep")
-    if sweep:
+    sweeps = _sweeps(recipe)
+    for sweep in sweeps:
         if sweep.get("param") not in SWEEP_PARAMS:
             raise XKDError(f"sweep param must be one of {', '.join(SWEEP_PARAMS)}, got {sweep.get('param')!r}.")
         if not isinstance(sweep.get("values"), list) or not sweep["values"]:
@@ -155,22 +164,39 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             raise XKDError(f"unknown key '{sorted(unknown_sweep)[0]}' in pipeline section 'sweep' "
                            "(valid: param, values, methods).")
 
+    seeds = _seeds(recipe.get("seeds"))
+    seed_students = recipe.get("seed_students", False)
+    if not isinstance(seed_students, bool):
+        raise XKDError(f"pipeline key 'seed_students' must be true or false, got {seed_students!r}.")
+    if seed_students and not seeds:
+        raise XKDError("pipeline key 'seed_students' needs 'seeds', e.g. seeds: [1, 2, 3].")
+
     steps: list[Step] = []
     for task, task_name in tasks.items():  # task: what --task would say (a built-in name or a task file)
         roles, sft_cfgs = {}, {}
         gen_options = _mapping(recipe, "gen_teacher")
         black_box = "api_model" in gen_options or "api_base" in gen_options
         needs_local_teacher = not black_box or any(METHODS.get(m).needs_teacher_model for m in methods)
+        students: dict[int, str] = {}  # seed -> its SFT student run (seed_students)
         for role in ("teacher", "student") if needs_local_teacher else ("student",):
             options = _mapping(recipe, role)
             model = options.get("model") or ("tiny-t5-large" if role == "teacher" else "tiny-t5-small")
-            cfg = _config(SFTConfig, {**options, "task": task, "model": model, "role": role,
-                                       "name": options.get("name", role)}, role)
-            resolve_model(cfg.model, task=task_name, runs_dir=runs_root)  # an unknown model fails the plan, not step N
-            roles[role], sft_cfgs[role] = cfg.run_name(), cfg
-            steps.append(Step("sft", task_name, cfg.run_name(), cfg, run_sft, note=model))
-        if sweep.get("param") in ("teacher", "student"):  # each size is SFT'd like the default pair
-            for model in sweep["values"]:
+            per_seed = role == "student" and seed_students
+            for seed in seeds if per_seed else [None]:
+                extra = {} if seed is None else {"seed": seed, "name": f"{options.get('name', role)}-seed-{seed}"}
+                cfg = _config(SFTConfig, {**options, "task": task, "model": model, "role": role,
+                                           "name": options.get("name", role), **extra}, role)
+                resolve_model(cfg.model, task=task_name, runs_dir=runs_root)  # an unknown model fails the plan, not step N
+                if role not in roles:
+                    roles[role], sft_cfgs[role] = cfg.run_name(), cfg
+                if seed is not None:
+                    students[seed] = cfg.run_name()
+                steps.append(Step("sft", task_name, cfg.run_name(), cfg, run_sft, note=model + _seed_note(seed),
+                                  record={} if seed is None else {"seed": seed, "seed_group": role}))
+        for sweep in sweeps:
+            if sweep.get("param") not in ("teacher", "student"):
+                continue
+            for model in sweep["values"]:  # each size is SFT'd like the default pair
                 role = sweep["param"]
                 options = {**_mapping(recipe, role), "task": task, "model": model, "role": role,
                            "name": f"{role}-{model}"}
@@ -190,7 +216,7 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
 
         distill_options = _mapping(recipe, "distill")
         eval_options = _mapping(recipe, "eval")
-        evaluated = list(roles.values())
+        evaluated = list(dict.fromkeys([*roles.values(), *students.values()]))
 
         def add_distill(method: str, name: str, extra: dict, note: str = "", record: dict | None = None) -> None:
             options = {"task": task, "method": method, "name": name, "teacher": roles.get("teacher"),
@@ -203,8 +229,15 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             evaluated.append(name)
 
         for method in methods:
-            add_distill(method, method, {})
-        if sweep:
+            if not seeds:
+                add_distill(method, method, {})
+                continue
+            for seed in seeds:
+                extra = {"seed": seed, **({"student": students[seed]} if seed in students else {})}
+                add_distill(method, f"{method}-seed-{seed}", extra, note=METHODS.get(method).paper_name + _seed_note(seed),
+                            record={"seed": seed, "seed_group": method})
+            roles.setdefault(method, f"{method}-seed-{seeds[0]}")  # what diversity / judge mean by the method
+        for sweep in sweeps:
             param = sweep["param"]
             for method in sweep.get("methods") or methods:
                 if method not in methods:
@@ -214,8 +247,15 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                         extra = {param: f"{param}-{value}"}
                     else:
                         extra = {param: value}
-                    add_distill(method, f"{method}-{param}-{value}", extra, note=f"sweep {param}={value}",
-                                record={"sweep": {"param": param, "value": value, "method": method}})
+                    name, record = f"{method}-{param}-{value}", {"sweep": {"param": param, "value": value, "method": method}}
+                    if not seeds or param in ("teacher", "student"):  # a size sweep uses the one SFT'd model per size
+                        add_distill(method, name, extra, note=f"sweep {param}={value}", record=record)
+                        continue
+                    for seed in seeds:
+                        add_distill(method, f"{name}-seed-{seed}",
+                                    {**extra, "seed": seed, **({"student": students[seed]} if seed in students else {})},
+                                    note=f"sweep {param}={value}{_seed_note(seed)}",
+                                    record={**record, "seed": seed, "seed_group": name})
 
         for name in evaluated:
             cfg = _config(EvalConfig, {**eval_options, "task": task, "model": name}, "eval")
@@ -226,6 +266,29 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             if options:
                 steps.append(_extra_step(kind, task, task_name, options, roles))
     return steps
+
+
+def _sweeps(recipe: dict) -> list[dict]:
+    """The recipe's sweeps: one mapping, or a list of them (e.g. λ and the reward position)."""
+    value = recipe.get("sweep")
+    items = [] if value is None else value if isinstance(value, list) else [value]
+    if not all(isinstance(item, dict) for item in items):
+        raise XKDError(f"pipeline key 'sweep' must be a mapping or a list of mappings, got {value!r}.")
+    return [{str(k).replace("-", "_"): v for k, v in item.items()} for item in items]
+
+
+def _seeds(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise XKDError(f"pipeline key 'seeds' must be a list of integers, e.g. [1, 2, 3], got {value!r}.")
+    if len(set(value)) != len(value):
+        raise XKDError(f"pipeline key 'seeds' lists a seed twice: {value}.")
+    return list(value)
+
+
+def _seed_note(seed: int | None) -> str:
+    return "" if seed is None else f", seed {seed}"
 
 
 def _extra_step(kind: str, task: str, task_name: str, options: dict, roles: dict) -> Step:

@@ -158,3 +158,37 @@ def _annotate(ax, notes: list[tuple[float, float, str, str]], dpi: int) -> None:
         ax.annotate(note, (x, y), textcoords="offset points", xytext=(5, 4 + 10 * stack), fontsize=8, color=color,
                     bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
                     zorder=5)
+
+
+def plot_intervals(labels: Sequence[str], values: Sequence[float], lows: Sequence[float], highs: Sequence[float], *,
+                   xlabel: str, stem: str | Path, title: str | None = None, formats: Sequence[str] = FORMATS,
+                   dpi: int = 150) -> dict[str, Path]:
+    """One row per label: the value as a dot and its interval as a bar, with a dashed line at 0 (a paired
+    difference and its confidence interval).  Written as ``<stem>.png`` / ``.svg`` like :func:`plot_curves`."""
+    import matplotlib  # here and below: matplotlib is slow to import; only drawing needs it
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # here: see above
+    from matplotlib.figure import Figure  # here: see above
+
+    if not labels:
+        raise XKDError("nothing to plot: give at least one interval")
+    paths = output_paths(stem, formats)
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "xkd", "font.size": 10, "axes.titlesize": 11}):
+        fig = Figure(figsize=(6.4, 1.2 + 0.5 * len(labels)), dpi=dpi, layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        rows = list(range(len(labels)))[::-1]  # the first label on top
+        ax.errorbar(list(values), rows, xerr=[[v - lo for v, lo in zip(values, lows)],
+                                              [hi - v for v, hi in zip(values, highs)]],
+                    fmt="o", color="C0", capsize=4, linewidth=1.6)
+        ax.axvline(0.0, linestyle="--", linewidth=1.2, color="0.35")
+        ax.set_yticks(rows, labels=list(labels))
+        ax.set_ylim(-0.6, len(labels) - 0.4)
+        ax.set_xlabel(xlabel)
+        if title:
+            ax.set_title(title, loc="left")
+        ax.grid(True, axis="x", alpha=0.3)
+        for fmt, path in paths.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            metadata = {"Date": None} if fmt == "svg" else {"Software": None}  # same numbers, same SVG
+            fig.savefig(path, format=fmt, metadata=metadata)
+    return paths

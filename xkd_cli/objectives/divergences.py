@@ -6,9 +6,10 @@ Divergences (all per position, summed over positions; p_T teacher, p_S student)
 -------------------------------------------------------------------------------
 * ``fkl``  KL(p_T ‖ p_S)                                   (Eq. 2/3, supervised KD)
 * ``rkl``  KL(p_S ‖ p_T)
-* ``jsd``  generalized JSD(β) (Eq. 5, GKD/TRL): M = β·p_T + (1-β)·p_S built in log space,
-  β·KL(p_T ‖ M) + (1-β)·KL(p_S ‖ M); β = 0 is ``fkl`` and β = 1 is ``rkl`` (the limits of
-  JSD_β/β and JSD_β/(1-β)).
+* ``jsd``  generalized JSD(β) (Eq. 5, GKD/TRL): M = β·p_T + (1-β)·p_S,
+  β·KL(p_T ‖ M) + (1-β)·KL(p_S ‖ M) with log(M/p) taken from the log-ratio log p_T − log p_S through
+  log1p/expm1 (precise near both endpoints); β = 0 is ``fkl`` and β = 1 is ``rkl`` (the limits of
+  JSD_β/β and JSD_β/(1-β); JSD_β itself is discontinuous there by design).
 * ``mix``  Appendix A.3's D_β = β·KL(π ‖ B) + (1-β)·KL(B ‖ π) = β·fkl + (1-β)·rkl.
 * ``tvd``  0.5·Σ_v |p_T - p_S|.
 
@@ -105,24 +106,51 @@ def reverse_kl(s: Tensor, t: Tensor, beta: float = 0.5) -> Tensor:
 
 def generalized_jsd(s: Tensor, t: Tensor, beta: float) -> Tensor:
     """JSD_β per row (Eq. 5, GKD): β·KL(p_T ‖ M) + (1−β)·KL(p_S ‖ M), M = β·p_T + (1−β)·p_S.
-    β = 0 and β = 1 are the limits JSD_β/β → KL(p_T ‖ p_S) and JSD_β/(1−β) → KL(p_S ‖ p_T)."""
+    β = 0 and β = 1 are the limits JSD_β/β → KL(p_T ‖ p_S) and JSD_β/(1−β) → KL(p_S ‖ p_T).
+
+    Both KLs are written with the log-ratios log(M/p_T) and log(M/p_S) computed from r = log p_T − log p_S
+    by :func:`_log_mix_ratio`, never as a difference of two log-probabilities of about the same size:
+    that difference lost float32 precision within ~1e-4 of either endpoint (relative error 4e-2 at
+    β = 1e-7), where KL(p_S ‖ M) is O(β²) and log M − log p_S is O(β)."""
     if beta == 0.0:
         return forward_kl(s, t)
     if beta == 1.0:
         return reverse_kl(s, t)
     ls, lt = s.log_softmax(-1), t.log_softmax(-1)  # N x V each
     if not (torch.isneginf(ls).any() or torch.isneginf(lt).any()):
-        # Full support on both sides (the usual case): every guard below is the identity, bit for bit,
-        # value and gradient, but running them doubles the cost of this function.
-        log_m = torch.logaddexp(lt + math.log(beta), ls + math.log1p(-beta))  # N x V
-        return beta * _kl_full_support(lt, log_m) + (1.0 - beta) * _kl_full_support(ls, log_m)
-    # log M = logaddexp(log β + log p_T, log(1−β) + log p_S).  Where both are -inf M is 0 and no KL
-    # term uses it; fill those entries with 0 first because logaddexp's backward at (-inf, -inf) is NaN.
-    both_zero = (ls == NEG_INF) & (lt == NEG_INF)
-    log_m = torch.logaddexp(  # N x V
-        lt.masked_fill(both_zero, 0.0) + math.log(beta), ls.masked_fill(both_zero, 0.0) + math.log1p(-beta)
-    )
-    return beta * _kl(lt, log_m) + (1.0 - beta) * _kl(ls, log_m)
+        # Full support on both sides (the usual case): the guards below are the identity, bit for bit,
+        # value and gradient, but running them costs three more N x V passes.
+        r = lt - ls  # N x V
+    else:
+        # Where both are -inf neither KL reads the entry: fill 0 first (-inf − -inf is NaN).  Where one
+        # side is -inf, r = ±inf is clamped to a finite ±1e4, which gives the exact limits log β and
+        # log(1−β) on the side that is read and a finite value (times p = 0) on the other, so no inf
+        # meets a 0 forward or backward.
+        both_zero = (ls == NEG_INF) & (lt == NEG_INF)
+        r = (lt.masked_fill(both_zero, 0.0) - ls.masked_fill(both_zero, 0.0)).clamp(-_R_BOUND, _R_BOUND)
+    log_m_over_t = _log_mix_ratio(-r, 1.0 - beta, math.log1p(-beta), math.log(beta))  # log(M / p_T)
+    log_m_over_s = _log_mix_ratio(r, beta, math.log(beta), math.log1p(-beta))  # log(M / p_S)
+    kl_t = -(lt.exp() * log_m_over_t).sum(-1)  # KL(p_T ‖ M), N
+    kl_s = -(ls.exp() * log_m_over_s).sum(-1)  # KL(p_S ‖ M), N
+    return beta * kl_t + (1.0 - beta) * kl_s
+
+
+_R_BOUND = 1e4  # |log p_T − log p_S| beyond this is a zero probability on one side (see generalized_jsd)
+_EXPM1_BOUND = 30.0  # expm1 is used up to here (e^30 ≈ 1e13, far from float32 overflow)
+
+
+def _log_mix_ratio(x: Tensor, w: float, log_w: float, log_1mw: float) -> Tensor:
+    """log(w·e^x + 1 − w) elementwise for w in (0, 1), precise whatever its size.  Where it is small,
+    log1p(w·expm1(x)) keeps the relative precision of w·(e^x − 1).  Where w·(e^x − 1) < −½ (the result
+    is below −log 2, so nothing cancels, but 1 − w·(1 − e^x) would: w close to 1, as 1−β near β = 1)
+    or e^x would be huge, it is logaddexp(x + log w, log(1 − w)) with both logs taken in float64; that
+    branch runs only when some entry needs it."""
+    near_value = w * torch.expm1(x.clamp(max=_EXPM1_BOUND))
+    far = (near_value < -0.5) | (x > _EXPM1_BOUND)
+    near = torch.log1p(near_value.clamp(min=-0.5))  # the clamp only touches entries the far branch replaces
+    if not far.any():
+        return near
+    return torch.where(far, torch.logaddexp(x + log_w, torch.full_like(x, log_1mw)), near)
 
 
 def beta_mix_kl(s: Tensor, t: Tensor, beta: float) -> Tensor:

@@ -48,8 +48,18 @@ def generalized_jsd(p_s: Tensor, p_t: Tensor, beta: float) -> Tensor:
         return forward_kl(p_s, p_t)
     if beta == 1.0:
         return reverse_kl(p_s, p_t)
-    m = beta * p_t + (1.0 - beta) * p_s
-    return beta * kl(p_t, m) + (1.0 - beta) * kl(p_s, m)
+    # KL(p ‖ M) = −Σ p·log(M/p), and log(M/p) is taken from r = log(p_T/p_S) through log1p/expm1:
+    # log(M/p_S) = log1p(β·expm1(r)), log(M/p_T) = log1p((1−β)·expm1(−r)).  Near β = 0 or 1 one of them
+    # is O(β) or O(1−β), which the plain Σ p·log p − Σ p·log M would lose to cancellation.
+    r = p_t.log() - p_s.log()
+    kl_t = -_times(p_t, (-r).expm1().mul(1.0 - beta).log1p())
+    kl_s = -_times(p_s, r.expm1().mul(beta).log1p())
+    return beta * kl_t + (1.0 - beta) * kl_s
+
+
+def _times(p: Tensor, x: Tensor) -> Tensor:
+    """Σ_v p_v·x_v with 0·x = 0 (x may be ±inf or NaN where p_v = 0)."""
+    return p.mul(x).where(p > 0, 0.0).sum(-1)
 
 
 def beta_mix(p_s: Tensor, p_t: Tensor, beta: float) -> Tensor:

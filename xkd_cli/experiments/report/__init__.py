@@ -15,6 +15,12 @@ and writes, by default to ``<runs>/report/`` (``<runs>/report-<task>/`` with ``-
   as dashed lines), vs teacher / student size (Figure 2; x is the SFT'd model's parameter count from its
   ``run.json``, else the size label). Diversity figures already drawn by ``xkd diversity`` are linked.
 * ``sweeps.csv`` — every figure point and baseline, one per line.
+* seeds — a method the pipeline ran once per seed (``seed_group`` / ``seed`` in ``run.json``) is one
+  Table-1 cell: mean ± sample sd over its seeds, each seed's file kept.
+* ``differences.csv`` and ``figures/<task>-differences.png`` / ``.svg`` — each X-variant minus its
+  baseline, paired by seed and example, with a 95% paired-bootstrap interval over examples and seeds,
+  from the runs' ``eval/<split>-greedy/scores.jsonl`` (:mod:`.differences`, :mod:`.stats`); judge rates
+  get Wilson intervals.
 * ``report.json`` — all of the above with, for each number, the file it was read from (relative to the
   runs directory); ``--json`` prints it.
 * ``report.md`` — the tables and the figures (relative links) and a "Sources" section naming the

@@ -10,6 +10,7 @@ from typing import Any
 from xkd_cli.core.workspace import RUN_RECORD, read_json
 from xkd_cli.experiments.plots import Baseline, Series, plot_curves
 from xkd_cli.experiments.report.collect import RunInfo, greedy_eval, link, relative
+from xkd_cli.experiments.report.stats import mean_sd
 from xkd_cli.experiments.report.formatting import as_number, human_count, metric_text, value_text
 from xkd_cli.objectives.methods import METHODS
 
@@ -85,7 +86,7 @@ def build_figures(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]],
     """Group each task's sweep runs by parameter; one figure (data + drawing spec) per group."""
     figures = []
     for task in tasks:
-        groups: dict[str, dict[str, dict[str, tuple[Any, RunInfo]]]] = {}
+        groups: dict[str, dict[str, dict[str, dict[Any, tuple[Any, RunInfo]]]]] = {}
         for run in runs[task]:
             sweep = run.record.get("sweep")
             if run.kind != "distill" or not isinstance(sweep, dict) or sweep.get("param") not in SWEEP_AXES:
@@ -94,7 +95,8 @@ def build_figures(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]],
             if method not in METHODS:
                 continue
             key = value_text(sweep.get("value"))
-            groups.setdefault(sweep["param"], {}).setdefault(method, {})[key] = (sweep.get("value"), run)  # newest wins
+            by_seed = groups.setdefault(sweep["param"], {}).setdefault(method, {}).setdefault(key, {})
+            by_seed[run.record.get("seed")] = (sweep.get("value"), run)  # newest wins, per seed
         for param in SWEEP_AXES:
             if param in groups:
                 figure = _sweep_figure(root, task, param, groups[param], table1, missing)
@@ -103,21 +105,32 @@ def build_figures(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]],
     return figures
 
 
-def _sweep_figure(root: Path, task: str, param: str, by_method: dict[str, dict[str, tuple[Any, RunInfo]]],
+def _sweep_figure(root: Path, task: str, param: str,
+                  by_method: dict[str, dict[str, dict[Any, tuple[Any, RunInfo]]]],
                   table1: dict[str, Any], missing: list[dict[str, Any]]) -> dict[str, Any] | None:
     axis = SWEEP_AXES[param]
     series = []
     for method in [m for m in METHODS.names() if m in by_method]:
         points = []
-        for label, (value, run) in by_method[method].items():
-            cell = greedy_eval(run, root)
-            if cell is None:
-                missing.append({"task": task, "where": f"{axis.figure} sweep · {METHODS.get(method).paper_name} "
-                                                       f"{axis.short}={label}", "run": run.name,
-                                "reason": "no greedy evaluation", "fix": f"xkd eval --model {run.name} --task {task}"})
+        for label, by_seed in by_method[method].items():
+            cells = []
+            for value, run in by_seed.values():
+                cell = greedy_eval(run, root)
+                if cell is None:
+                    missing.append({"task": task, "where": f"{axis.figure} sweep · {METHODS.get(method).paper_name} "
+                                                           f"{axis.short}={label}", "run": run.name,
+                                    "reason": "no greedy evaluation", "fix": f"xkd eval --model {run.name} --task {task}"})
+                else:
+                    cells.append((value, run, cell))
+            if not cells:
                 continue
+            value, run, cell = cells[0]
             point = {"value": value, "label": label, "y": cell["value"], "metric": cell["metric"], "run": run.name,
                      "split": cell["split"], "examples": cell["examples"], "source": cell["source"]}
+            if len(cells) > 1:  # a point run once per seed: the mean over its seeds, each run and file kept
+                y, sd = mean_sd([c["value"] for _, _, c in cells])
+                point.update(y=y, sd=sd, seeds=len(cells), run=", ".join(r.name for _, r, _ in cells),
+                             sources=[c["source"] for _, _, c in cells])
             if param in ("teacher", "student"):
                 point["parameters"], point["x_source"] = _model_size(root, run, param)
             else:

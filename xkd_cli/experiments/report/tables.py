@@ -10,6 +10,7 @@ from typing import Any
 from xkd_cli.core.workspace import read_json
 from xkd_cli.experiments.report.collect import RunInfo, greedy_eval, relative, task_headline
 from xkd_cli.experiments.report.formatting import cell_text, metric_text
+from xkd_cli.experiments.report.stats import mean_sd, wilson
 from xkd_cli.objectives.methods import METHODS
 
 ROLE_LABELS = {"student": "SFT student", "teacher": "Teacher"}
@@ -41,6 +42,38 @@ def role_run(runs: list[RunInfo], role: str, defaults: dict[str, RunInfo]) -> Ru
     return list(sft.values())[-1] if sft else None
 
 
+def seed_group(runs: list[RunInfo], group: str) -> dict[int, RunInfo]:
+    """The runs the pipeline made once per seed for ``group`` (a method, or "student"): seed -> run, the
+    newest per seed; sweep runs never belong to one."""
+    found: dict[int, RunInfo] = {}
+    for run in runs:
+        seed = run.record.get("seed")
+        if run.record.get("seed_group") == group and isinstance(seed, int) and not run.record.get("sweep"):
+            found[seed] = run
+    return dict(sorted(found.items()))
+
+
+def seeded_cell(root: Path, group: dict[int, RunInfo], task: str, label: str,
+                missing: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A Table-1 cell over seeds: mean ± sample sd of the runs' greedy metrics, each run's cell kept in
+    ``members`` (with its seed) so every number still names its file."""
+    members = []
+    for seed, run in group.items():
+        cell = greedy_eval(run, root)
+        if cell is None:
+            missing.append({"task": task, "where": f"Table 1 · {label} seed {seed}", "run": run.name,
+                            "reason": "no greedy evaluation", "fix": f"xkd eval --model {run.name} --task {task}"})
+            continue
+        members.append({**cell, "seed": seed})
+    if not members:
+        return None
+    mean, sd = mean_sd([m["value"] for m in members])
+    return {"value": mean, "sd": sd, "n": len(members), "seeds": [m["seed"] for m in members],
+            "metric": members[0]["metric"], "run": ", ".join(m["run"] for m in members),
+            "split": members[0]["split"], "examples": members[0]["examples"],
+            "source": members[0]["source"], "members": members}
+
+
 def build_table1(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]],
                  missing: list[dict[str, Any]]) -> dict[str, Any]:
     rows = [{"key": "student", "label": ROLE_LABELS["student"], "method": None, "cells": {}}]
@@ -53,6 +86,10 @@ def build_table1(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]],
         picked = {**defaults, "student": role_run(runs[task], "student", defaults),
                   "teacher": role_run(runs[task], "teacher", defaults)}
         for row in rows:
+            group = seed_group(runs[task], row["method"] or row["key"]) if row["key"] != "teacher" else {}
+            if group:
+                row["cells"][task] = seeded_cell(root, group, task, row["label"], missing)
+                continue
             run = picked.get(row["key"])
             cell = greedy_eval(run, root) if run is not None else None
             row["cells"][task] = cell
@@ -81,9 +118,13 @@ def build_judge(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]],
                                 "fix": f"re-run the judge: xkd judge --task {task} --name {run.name} ..."})
                 continue
             data = read_json(path)
+            judged = data.get("judged") if isinstance(data.get("judged"), int) else 0
+            intervals = {f"{k}_ci": wilson(data[f"{k}_rate"] * judged / 100.0, judged)
+                         if isinstance(data.get(f"{k}_rate"), (int, float)) else None for k in ("win", "lose")}
             rows.append({"task": task, "a": data.get("a", run.record.get("a")), "b": data.get("b", run.record.get("b")),
                          **{k: data.get(k) for k in ("win_rate", "tie_rate", "lose_rate", "inconsistency_rate",
                                                      "judged", "unparsed")},
+                         **intervals,
                          "judge_model": (data.get("judge") or {}).get("model"), "split": data.get("split"),
                          "run": run.name, "source": relative(path, root)})
     return rows
@@ -95,6 +136,8 @@ def table1_cells(t1: dict[str, Any], row: dict[str, Any], best: str) -> list[str
     for task in t1["columns"]:
         cell = row["cells"][task]
         text = cell_text(cell["value"] if cell else None)
+        if cell and "members" in cell:
+            text += f" ± {cell_text(cell['sd'])} ({cell['n']})" if cell["sd"] is not None else f" ({cell['n']})"
         cells.append(best.format(text) if row["key"] in t1["best"][task] else text)
     return cells
 

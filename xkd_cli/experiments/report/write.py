@@ -13,9 +13,11 @@ from xkd_cli.experiments.report.formatting import MISSING, as_number, cell_text,
 from xkd_cli.experiments.report.tables import table1_cells, table1_header
 
 FILES = {"md": "report.md", "json": "report.json", "table1": "table1.csv", "judge": "judge.csv",
-         "sweeps": "sweeps.csv"}
-JUDGE_COLUMNS = ("task", "a", "b", "win_rate", "tie_rate", "lose_rate", "inconsistency_rate", "judged", "unparsed",
-                 "judge_model", "run", "source")
+         "sweeps": "sweeps.csv", "differences": "differences.csv"}
+JUDGE_COLUMNS = ("task", "a", "b", "win_rate", "win_low", "win_high", "tie_rate", "lose_rate", "lose_low",
+                 "lose_high", "inconsistency_rate", "judged", "unparsed", "judge_model", "run", "source")
+DIFFERENCE_COLUMNS = ("task", "method", "point", "baseline", "metric", "diff", "low", "high", "level", "seeds", "examples",
+                      "replicates", "runs", "sources")
 SWEEP_COLUMNS = ("figure", "task", "param", "kind", "method", "label", "value", "x", "y", "metric", "run",
                  "source", "x_source")
 
@@ -34,9 +36,17 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 
 def write_csvs(report: dict[str, Any], out_dir: Path) -> None:
     t1 = report["table1"]
-    _write_csv(out_dir / FILES["table1"], ["model", *t1["columns"]],
-               [[row["label"], *[(row["cells"][t] or {}).get("value") for t in t1["columns"]]] for row in t1["rows"]])
-    _write_csv(out_dir / FILES["judge"], list(JUDGE_COLUMNS), [[r.get(k) for k in JUDGE_COLUMNS] for r in report["judge"]])
+    seeded = [t for t in t1["columns"] if any("members" in (row["cells"][t] or {}) for row in t1["rows"])]
+    header = ["model", *t1["columns"], *[f"{t} {k}" for t in seeded for k in ("sd", "seeds")]]
+    _write_csv(out_dir / FILES["table1"], header,
+               [[row["label"], *[(row["cells"][t] or {}).get("value") for t in t1["columns"]],
+                 *[(row["cells"][t] or {}).get(k) for t in seeded for k in ("sd", "n")]] for row in t1["rows"]])
+    judge = [{**r, **{f"{k}_{end}": (r.get(f"{k}_ci") or (None, None))[i] for k in ("win", "lose")
+                      for i, end in enumerate(("low", "high"))}} for r in report["judge"]]
+    _write_csv(out_dir / FILES["judge"], list(JUDGE_COLUMNS), [[r.get(k) for k in JUDGE_COLUMNS] for r in judge])
+    _write_csv(out_dir / FILES["differences"], list(DIFFERENCE_COLUMNS),
+               [[";".join(" vs ".join(p) for p in r[k]) if k in ("runs", "sources") else r.get(k)
+                 for k in DIFFERENCE_COLUMNS] for r in report["differences"]])
     lines = []
     for fig in report["figures"]:
         for s in fig["series"]:
@@ -47,6 +57,28 @@ def write_csvs(report: dict[str, Any], out_dir: Path) -> None:
             lines.append([fig["id"], fig["task"], fig["param"], "baseline", b["method"], b["label"], None, None,
                           b["value"], fig["metric"], b["run"], b["source"], None])
     _write_csv(out_dir / FILES["sweeps"], list(SWEEP_COLUMNS), lines)
+
+
+def interval_text(ci: Any) -> str:
+    return f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
+
+
+def difference_lines(report: dict[str, Any]) -> list[str]:
+    """The paired-differences section of report.md: table and figures."""
+    lines = ["## Paired differences — X-variant minus its baseline", ""]
+    if not report["differences"]:
+        return lines + ["No X-variant with its baseline evaluated (with per-example scores) on the same task.", ""]
+    lines += ["| Task | Difference | Metric | Δ | 95% interval | Seeds | Examples |", "|---|---|---|---:|---|---:|---:|"]
+    for r in report["differences"]:
+        lines.append(f"| {r['task']} | {_md(r['label'])} | {metric_text(r['metric'])} | {r['diff']:+.2f} | "
+                     f"[{r['low']:+.2f}, {r['high']:+.2f}] | {r['seeds']} | {r['examples']} |")
+    lines += ["", "Δ: the mean over seeds of the X-variant's metric minus its baseline's, paired by seed and "
+                  "evaluation example; the interval is a paired bootstrap over examples and seeds "
+                  f"({report['differences'][0]['replicates']} replicates). An interval that contains 0 does not "
+                  "show a difference.", ""]
+    for fig in report.get("difference_figures") or []:
+        lines += [f"![{fig['task']} differences]({fig['png']})", "", f"[SVG]({fig['svg']})", ""]
+    return lines
 
 
 def render_markdown(report: dict[str, Any], out_dir: Path, root: Path) -> str:
@@ -65,20 +97,24 @@ def render_markdown(report: dict[str, Any], out_dir: Path, root: Path) -> str:
              "|---|" + "---:|" * len(t1["columns"])]
     for row in t1["rows"]:
         lines.append(f"| {_md(row['label'])} | " + " | ".join(table1_cells(t1, row, "**{}**")) + " |")
-    lines += ["", f"Bold: the best distilled method of each task. {MISSING}: no run or no greedy evaluation.", ""]
+    lines += ["", f"Bold: the best distilled method of each task. {MISSING}: no run or no greedy evaluation. "
+                  "a ± b (n): mean and sample standard deviation over n seeds.", ""]
+    lines += difference_lines(report)
 
     lines += ["## Table 2 — LLM-judge win rates (A vs B)", ""]
     if report["judge"]:
         lines += ["| Task | A vs B | Win | Tie | Lose | Orders disagree | Judged | Judge |",
                   "|---|---|---:|---:|---:|---:|---:|---|"]
         for r in report["judge"]:
-            lines.append(f"| {_md(r['task'])} | {_md(r['a'])} vs {_md(r['b'])} | {cell_text(r['win_rate'], '%')} | "
-                         f"{cell_text(r['tie_rate'], '%')} | {cell_text(r['lose_rate'], '%')} | "
+            lines.append(f"| {_md(r['task'])} | {_md(r['a'])} vs {_md(r['b'])} | "
+                         f"{cell_text(r['win_rate'], '%')}{interval_text(r.get('win_ci'))} | "
+                         f"{cell_text(r['tie_rate'], '%')} | "
+                         f"{cell_text(r['lose_rate'], '%')}{interval_text(r.get('lose_ci'))} | "
                          f"{cell_text(r['inconsistency_rate'], '%')} | "
                          f"{r['judged'] if r['judged'] is not None else MISSING} | "
                          f"{_md(r['judge_model'] or MISSING)} |")
         lines += ["", "Rates are percent of the judged items (both answer orders parsed); a win counts only when "
-                      "both orders agree.", ""]
+                      "both orders agree. In brackets: the 95% Wilson interval over the judged items.", ""]
     else:
         lines += ["No judge runs (`xkd judge --a seqxkd --b seqkd`).", ""]
 
@@ -108,9 +144,17 @@ def render_markdown(report: dict[str, Any], out_dir: Path, root: Path) -> str:
     for task in t1["columns"]:
         for row in t1["rows"]:
             cell = row["cells"][task]
-            if cell:
-                lines.append(f"| {task} | {_md(row['label'])} | {cell_text(cell['value'])} | {cell['run']} | "
-                             f"{cell['split']} ({cell['examples']}) | {src(cell['source'])} |")
+            for member in (cell or {}).get("members") or ([cell] if cell else []):
+                seed = f" (seed {member['seed']})" if "seed" in member else ""
+                lines.append(f"| {task} | {_md(row['label'])}{seed} | {cell_text(member['value'])} | {member['run']} | "
+                             f"{member['split']} ({member['examples']}) | {src(member['source'])} |")
+    if report["differences"]:
+        lines += ["", "### Paired differences", "", "| Task | Difference | Seed | Runs | Per-example scores |",
+                  "|---|---|---|---|---|"]
+        for r in report["differences"]:
+            for seed, runs, sources in zip(r["seed_values"], r["runs"], r["sources"]):
+                lines.append(f"| {r['task']} | {_md(r['label'])} | {MISSING if seed is None else seed} | "
+                             f"{' vs '.join(runs)} | {' · '.join(src(s) for s in sources)} |")
     if report["judge"]:
         lines += ["", "### Table 2", "", "| Task | A vs B | Run | File |", "|---|---|---|---|"]
         lines += [f"| {r['task']} | {_md(r['a'])} vs {_md(r['b'])} | {r['run']} | {src(r['source'])} |"
@@ -120,8 +164,9 @@ def render_markdown(report: dict[str, Any], out_dir: Path, root: Path) -> str:
         for s in fig["series"]:
             for p in s["points"]:
                 size = f" ({human_count(p['parameters'])}, {src(p['x_source'])})" if p.get("x_source") else ""
-                lines.append(f"| {_md(s['label'])} | {_md(p['label'])}{size} | {cell_text(p['y'])} | {p['run']} | "
-                             f"{src(p['source'])} |")
+                spread = f" ± {cell_text(p['sd'])} ({p['seeds']})" if p.get("seeds") and p.get("sd") is not None else ""
+                lines.append(f"| {_md(s['label'])} | {_md(p['label'])}{size} | {cell_text(p['y'])}{spread} | {p['run']} | "
+                             f"{' · '.join(src(x) for x in p.get('sources') or [p['source']])} |")
         for b in fig["baselines"]:
             lines.append(f"| {_md(b['label'])} | default | {cell_text(b['value'])} | {b['run']} | {src(b['source'])} |")
     for div in report["diversity"]:
