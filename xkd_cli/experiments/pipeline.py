@@ -94,13 +94,8 @@ def _config(cls, options: dict, where: str):
 
 def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
     """Validate the recipe and list the steps in order, building every config (no compute)."""
-    from xkd_cli.evaluation.evaluate import run_eval  # torch loads only once a recipe is planned
-    from xkd_cli.models.loading import resolve_model  # torch loads only once a recipe is planned
-    from xkd_cli.training.distill import run_distill  # torch loads only once a recipe is planned
-    from xkd_cli.training.gen_teacher import run_gen_teacher  # torch loads only once a recipe is planned
-    from xkd_cli.training.sft import run_sft  # torch loads only once a recipe is planned
-
-    recipe = load_recipe(recipe_path)
+    recipe = load_recipe(recipe_path, given_as="xkd pipeline (its RECIPE argument; the bundled ones are in "
+                                                   "recipes/pipeline/)")
     unknown = [k for k in recipe if k not in TOP_KEYS]
     if unknown:
         close = difflib.get_close_matches(unknown[0], TOP_KEYS, n=1)
@@ -129,6 +124,12 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
         if unknown_sweep:
             raise XKDError(f"unknown key '{sorted(unknown_sweep)[0]}' in pipeline section 'sweep' "
                            "(valid: param, values, methods).")
+
+    from xkd_cli.evaluation.evaluate import run_eval  # torch loads only once the recipe's keys are valid
+    from xkd_cli.models.loading import resolve_model  # torch loads only once the recipe's keys are valid
+    from xkd_cli.training.distill import run_distill  # torch loads only once the recipe's keys are valid
+    from xkd_cli.training.gen_teacher import run_gen_teacher  # torch loads only once the recipe's keys are valid
+    from xkd_cli.training.sft import run_sft  # torch loads only once the recipe's keys are valid
 
     steps: list[Step] = []
     for task in tasks:
