@@ -17,7 +17,8 @@ from xkd_cli.core.errors import XKDError, debug_enabled
 app = typer.Typer(
     name="xkd",
     help="Experiential knowledge distillation (X-KD) for language models: fine-tune, distil, evaluate.\n\n"
-         "Every command takes --recipe FILE.yaml (values merge as defaults → recipe → flags) and --json.",
+         "Every command but pipeline and report takes --recipe FILE.yaml (values merge as defaults → recipe → "
+         "flags); every command takes --json.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -28,7 +28,7 @@ SFT_EPILOG = ("Examples:\n\n  xkd sft --model tiny-t5-large --task synth-sum --r
 DISTILL_EPILOG = ("Examples:\n\n  xkd distill --method gxkd --lam 0.001\n\n"
                   "  xkd distill --task synth-sum --method gkd --alpha 0.5 --beta 0.5\n\n"
                   "  xkd distill --task synth-mt --method seqxkd --teacher-data teacher-samples\n\n"
-                  "  xkd distill --task xsum --method sxkd --teacher my-t5-large --student my-t5-small --divergence fkl\n\n"
+                  "  xkd distill --task xsum --method sxkd --teacher sft-t5-large --student t5-small --divergence fkl\n\n"
                   "  xkd distill --method gxkd --teacher-load-in-4bit --lora-r 8")
 
 
