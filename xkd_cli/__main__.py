@@ -6,7 +6,7 @@ import sys
 
 def run() -> None:
     try:
-        from xkd_cli.cli.app import main
+        from xkd_cli.cli.app import main  # here, not at the top: a Ctrl-C while the CLI loads is caught
     except KeyboardInterrupt:
         sys.stderr.write("Ctrl-C: stopped while starting; nothing was done.\n")
         sys.exit(130)
