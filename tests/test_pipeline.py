@@ -1,6 +1,7 @@
 """`xkd pipeline`: plan, dry run, a real small pipeline end to end, resume by skipping finished steps."""
 
 import json
+import re
 
 import pytest
 
@@ -61,8 +62,11 @@ def test_pipeline_runs_then_resumes(xkd, runs, tmp_path, monkeypatch):
     steps = result.json()["steps"]
     judge = steps[-1]
     assert judge["kind"] == "judge" and judge["skipped"] and "no judge endpoint" in judge["reason"]
-    assert "judge skipped" in result.err
+    assert "judge skipped: $OPENAI_API_KEY holds no API key" in result.err
+    counters = re.findall(r"^(\d+)/(\d+) ", result.err, flags=re.M)  # the report is the last of the counted steps
+    assert {total for _, total in counters} == {str(len(steps) + 1)} and counters[-1][0] == counters[-1][1]
     task_dir = runs / "synth-mt"
+    assert not list(task_dir.glob("*/.training.lock"))  # finished runs leave no lock file behind
     for name in ("teacher", "student", "teacher-samples", "seqkd", "gxkd", "gxkd-lam-0.01", "diversity"):
         assert json.loads((task_dir / name / "run.json").read_text())["status"] == "completed", name
     record = json.loads((task_dir / "gxkd-lam-0.01" / "run.json").read_text())

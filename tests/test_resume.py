@@ -270,7 +270,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_bit_identically(interrup
     note = interrupted["note"]
     assert interrupted["code"] == 128 + signal.SIGTERM, interrupted["stderr"]
     last_line = interrupted["stderr"].strip().splitlines()[-1]
-    assert last_line.startswith("error: SIGTERM received: stopped after step ") and "--resume" in last_line
+    assert last_line.startswith("SIGTERM: stopped after step ") and "--resume" in last_line
     assert "Traceback" not in interrupted["stderr"]
     runs, run = copy_run(interrupted, tmp_path)
     stopped = logged_step(run)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from typing import Annotated
@@ -12,7 +13,8 @@ import typer
 
 from xkd_cli import __version__
 from xkd_cli.cli import evaluation, experiments, teacher, training
-from xkd_cli.core.errors import XKDError, debug_enabled
+from xkd_cli.core.errors import Interrupted, StopRequested, XKDError, debug_enabled
+from xkd_cli.core.workspace import stop_note
 
 app = typer.Typer(
     name="xkd",
@@ -54,16 +56,31 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def _stop(signum, frame) -> None:
+    raise StopRequested
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors become one line on stderr and exit code 2 (traceback with XKD_DEBUG=1)."""
+    """Entry point: user errors become one line on stderr and exit code 2 (traceback with XKD_DEBUG=1); a
+    Ctrl-C, one line saying what was kept and how to go on, and exit code 130."""
     _quiet_libraries()
     try:
+        previous = signal.signal(signal.SIGINT, _stop)
+    except ValueError:  # not the main thread: Ctrl-C stays as it is
+        previous = None
+    try:
         app(args=argv, standalone_mode=True)
+    except Interrupted as exc:  # training stopped at a checkpoint: its message says where
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(exc.exit_code)
+    except (StopRequested, KeyboardInterrupt):
+        sys.stderr.write(stop_note() + "\n")
+        sys.exit(130)
     except XKDError as exc:
         if debug_enabled():
             traceback.print_exc()
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

@@ -17,7 +17,7 @@ STEERING = ("recipe", "runs_dir", "overwrite", "json")
 EVAL_EPILOG = ("Examples:\n\n  xkd eval --model sft-tiny-t5-large --task synth-sum\n\n"
                "  xkd eval --model ./my-model --task xsum --data ./xsum --limit 100\n\n"
                "  xkd eval --model teacher --task synth-mt --temperature 1.0 --top-p 0.95 --num-samples 4 --json")
-DIVERSITY_EPILOG = ("Examples:\n\n  xkd diversity --model sft-student --model gxkd --task synth-mt\n\n"
+DIVERSITY_EPILOG = ("Examples:\n\n  xkd diversity --model student --model gxkd --task synth-mt\n\n"
                     "  xkd diversity -m gkd -m gxkd --task xsum --temperatures 0.1,0.3,0.5,1.0 --num-samples 4 --limit 500\n\n"
                     "  xkd diversity --model tiny-t5-small --task synth-mt --limit 3 --num-samples 2 "
                     "--temperatures 0.5,1.0 --json")

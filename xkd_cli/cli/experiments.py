@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from xkd_cli.cli.options import Json, Overwrite, RunsDir, Task
+from xkd_cli.cli.options import SWITCH, Json, Overwrite, RunsDir, Task
 from xkd_cli.core.ui import console, emit, out, table
 from xkd_cli.core.workspace import runs_root
 from xkd_cli.experiments.pipeline import run_pipeline
@@ -24,7 +24,7 @@ PIPELINE_EPILOG = ("Examples:\n\n  xkd pipeline recipes/pipeline/offline-quick.y
 
 def pipeline(
     recipe: Annotated[Path, typer.Argument(help="Pipeline recipe (YAML): tasks, teacher, student, methods, sweeps.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the recipe and print the plan; no compute.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", metavar=SWITCH, help="Validate the recipe and print the plan; no compute.")] = False,
     runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
 ) -> None:
     """Run a whole experiment (SFT → gen-teacher → distill → eval → diversity → judge), skipping done steps."""

@@ -16,20 +16,22 @@ import typer
 from xkd_cli.config.defaults import PER_TASK
 from xkd_cli.config.training import TASK_HELP
 
+SWITCH = ""  # the metavar of an on/off flag: it takes no value, so the help shows none (Typer would say <bool>)
+
 # Options that steer the command itself rather than the job's config: (annotation, default).
 STEERING: dict[str, tuple[Any, Any]] = {
     "recipe": (Annotated[Optional[Path], typer.Option(help="YAML file of option values (flags override it).")], None),
     "resume": (Annotated[bool, typer.Option(
-        "--resume", help="Continue the run from its latest complete checkpoint (re-running the same command does "
+        "--resume", metavar=SWITCH, help="Continue the run from its latest complete checkpoint (re-running the same command does "
                          "too; --resume fails if there is none).")], False),
     "processes": (Annotated[Optional[int], typer.Option(
         help="Train data-parallel on N processes (one per GPU, or gloo on CPU): runs this command under "
              "`accelerate launch`. --batch-size is per process.")], None),
     "runs_dir": (Annotated[Optional[Path], typer.Option(help="Runs directory (env XKD_RUNS_DIR, default ./runs).")],
                  None),
-    "overwrite": (Annotated[bool, typer.Option("--overwrite", help="Replace an existing run / results of the same "
-                                                                   "name.")], False),
-    "json": (Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")], False),
+    "overwrite": (Annotated[bool, typer.Option("--overwrite", metavar=SWITCH,
+                                               help="Replace an existing run / results of the same name.")], False),
+    "json": (Annotated[bool, typer.Option("--json", metavar=SWITCH, help="Print the result as JSON on stdout.")], False),
 }
 
 
@@ -66,10 +68,11 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
             help_text += " (default: per task)"
         elif default is not None:
             help_text += f" (default: {default})"
-        option = typer.Option(*field.metadata["flags"], help=help_text)
         cli_type = _cli_type(field, hints[field.name])
+        switch = {"metavar": SWITCH} if cli_type is bool else {}
+        option = typer.Option(*field.metadata["flags"], help=help_text, **switch)
         if cli_type is bool and not field.metadata["flags"]:
-            option = typer.Option(f"--{field.name.replace('_', '-')}", help=help_text)  # a switch: no --no- twin
+            option = typer.Option(f"--{field.name.replace('_', '-')}", help=help_text, **switch)  # no --no- twin
         annotation = Annotated[Optional[cli_type], option]
         params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=annotation))

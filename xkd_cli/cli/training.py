@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -13,6 +14,8 @@ from xkd_cli.config.defaults import make_config
 from xkd_cli.config.training import DistillConfig, SFTConfig, TrainingConfig
 from xkd_cli.core.ui import emit, out, table
 from xkd_cli.core.workspace import runs_root
+from xkd_cli.data.tasks import split_file
+from xkd_cli.training.checkpoint.resume import find_resume
 
 TRAINING_STEERING = ("recipe", "resume", "processes", "runs_dir", "overwrite", "json")
 
@@ -25,7 +28,7 @@ SFT_EPILOG = ("Examples:\n\n  xkd sft --model tiny-t5-large --task synth-sum --r
 DISTILL_EPILOG = ("Examples:\n\n  xkd distill --method gxkd --lam 0.001\n\n"
                   "  xkd distill --task synth-sum --method gkd --alpha 0.5 --beta 0.5\n\n"
                   "  xkd distill --task synth-mt --method seqxkd --teacher-data teacher-samples\n\n"
-                  "  xkd distill --task xsum --method sxkd --teacher my-t5-large --student my-t5-small --divergence fkl\n\n"
+                  "  xkd distill --task xsum --method sxkd --teacher sft-t5-large --student t5-small --divergence fkl\n\n"
                   "  xkd distill --method gxkd --teacher-load-in-4bit --lora-r 8")
 
 
@@ -34,6 +37,7 @@ def sft(flags: dict[str, Any], *, recipe, resume, processes, runs_dir, overwrite
     """Fine-tune a model on a task (the teacher and student starting points)."""
     root = runs_root(runs_dir)
     cfg = make_config(SFTConfig, flags, recipe=recipe, runs_root=root)
+    _refuse_early(cfg, "sft", root, overwrite=overwrite, resume=resume)
     _launch_processes(processes, cfg)
     from xkd_cli.training.sft import run_sft  # torch and transformers load only once the options are valid
 
@@ -46,20 +50,31 @@ def distill(flags: dict[str, Any], *, recipe, resume, processes, runs_dir, overw
     """Distil a teacher into a student with one of the seven methods (X-KD and its baselines)."""
     root = runs_root(runs_dir)
     cfg = make_config(DistillConfig, flags, recipe=recipe, runs_root=root)
+    _refuse_early(cfg, "distill", root, overwrite=overwrite, resume=resume)
     _launch_processes(processes, cfg)
     from xkd_cli.training.distill import run_distill  # torch and transformers load only once the options are valid
 
     emit(run_distill(cfg, runs_root=root, overwrite=overwrite, resume=resume), as_json=json, render=render_training)
 
 
+def _refuse_early(cfg: TrainingConfig, kind: str, root: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refusals that need no model, made before torch and transformers load (seconds): an existing or unresumable
+    run, a missing --data path. The engine makes the same checks again; they are cheap."""
+    find_resume(root, cfg.task, cfg.run_name(), kind=kind, cfg=cfg, overwrite=overwrite, resume=resume)
+    if cfg.data:
+        split_file(Path(cfg.data).expanduser(), "train")
+
+
 def _launch_processes(processes: int | None, cfg: TrainingConfig) -> None:
     """--processes N (N > 1): run this very command again under ``accelerate launch`` with N processes and
     end with its exit code (settings that cannot run sharded are refused first, here, rather than once per
     process); inside the launch (or with N = 1) do nothing."""
+    if processes is None or processes == 1:  # inside a launch --processes is gone from the command line too
+        return
     from xkd_cli.core.runtime import launched  # imports torch
     from xkd_cli.training.distributed import check_shardable, relaunch  # imports torch
 
-    if processes is None or processes == 1 or launched():
+    if launched():
         return
     check_shardable(cfg)
     argv = []

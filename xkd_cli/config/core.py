@@ -38,13 +38,14 @@ def option(default: Any, help: str, *, flags: tuple[str, ...] = (), cli: bool = 
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def load_recipe(path: str | Path | None) -> dict[str, Any]:
-    """Read a recipe: a YAML mapping of config keys (dashes or underscores) to values."""
+def load_recipe(path: str | Path | None, *, given_as: str = "--recipe") -> dict[str, Any]:
+    """Read a recipe: a YAML mapping of config keys (dashes or underscores) to values. ``given_as`` names where
+    the path came from, for the not-found hint."""
     if path is None:
         return {}
     path = Path(path).expanduser()
     if not path.is_file():
-        raise XKDError(f"recipe file not found: {path}. Check the path passed to --recipe.")
+        raise XKDError(f"recipe file not found: {path}. Check the path passed to {given_as}.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -1,4 +1,5 @@
-"""One exception type for everything a user can fix; the CLI turns it into one line and exit code 2."""
+"""One exception type for everything a user can fix (the CLI turns it into one line and exit code 2), and the
+two kinds of deliberate stop (Ctrl-C, SIGTERM), which are not errors."""
 
 from __future__ import annotations
 
@@ -15,3 +16,17 @@ class XKDError(Exception):
 
 def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+class Interrupted(XKDError):
+    """A stop the user asked for, after which the message says what was kept and how to continue; exit code
+    128 + the signal (130 for Ctrl-C, 143 for SIGTERM), the shell's convention for "ended by signal N"."""
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopRequested(BaseException):
+    """Ctrl-C outside the training loop, raised by the CLI's SIGINT handler in place of KeyboardInterrupt,
+    which Typer would turn into a silent exit 130 before the CLI could say what was kept."""

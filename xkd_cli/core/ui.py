@@ -30,7 +30,7 @@ def _force_progress() -> bool:
 
 
 def table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
-    out = Table(title=title, title_justify="left")
+    out = Table(title=title, title_justify="left", min_width=len(title))  # a title wider than the columns stays one line
     for column in columns:
         out.add_column(str(column), overflow="fold")
     for row in rows:

@@ -6,6 +6,7 @@ commit, timings, status), logs, and for training runs ``model/`` (loadable by pl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -25,6 +26,8 @@ from xkd_cli.core.errors import XKDError
 
 RUNS_ENV = "XKD_RUNS_DIR"
 RUN_RECORD = "run.json"
+CONTINUES = ("gen-teacher", "diversity", "judge")  # kinds whose re-run continues where a stopped one ended
+_created: list["Run"] = []  # the runs this process made, for the note a Ctrl-C prints
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -206,12 +209,35 @@ def create_run(root: Path, task: str, name: str, *, kind: str, config: dict[str,
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     path.mkdir(parents=True)
     run = Run(path, task, name)
+    _created.append(run)
     write_json(path / "config.json", config)
     write_json(run.record_path, {
         "kind": kind, "task": task, "name": name, "status": "running", "seed": seed,
         "command": [_public_arg(a) for a in sys.argv], "started": now(), "environment": environment(), **(extra or {}),
     })
     return run
+
+
+def stop_note() -> str:
+    """One line for a Ctrl-C outside the training loop: what was kept and how to go on. The unfinished run, if
+    any, is marked interrupted."""
+    finished, unfinished = [], []
+    for run in _created:
+        try:
+            record = run.record()
+        except (OSError, XKDError):  # removed or damaged meanwhile: nothing to say about it
+            continue
+        (finished if record.get("status") == "completed" else unfinished).append((run, record.get("kind")))
+    kept = f" {len(finished)} finished run(s) are kept." if finished else ""
+    if not unfinished:
+        return f"Ctrl-C: stopped before the result was written.{kept} Run the same command again to start over."
+    run, kind = unfinished[-1]
+    with contextlib.suppress(OSError, XKDError):  # a full disk must not hide the note
+        run.update_record(status="interrupted")
+    if kind in CONTINUES:
+        return f"Ctrl-C: stopped;{kept} {run.path} keeps what was done. Run the same command again to continue."
+    return (f"Ctrl-C: stopped;{kept} {run.path} is unfinished (marked interrupted). Run the same command with "
+            "--overwrite to redo it.")
 
 
 def find_runs(root: Path, task: str, **match: Any) -> list[Run]:

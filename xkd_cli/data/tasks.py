@@ -36,6 +36,7 @@ from xkd_cli.config.evaluation import SPLITS
 from xkd_cli.evaluation import metrics
 from xkd_cli.data import synth
 from xkd_cli.core.errors import XKDError
+from xkd_cli.core.hub import hub_unreachable
 from xkd_cli.core.registry import Registry
 
 FILE_FORMATS = (".jsonl", ".json", ".csv", ".parquet")
@@ -342,12 +343,17 @@ class Task:
     def _hub_rows(self, split: str) -> list[dict]:
         """Download/load from the Hugging Face Hub (never used by tests: they pass ``data``)."""
         spec = f"{split}[:{self.train_cap}]" if split == "train" and self.train_cap else split
+        offline = hub_unreachable()
         try:
             import datasets  # heavy, and only the Hugging Face Hub's tasks need it
 
             return datasets.load_dataset(self.hf_id, self.hf_config, split=spec).to_list()
         except Exception as exc:  # noqa: BLE001 - network, auth, missing-split... all mean "use local files"
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if offline:
+                raise XKDError(f"could not load {self.hf_id} split {split}: {offline}, and it is not in the local "
+                               "Hugging Face cache. Connect and retry, or pass --data PATH with local "
+                               "train/validation/test files in the same schema") from None
             raise XKDError(f"could not load {self.hf_id} ({self.hf_config or 'default'}) split {split} from the "
                            f"Hugging Face Hub ({first_line[:200]}); pass --data PATH with local "
                            "train/validation/test files in the same schema") from None

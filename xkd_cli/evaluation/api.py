@@ -6,6 +6,8 @@ Used for black-box teachers (``xkd gen-teacher --api-base``) and LLM judges. The
 - retried: HTTP 429, HTTP 5xx, timeouts and connection errors, at most ``max_retries`` times;
 - the wait is the server's ``Retry-After`` (seconds or an HTTP date) when it sends one, otherwise
   exponential backoff ``backoff · 2^attempt`` capped at ``max_backoff``, with jitter (x0.5 to x1);
+- retrying stops after ``MAX_RETRY_S`` in all, or ``UNREACHED_RETRY_S`` while no request has been answered
+  yet (a wrong URL is not worth minutes of waiting); the error states the time spent;
 - any other 4xx fails at once with a one-line :class:`XKDError` (a 401 names the key's variable).
 
 The API key is read from an environment variable and never printed, logged or written: error
@@ -29,6 +31,8 @@ from xkd_cli.core.ui import progress
 from xkd_cli.core.workspace import public_url
 
 MAX_RETRY_AFTER_S = 600.0  # a server asking for more than this is treated as asking for this
+MAX_RETRY_S = 300.0  # one request stops retrying once its retries would wait past this (a busy server recovers)
+UNREACHED_RETRY_S = 20.0  # ... or past this while the client never got an answer: a wrong URL or a server that is down
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -103,6 +107,7 @@ class ChatClient:
         self._lock = threading.Lock()
         self.requests = 0  # HTTP attempts made
         self.retries = 0   # attempts that were retries
+        self.answered = False  # whether any request got an HTTP answer: a server is there
         self._openai = openai
         self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout, max_retries=0)
 
@@ -122,6 +127,7 @@ class ChatClient:
                   if v is not None}
         stop: threading.Event | None = getattr(self._worker, "stop", None)
         attempt = 0
+        started = self._clock()
         while True:
             if stop is not None and stop.is_set():
                 raise Stopped()
@@ -130,6 +136,7 @@ class ChatClient:
             try:
                 response = self._client.chat.completions.create(model=self.model, messages=messages, **params)
             except self._openai.APIStatusError as exc:
+                self.answered = True
                 if not retryable_status(exc.status_code):
                     raise self._rejected(exc) from None
                 failure, asked = f"HTTP {exc.status_code}", retry_after_seconds(exc.response.headers, self._clock())
@@ -141,11 +148,17 @@ class ChatClient:
                 raise XKDError(f"the API at {public_url(self.base_url)} sent an unreadable answer ({self._clean(exc)}); "
                                "check that --api-base points at an OpenAI-compatible /v1 endpoint") from None
             else:
+                self.answered = True
                 return self._text(response)
-            if attempt >= self.max_retries:
-                raise XKDError(f"the API at {public_url(self.base_url)} still failed ({failure}) after {self.max_retries} "
-                               "retries; try again later, lower --concurrency or raise --max-retries")
             delay = self.delay(attempt, asked)
+            spent = self._clock() - started
+            budget = MAX_RETRY_S if self.answered else UNREACHED_RETRY_S
+            if attempt >= self.max_retries or spent + delay > budget:
+                limit = (f"{self.max_retries} retries" if attempt >= self.max_retries else
+                         f"{budget:g} s of retries" + ("" if self.answered else " for a server that never answered"))
+                raise XKDError(f"the API at {public_url(self.base_url)} still failed ({failure}) after {attempt} "
+                               f"retries in {spent:.0f} s (the limit: {limit}); check the URL and the server, try "
+                               "again later, lower --concurrency or raise --max-retries")
             attempt += 1
             with self._lock:
                 self.retries += 1

@@ -72,7 +72,7 @@ def score(task: Task, predictions: Sequence[Sequence[str]], references: Sequence
         out[key] = sum(s[key] for s in per_sample) / k if isinstance(value, (int, float)) else value
     if k > 1:
         out["self_bleu"] = metrics.self_bleu([list(p) for p in predictions])
-        out["diversity"] = 100.0 - out["self_bleu"]
+        out["diversity"] = max(0.0, round(100.0 - out["self_bleu"], 9))  # identical samples: 0, not -2.8e-14
     return out
 
 

@@ -130,13 +130,8 @@ def _config(cls, options: dict, where: str):
 
 def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
     """Validate the recipe and list the steps in order, building every config (no compute)."""
-    from xkd_cli.evaluation.evaluate import run_eval  # torch loads only once a recipe is planned
-    from xkd_cli.models.loading import resolve_model  # torch loads only once a recipe is planned
-    from xkd_cli.training.distill import run_distill  # torch loads only once a recipe is planned
-    from xkd_cli.training.gen_teacher import run_gen_teacher  # torch loads only once a recipe is planned
-    from xkd_cli.training.sft import run_sft  # torch loads only once a recipe is planned
-
-    recipe = load_recipe(recipe_path)
+    recipe = load_recipe(recipe_path, given_as="xkd pipeline (its RECIPE argument; the bundled ones are in "
+                                                   "recipes/pipeline/)")
     unknown = [k for k in recipe if k not in TOP_KEYS]
     if unknown:
         close = difflib.get_close_matches(unknown[0], TOP_KEYS, n=1)
@@ -170,6 +165,11 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
         raise XKDError(f"pipeline key 'seed_students' must be true or false, got {seed_students!r}.")
     if seed_students and not seeds:
         raise XKDError("pipeline key 'seed_students' needs 'seeds', e.g. seeds: [1, 2, 3].")
+    from xkd_cli.evaluation.evaluate import run_eval  # torch loads only once the recipe's keys are valid
+    from xkd_cli.models.loading import resolve_model  # torch loads only once the recipe's keys are valid
+    from xkd_cli.training.distill import run_distill  # torch loads only once the recipe's keys are valid
+    from xkd_cli.training.gen_teacher import run_gen_teacher  # torch loads only once the recipe's keys are valid
+    from xkd_cli.training.sft import run_sft  # torch loads only once the recipe's keys are valid
 
     steps: list[Step] = []
     for task, task_name in tasks.items():  # task: what --task would say (a built-in name or a task file)
@@ -340,15 +340,17 @@ def run_pipeline(recipe_path: str | Path, *, runs_root: Path, dry_run: bool = Fa
         return {"recipe": str(recipe_path), "dry_run": True, "steps": listed}
     started = time.time()
     results = []
+    total = len(steps) + 1  # the report is the last step
     for i, (step, (state, _)) in enumerate(zip(steps, states), start=1):
         if state == "done":
-            console.print(f"[dim]{i}/{len(steps)} skip {step.describe()} (done, same config)[/]")
+            console.print(f"[dim]{i}/{total} skip {step.describe()} (done, same config)[/]")
             results.append({**listed[i - 1], "skipped": True})
             continue
-        console.print(f"[bold]{i}/{len(steps)}[/] {step.describe()}")
+        console.print(f"[bold]{i}/{total}[/] {step.describe()}")
         if step.kind == "judge" and not _judge_configured(step.config):
-            console.print("[yellow]judge skipped: no API key (set OPENAI_API_KEY or the recipe's api_key_env) "
-                          "and endpoint configured[/]")
+            console.print(f"[yellow]judge skipped: ${step.config.api_key_env or 'OPENAI_API_KEY'} holds no API key. "
+                          "To judge, set it (any value for a local server that needs none) and give the recipe's "
+                          "judge section a base_url if the judge is not OpenAI's.[/]")
             results.append({**listed[i - 1], "skipped": True, "reason": "no judge endpoint configured"})
             continue
         t0 = time.time()
@@ -357,7 +359,7 @@ def run_pipeline(recipe_path: str | Path, *, runs_root: Path, dry_run: bool = Fa
         if step.record:
             open_run(runs_root, step.task, step.name).update_record(**step.record)
         results.append({**listed[i - 1], "seconds": round(time.time() - t0, 1), "result": result})
-    console.print(f"[bold]{len(steps) + 1}/{len(steps) + 1}[/] report")
+    console.print(f"[bold]{total}/{total}[/] report")
     report = build_report(runs_root)
     return {"recipe": str(recipe_path), "steps": results, "seconds": round(time.time() - started, 1),
             "report": report}

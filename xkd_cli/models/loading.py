@@ -38,6 +38,7 @@ from transformers import (
 
 from xkd_cli.config.core import DTYPES
 from xkd_cli.core.errors import XKDError
+from xkd_cli.core.hub import hub_unreachable
 from xkd_cli.core.workspace import read_record
 from xkd_cli.models.adapters import attach_adapter, base_reference, is_adapter_dir, write_base_record
 from xkd_cli.models.load_errors import hub_errors, remote_code_error, short_error
@@ -178,8 +179,12 @@ def _load_pretrained(
 ) -> tuple[PreTrainedModel, bool]:
     """Load a saved or hub checkpoint, choosing seq2seq vs causal LM from its config."""
     where = "the Hugging Face hub" if source == "hub" else location
+    offline = hub_unreachable() if source == "hub" else None
 
     def unreachable(exc: BaseException) -> XKDError:
+        if offline:
+            return XKDError(f"could not load {ref!r}: {offline}, and it is not in the local Hugging Face cache. "
+                            "Connect and retry, or pass a local model directory")
         if source == "hub":
             return XKDError(
                 f"could not load {ref!r} from the Hugging Face hub (offline?): download it first or pass a "

@@ -14,6 +14,7 @@ their normaliser.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Protocol
 
 import torch
@@ -190,6 +191,9 @@ class TeacherMixer:
         self.encoder_outputs = None
         self.past = None
         self.seen = 0  # tokens of generate's ``input_ids`` already in the teacher's cache
+        base = teacher.model.get_base_model() if hasattr(teacher.model, "get_base_model") else teacher.model
+        # transformers 5.2x renamed forward's past_key_values to cache (the old name warns); older ones lack it
+        self.cache_key = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
     def teacher_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The teacher's next-token logits after ``input_ids`` (B x V), reading only the new tokens."""
@@ -200,14 +204,14 @@ class TeacherMixer:
             if self.encoder_outputs is None:
                 self.encoder_outputs = model.get_encoder()(input_ids=self.input_ids, attention_mask=self.mask)
             out = model(encoder_outputs=self.encoder_outputs, attention_mask=self.mask, decoder_input_ids=new,
-                        past_key_values=self.past, use_cache=True)
+                        use_cache=True, **{self.cache_key: self.past})
         else:
             generated = input_ids.shape[1] - self.input_ids.shape[1]
             mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], generated))], dim=1)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, self.seen:]
-            out = model(input_ids=new, attention_mask=mask, position_ids=positions, past_key_values=self.past,
-                        use_cache=True, logits_to_keep=1)
-        self.past, self.seen = out.past_key_values, input_ids.shape[1]
+            out = model(input_ids=new, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                        **{self.cache_key: self.past})
+        self.past, self.seen = out[self.cache_key] if self.cache_key in out else out.past_key_values, input_ids.shape[1]
         return out.logits[:, -1]
 
     @torch.no_grad()

@@ -16,7 +16,7 @@ from xkd_cli.training.checkpoint.checkpointer import Checkpointer, TrainingInter
 from xkd_cli.training.checkpoint.resume import Checkpoint, latest_checkpoint, reopen_run
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.training import TrainingConfig
-from xkd_cli.core.errors import XKDError
+from xkd_cli.core.errors import StopRequested, XKDError
 from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.evaluation.evaluate import quick_eval
 from xkd_cli.models.lora import MERGED_DIR, export_merged
@@ -124,7 +124,7 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
                        step_metrics=step_metrics, description=f"{kind} {task.name}/{name}", checkpoints=checkpoints,
                        processes=processes)
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, TrainingInterrupted) else "failed"
+        status = "interrupted" if isinstance(exc, (TrainingInterrupted, StopRequested, KeyboardInterrupt)) else "failed"
         if run is not None:
             with contextlib.suppress(OSError):  # a full disk must not hide the error itself
                 run.update_record(status=status, error=str(exc) or type(exc).__name__)

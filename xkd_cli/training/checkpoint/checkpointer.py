@@ -19,7 +19,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from xkd_cli import __version__
 from xkd_cli.config.core import config_hash, to_dict
-from xkd_cli.core.errors import XKDError
+from xkd_cli.core.errors import Interrupted, XKDError
 from xkd_cli.core.workspace import now
 from xkd_cli.training.checkpoint.files import delay_for_tests, fsync_dir, read_json_file, write_file, write_json_file
 from xkd_cli.training.checkpoint.lock import RunLock
@@ -32,12 +32,8 @@ FORMAT = "xkd-checkpoint-v1"
 OPTIMIZER_FILE = "optimizer.pt"
 
 
-class TrainingInterrupted(XKDError):
+class TrainingInterrupted(Interrupted):
     """SIGTERM / SIGINT during training: a checkpoint was written and the run can be resumed."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum  # the shell convention for "ended by signal N" (130, 143)
 
 
 @dataclass
@@ -216,9 +212,9 @@ class Checkpointer:
             saved = self.save(loop, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
         if stop:
             self.signal_received = self.signal_received or signal.SIGTERM
-            name = signal.Signals(self.signal_received).name
+            name = "Ctrl-C" if self.signal_received == signal.SIGINT else signal.Signals(self.signal_received).name
             raise TrainingInterrupted(
-                f"{name} received: stopped after step {loop.step} of {max_steps} and saved checkpoint {saved}. "
+                f"{name}: stopped after step {loop.step} of {max_steps}; kept checkpoint {saved}. "
                 "Run the same command again (or add --resume) to continue.", self.signal_received)
 
     def save(self, loop: LoopState, *, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any = None) -> Path:
@@ -326,10 +322,12 @@ class Checkpointer:
         """SIGTERM / SIGINT end the current step, save and stop; a second SIGINT stops at once."""
         def handler(signum, frame):
             if self.signal_received is not None and signum == signal.SIGINT:
+                if callable(installed.get(signum)):  # the CLI's own handler says what was kept
+                    installed[signum](signum, frame)
                 raise KeyboardInterrupt
             self.signal_received = signum
 
-        installed = {}
+        installed: dict = {}
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 installed[signum] = signal.signal(signum, handler)

@@ -56,5 +56,7 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         if self.fh is not None:
+            if self.create:  # removed while still held, so no other process can have locked this file meanwhile
+                self.path.unlink(missing_ok=True)
             self.fh.close()  # closing releases the lock
             self.fh = None

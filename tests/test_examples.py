@@ -1,0 +1,103 @@
+"""Every example a new user is shown runs as written: the examples of every ``--help`` epilog and the ``xkd``
+lines of README.md's command blocks. Each parses against the real command (every flag exists, every value has
+its type), every recipe file it names exists, every model it names is a built-in model, a hub id or alias, a
+path, or a run that an earlier example (or the main job) makes; the cheap ones run for real."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import typer
+
+from xkd_cli.cli.app import app
+from xkd_cli.experiments.pipeline import plan
+from xkd_cli.models.loading import HUB_ALIASES, resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = typer.main.get_command(app).commands
+MODEL_FLAGS = ("--model", "-m", "--teacher", "--student", "--a", "--b")
+
+
+def _split(line: str) -> list[list[str]]:
+    """One shell line → its xkd invocations (after `&&`, with env assignments and `# comments` dropped)."""
+    calls = []
+    for part in line.split("&&"):
+        words = shlex.split(part, comments=True)
+        while words and re.match(r"^[A-Z_]+=", words[0]):
+            words.pop(0)
+        if words and words[0] in ("xkd", ".venv/bin/xkd"):
+            calls.append(words[1:])
+    return calls
+
+
+def epilog_examples() -> list[tuple[str, list[str]]]:
+    found = []
+    for name, command in COMMANDS.items():
+        for line in (command.epilog or "").splitlines():
+            found += [(f"xkd {name} --help", argv) for argv in _split(line.strip())]
+    return found
+
+
+def readme_examples() -> list[tuple[str, list[str]]]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            if "…" in line or "..." in line.split("#")[0].replace("OPENAI_API_KEY=...", ""):
+                continue  # a placeholder for the user's own values, not an example
+            found += [("README.md", argv) for argv in _split(line)]
+    return found
+
+
+EXAMPLES = epilog_examples() + readme_examples()
+
+
+def _flag_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    return [argv[i + 1] for i, word in enumerate(argv[:-1]) if word in flags]
+
+
+def _made_runs() -> set[str]:
+    """Run names the examples and the main job make: SFT runs, --name, distilled methods, the pipeline's roles."""
+    names = {"teacher", "student"}
+    for _, argv in EXAMPLES:
+        if argv[0] == "sft":
+            names.update(f"sft-{m}" for m in _flag_values(argv, ("--model",)))
+        if argv[0] == "distill":
+            names.update(_flag_values(argv, ("--method",)))
+        names.update(_flag_values(argv, ("--name",)))
+    for recipe in (ROOT / "recipes" / "pipeline").glob("offline-quick.yaml"):
+        names.update(step.name for step in plan(recipe, ROOT / "no-runs"))
+    return names
+
+
+def test_examples_are_collected():
+    where = {w for w, _ in EXAMPLES}
+    assert {f"xkd {name} --help" for name in COMMANDS} <= where and "README.md" in where
+    assert len(EXAMPLES) > 30
+
+
+@pytest.mark.parametrize("where, argv", EXAMPLES, ids=[" ".join(a)[:70] for _, a in EXAMPLES])
+def test_example_parses_and_its_references_resolve(where, argv):
+    assert argv[0] in COMMANDS, f"{where}: unknown command {argv[0]}"
+    command = COMMANDS[argv[0]]
+    command.make_context(argv[0], list(argv[1:]))  # an unknown flag or a badly typed value raises here
+    for recipe in _flag_values(argv, ("--recipe", "--config_file")) + \
+            ([argv[1]] if argv[0] == "pipeline" and len(argv) > 1 else []):
+        assert (ROOT / recipe).is_file(), f"{where}: `xkd {' '.join(argv)}` names a missing recipe {recipe}"
+    made = _made_runs()
+    for model in _flag_values(argv, MODEL_FLAGS):
+        if model in made or model in HUB_ALIASES or model.startswith("./"):
+            continue
+        assert resolve_model(model)[0] in ("builtin", "hub"), f"{where}: unknown model {model}"
+
+
+CHEAP = [argv for _, argv in EXAMPLES if "--dry-run" in argv] + [
+    [name, "--help"] for name in COMMANDS] + [
+    argv for _, argv in EXAMPLES if argv[0] == "diversity" and "tiny-t5-small" in argv]
+
+
+@pytest.mark.parametrize("argv", CHEAP, ids=[" ".join(a)[:70] for a in CHEAP])
+def test_cheap_examples_run(xkd, runs, argv):
+    result = xkd(*argv)
+    assert result.code == 0, result.err

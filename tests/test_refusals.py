@@ -1,0 +1,42 @@
+"""Input that needs no model is refused before torch and transformers are imported: a new user's typo costs
+a second, not the import of a deep-learning stack. Each case runs the real entry point in a fresh process and
+asks it, at exit, whether torch was loaded (start-up time itself is measured by bench/refusals.py, not here)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = ("import atexit, sys; atexit.register(lambda: sys.stderr.write('\\nTORCH=%s\\n' % ('torch' in sys.modules))); "
+         "from xkd_cli.cli.app import main; main(sys.argv[1:])")
+
+
+def _completed_run(runs, task, name, kind):
+    run = runs / task / name
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"kind": kind, "status": "completed", "task": task, "name": name}))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["sft", "--model", "tiny-t5-small", "--task", "synth-sum"], "already exists"),
+    (["distill", "--task", "synth-sum", "--method", "gxkd"], "already exists"),
+    (["sft", "--model", "tiny-t5-small", "--task", "synth-sum", "--resume", "--name", "other"], "nothing to resume"),
+    (["sft", "--model", "tiny-t5-small", "--task", "xsum", "--data", "{tmp}/missing.jsonl"], "does not exist"),
+    (["sft", "--recipe", "{tmp}/bad.yaml"], "unknown key 'modle'"),
+    (["pipeline", "{tmp}/missing.yaml"], "the bundled ones are in recipes/pipeline/"),
+    (["pipeline", "{tmp}/bad.yaml"], "unknown key 'modle'"),
+])
+def test_refused_before_torch(tmp_path, args, words):
+    runs = tmp_path / "runs"
+    _completed_run(runs, "synth-sum", "sft-tiny-t5-small", "sft")
+    _completed_run(runs, "synth-sum", "gxkd", "distill")
+    (tmp_path / "bad.yaml").write_text("modle: tiny-t5-small\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "XKD_RUNS_DIR": str(runs)})
+    assert proc.returncode == 2, proc.stderr
+    assert words in proc.stderr
+    assert "TORCH=False" in proc.stderr, f"torch was imported before refusing: {argv}"
+    assert "--recipe" not in proc.stderr or args[0] != "pipeline"  # the pipeline's recipe is positional
