@@ -100,7 +100,8 @@ def _tasks(value: Any, recipe_path: Path, runs_root: Path) -> dict[str, str]:
             path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
             item = str(path)
         elif not isinstance(item, str):
-            raise XKDError(f"pipeline key 'tasks' must list task names, task files or task mappings, got {item!r}.")
+            raise XKDError(f"pipeline key 'tasks' must be a name or a list of names (built-in tasks, task files) "
+                           f"or task mappings, got {item!r}.")
         elif is_task_path(item) and not Path(item).expanduser().is_absolute() and (recipe_path.parent / item).is_file():
             item = str(recipe_path.parent / item)
         found[item] = get_task(item).name
