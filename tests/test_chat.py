@@ -115,6 +115,9 @@ def test_every_command_on_a_messages_file(xkd, runs, key):
     result = xkd("eval", "--task", task, "--model", "sft-tiny-chat-small", "--limit", "4", "--max-new-tokens", "6",
                  "--json")
     assert result.code == 0, result.err
+    result = xkd("diversity", "--task", task, "--model", "gxkd", "--temperatures", "1.0", "--num-samples", "2",
+                 "--limit", "2", "--max-new-tokens", "4", "--json")
+    assert result.code == 0, result.err
     with FakeOpenAI(responder=lambda req: "Answer 1 is right. [[1]]") as server:
         result = xkd("judge", "--task", task, "--a", "gxkd", "--b", "sft-tiny-chat-small", "--base-url", server.url,
                      "--json")

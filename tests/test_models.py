@@ -34,7 +34,7 @@ PROMPTS = ["Translate to German: the quick brown fox jumps over the lazy dog.", 
 
 @pytest.fixture(scope="module")
 def tiny() -> dict[str, LoadedModel]:
-    return {name: build_tiny_model(name) for name in BUILTIN_MODELS.names()}
+    return {name: build_tiny_model(name) for name in EXPECTED_PARAMS}
 
 
 def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:

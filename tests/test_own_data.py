@@ -190,3 +190,14 @@ eval: {{limit: 2, max_new_tokens: 4}}
     assert json.loads(metrics_file.read_text())["headline"] == "chrf"
     result = xkd("report", "--task", "greet", "--json")
     assert result.code == 0, result.err
+
+
+def test_black_box_teacher_gets_the_conversation(xkd, runs, server, key):
+    result = xkd("gen-teacher", "--task", EXAMPLES / "plurals.yaml", "--api-base", server.url, "--api-model", "fake",
+                 "--limit", "2", "--json")
+    assert result.code == 0, result.err
+    messages = server.requests[0]["json"]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[0]["content"] == "You are a concise English grammar assistant."
+    rows = [json.loads(line) for line in Path(result.json()["samples"]).read_text().splitlines()]
+    assert rows[0]["response"].startswith("answer to: What is the plural")

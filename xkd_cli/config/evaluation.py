@@ -68,6 +68,7 @@ class DiversityConfig:
     task: str = option("", TASK_HELP, flags=("--task", "-t"))
     name: str = option("diversity", "Summary run name (a directory under <runs-dir>/<task>/).")
     data: str | None = option(None, DATA_HELP)
+    chat_template: str = option("auto", CHAT_TEMPLATE_HELP)
     temperatures: tuple[float, ...] = option(DEFAULT_TEMPERATURES, "Sampling temperatures, comma-separated, each > 0 "
                                                                     "(the default is the paper's sweep).", cli_type=str)
     num_samples: int = option(4, "Samples per input, at least 2.")
@@ -129,7 +130,7 @@ class DiversityConfig:
                           max_new_tokens=self.max_new_tokens, temperature=temperature, top_p=self.top_p,
                           num_samples=self.num_samples, seed=self.seed, dtype=self.dtype, device=self.device,
                           load_in_8bit=self.load_in_8bit, load_in_4bit=self.load_in_4bit,
-                          trust_remote_code=self.trust_remote_code)
+                          trust_remote_code=self.trust_remote_code, chat_template=self.chat_template)
 
 
 @dataclass(frozen=True)
