@@ -87,7 +87,7 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
         loaded = load_model(settings["teacher"], task=task.name, runs_dir=runs_root, dtype=cfg.dtype,
                             device=str(resolve_device(cfg.device)), for_training=False,
                             quantization=settings["quantization"], trust_remote_code=cfg.trust_remote_code)
-    # Which tokenizer the samples belong to, so `distill` can refuse them for a student of another family.
+    # Which tokenizer made the samples, for the record: distill re-encodes their text for any student.
     tokenizer_sha = tokenizer_fingerprint(loaded.tokenizer) if loaded is not None else None
     if tokenizer_sha:
         teacher_info["tokenizer_sha"] = tokenizer_sha
