@@ -110,13 +110,6 @@ class MixedSource:
         self.on_policy_batches = state["on_policy_batches"]
 
 
-def batch_indices(data: EncodedSet, batch: Batch) -> list[int]:
-    """The data set rows of a batch, from its example ids (the cross-tokenizer objective's fallback when a
-    prompt's text must be recovered from its ids)."""
-    where = {e.id: i for i, e in enumerate(data.examples)}
-    return [where[example_id] for example_id in batch.ids]
-
-
 # -- the job ----------------------------------------------------------------------------------------------
 
 
@@ -203,10 +196,11 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
                                       mode=cfg.teacher_cache, k=cfg.teacher_cache_k)
         if cfg.cross_tokenizer != "off":
             prompts = {e.id: e.prompt for e in examples}
+            rows = {e.id: i for i, e in enumerate(data.examples)}
             objective = CrossTokenizerObjective(
                 student, teacher, cfg, vocab_size, head, method=cfg.cross_tokenizer,
                 teacher_vocab=len(teacher.tokenizer), prompt_text=prompts.get,
-                prompt_ids=lambda batch: [data.prompts[i] for i in batch_indices(data, batch)],
+                prompt_ids=lambda batch: [data.prompts[rows[i]] for i in batch.ids],
                 max_input_len=cfg.max_input_len, keep_end=task.keep_prompt_end,
                 same_layout=same_tokenizer and teacher.is_encoder_decoder == student.is_encoder_decoder)
         else:

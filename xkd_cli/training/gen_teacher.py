@@ -89,7 +89,7 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
                             device=str(resolve_device(cfg.device)), for_training=False,
                             quantization=settings["quantization"], trust_remote_code=cfg.trust_remote_code)
         use_chat_template(loaded, cfg.chat_template)
-    # Which tokenizer the samples belong to, so `distill` can refuse them for a student of another family.
+    # Which tokenizer made the samples, for the record: distill re-encodes their text for any student.
     tokenizer_sha = tokenizer_fingerprint(loaded.tokenizer) if loaded is not None else None
     if tokenizer_sha:
         teacher_info["tokenizer_sha"] = tokenizer_sha
