@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 
 def _start(tmp_path, *args):
     env = {**os.environ, "XKD_RUNS_DIR": str(tmp_path / "runs")}

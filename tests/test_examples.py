@@ -43,9 +43,16 @@ def readme_examples() -> list[tuple[str, list[str]]]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     found = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
+        variables: dict[str, str] = {}  # a block's `T=path` lines, used as $T below them
+        for line in block.replace("\\\n", " ").splitlines():
             if "…" in line or "..." in line.split("#")[0].replace("OPENAI_API_KEY=...", ""):
                 continue  # a placeholder for the user's own values, not an example
+            assignment = re.fullmatch(r"([A-Z_]+)=(\S+)", line.strip())
+            if assignment:
+                variables[assignment[1]] = assignment[2]
+                continue
+            for name, value in variables.items():
+                line = line.replace(f"${name}", value)
             found += [("README.md", argv) for argv in _split(line)]
     return found
 
