@@ -50,10 +50,16 @@ app.command(name="report", epilog=experiments.REPORT_EPILOG)(experiments.report)
 
 def _quiet_libraries() -> None:
     """transformers' and the hub's own load/save progress bars and notices would drown ours. Set through the
-    environment, which they read when first imported, so that starting the CLI imports neither."""
+    environment, which they read when first imported, so that starting the CLI imports neither; where they are
+    loaded already, through their own switches."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (xkd called in-process): the environment came too late
+        from transformers.utils import logging as hf_logging  # loaded already, so this costs nothing
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 def _stop(signum, frame) -> None:
