@@ -7,8 +7,9 @@ import json
 
 import pytest
 import torch
+from transformers import T5TokenizerFast
 
-from xkd_cli.config.training import DistillConfig
+from xkd_cli.config.training import DistillConfig, SFTConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.batches import IGNORE, make_batch
 from xkd_cli.data.tasks import Example
@@ -28,6 +29,7 @@ from xkd_cli.objectives.experiential import kd_experiential_sum
 from xkd_cli.objectives.objectives import KDObjective
 from xkd_cli.training.distill import run_distill
 from xkd_cli.training.run import EncodedSet
+from xkd_cli.training.sft import run_sft
 
 TEXT = "The committee met, Ünïcode 日本 ok."
 
@@ -87,7 +89,6 @@ def test_align_real_bpe_against_unigram_with_byte_fallback():
 def test_align_t5_sentencepiece_tokenizer_against_byte_level_bpe():
     # A T5TokenizerFast (SentencePiece Unigram, "▁" boundaries, </s>, sentinel tokens) over the builtin Unigram
     # model: the real t5-small vocabulary would need a download.
-    from transformers import T5TokenizerFast  # heavy: transformers' tokenizer classes
     t5 = T5TokenizerFast(tokenizer_file=str(UNIGRAM_TOKENIZER_FILE), extra_ids=4, eos_token="</s>",
                          pad_token="<pad>", unk_token="<unk>")
     bpe = builtin_tokenizer("bpe")
@@ -247,6 +248,7 @@ def test_objective_across_tokenizers_trains_the_student_only(method):
     (value, norm), = terms.values()
     assert norm == "tokens" and torch.isfinite(value)
     value.backward()
+    assert 0.3 < objective.step_metrics()["aligned_fraction"] < 1.0  # merges and splits leave some out
     assert all(p.grad is None for p in teacher.model.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.model.parameters())
 
@@ -298,8 +300,6 @@ def test_mismatch_without_the_flag_is_refused_and_names_it(runs):
 
 
 def test_sft_teacher_distils_into_a_student_of_another_tokenizer(runs):
-    from xkd_cli.config.training import SFTConfig  # the SFT job: only this test trains a teacher first
-    from xkd_cli.training.sft import run_sft
     run_sft(SFTConfig(task="synth-sum", model="tiny-gpt-large", role="teacher", max_steps=1, batch_size=2,
                       train_fraction=0.02, device="cpu"), runs_root=runs)
     result = run_distill(_cfg(method="gxkd", alpha=1.0, cross_tokenizer="uld", student="tiny-gpt-uni"),
@@ -316,7 +316,7 @@ def test_seqkd_reads_samples_of_a_teacher_with_another_tokenizer(runs, tmp_path)
     samples = tmp_path / "samples.jsonl"
     samples.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     result = run_distill(_cfg(method="seqxkd", student="tiny-gpt-uni", teacher_data=str(samples)), runs_root=runs)
-    assert result["steps"] == 1 if "steps" in result else True
+    assert result["method"] == "seqxkd" and result["student"] == "tiny-gpt-uni"
     # the samples' text, encoded with the student's own tokenizer (not the teacher's ids)
     data = EncodedSet([Example("x0", rows[0]["prompt"], rows[0]["response"], "")], build_tiny_model("tiny-gpt-uni"),
                       max_input_len=64, max_output_len=16)

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from xkd_cli.data.batches import Batch, forward
+from xkd_cli.data.batches import IGNORE, Batch, forward
 from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.models.tokenizers import tokenizers_match
 from xkd_cli.objectives.alignment import AlignedTeacher, Retokenizer, TokenMap
@@ -97,6 +97,7 @@ class CrossTokenizerObjective(KDObjective):
         self.retokenize = Retokenizer(student, teacher, prompt_text=prompt_text, max_input_len=max_input_len,
                                       keep_end=keep_end)
         self.token_map = None
+        self._aligned, self._counted = 0, 0  # this step's student tokens with a teacher partner, and all of them
         if method == "hybrid":
             self.token_map = TokenMap.same(vocab_size) if vocab_size == teacher_vocab and tokenizers_match(
                 teacher.tokenizer, student.tokenizer) else TokenMap.build(
@@ -115,7 +116,19 @@ class CrossTokenizerObjective(KDObjective):
         with torch.no_grad():
             logits, _ = forward(self.teacher.model, view.batch.to(device))
         logits = view.gather(logits.to(batch.labels.device))
+        counted = batch.labels != IGNORE
+        self._aligned += int(view.aligned[counted.cpu()].sum())
+        self._counted += int(counted.sum())
         return logits, view.aligned.to(batch.labels.device)
+
+    def step_metrics(self) -> dict[str, float]:
+        """KDObjective's, plus the share of the step's student tokens that had a teacher partner (the rest
+        got no teacher term: merged spans, positions inside a character)."""
+        metrics = super().step_metrics()
+        if self._counted:
+            metrics["aligned_fraction"] = round(self._aligned / self._counted, 4)
+        self._aligned, self._counted = 0, 0
+        return metrics
 
     def kd_term(self, batch: Batch) -> KDTerm:
         with PHASES("teacher_forward"):
