@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 
 def _start(tmp_path, *args):
