@@ -9,9 +9,8 @@ from typing import ClassVar
 from xkd_cli.config.checks import (DEFAULT_KEY_ENV, OPENAI_BASE, check, choice, in_range, key_env_problem, task_problems,
                                    quantization_problems, url_problem)
 from xkd_cli.config.core import DTYPES, option
-from xkd_cli.config.training import (DATA_HELP, DEVICE_HELP, DTYPE_HELP, LOAD_4BIT_HELP, LOAD_8BIT_HELP, MODEL_HELP,
-                                     NAME_HELP, REMOTE_CODE_HELP, TASK_HELP, METRIC_HELP,
-                                     CHAT_TEMPLATE_HELP)
+from xkd_cli.config.training import (CHAT_TEMPLATE_HELP, DATA_HELP, METRIC_HELP, MODEL_HELP, NAME_HELP, TASK_HELP,
+                                     ModelLoading)
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import check_run_name, slug
 
@@ -22,7 +21,7 @@ DEFAULT_JUDGE = "gpt-4"
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(ModelLoading):
     model: str = option("", MODEL_HELP, flags=("--model", "-m"))
     task: str = option("", TASK_HELP, flags=("--task", "-t"))
     name: str | None = option(None, NAME_HELP)
@@ -38,12 +37,6 @@ class EvalConfig:
     top_p: float = option(1.0, "Nucleus sampling mass.")
     num_samples: int = option(1, "Samples per input (SelfBLEU is reported when > 1).")
     use_stemmer: bool = option(False, "Porter stemming in ROUGE.", flags=("--use-stemmer/--no-stemmer",))
-    seed: int = option(42, "Random seed.")
-    dtype: str = option("float32", DTYPE_HELP)
-    device: str = option("auto", DEVICE_HELP)
-    load_in_8bit: bool = option(False, LOAD_8BIT_HELP + ".")
-    load_in_4bit: bool = option(False, LOAD_4BIT_HELP + ".")
-    trust_remote_code: bool = option(False, REMOTE_CODE_HELP)
 
     TASK_FROM_RUNS: ClassVar[bool] = False
 
@@ -62,7 +55,7 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class DiversityConfig:
+class DiversityConfig(ModelLoading):
     models: tuple[str, ...] = option((), "A model to compare; repeat for several. Run name, local path, Hugging Face "
                                          "id or built-in tiny model.", flags=("--model", "-m"), cli_type=list[str])
     task: str = option("", TASK_HELP, flags=("--task", "-t"))
@@ -78,12 +71,6 @@ class DiversityConfig:
     batch_size: int = option(32, "Batch size.")
     max_input_len: int = option(512, "Maximum prompt length in tokens.")
     max_new_tokens: int = option(64, "Maximum generated tokens.")
-    seed: int = option(42, "Random seed.")
-    dtype: str = option("float32", DTYPE_HELP)
-    device: str = option("auto", DEVICE_HELP)
-    load_in_8bit: bool = option(False, LOAD_8BIT_HELP + ".")
-    load_in_4bit: bool = option(False, LOAD_4BIT_HELP + ".")
-    trust_remote_code: bool = option(False, REMOTE_CODE_HELP)
 
     TASK_FROM_RUNS: ClassVar[bool] = True
 

@@ -8,13 +8,12 @@ from typing import ClassVar
 from xkd_cli.config.checks import (DEFAULT_KEY_ENV, OPENAI_BASE, check, choice, in_range, key_env_problem, task_problems,
                                    quantization_problems, url_problem)
 from xkd_cli.config.core import DTYPES, option
-from xkd_cli.config.training import (DATA_HELP, DEVICE_HELP, DTYPE_HELP, LOAD_4BIT_HELP, LOAD_8BIT_HELP, NAME_HELP,
-                                     REMOTE_CODE_HELP, TASK_HELP, METRIC_HELP,
-                                     CHAT_TEMPLATE_HELP)
+from xkd_cli.config.training import (CHAT_TEMPLATE_HELP, DATA_HELP, METRIC_HELP, NAME_HELP, TASK_HELP,
+                                     ModelLoading)
 
 
 @dataclass(frozen=True)
-class GenTeacherConfig:
+class GenTeacherConfig(ModelLoading):
     task: str = option("", TASK_HELP, flags=("--task", "-t"))
     teacher: str | None = option(None, "White-box teacher: run name, path, hub id or built-in model (default: the "
                                        "task's latest `xkd sft --role teacher` run).")
@@ -30,12 +29,6 @@ class GenTeacherConfig:
     temperature: float = option(1.0, "Sampling temperature (Table 7).")
     top_p: float = option(0.95, "Nucleus sampling mass (Table 7).")
     batch_size: int = option(32, "Batch size.")
-    seed: int = option(42, "Random seed.")
-    dtype: str = option("float32", DTYPE_HELP)
-    device: str = option("auto", DEVICE_HELP)
-    load_in_8bit: bool = option(False, LOAD_8BIT_HELP + ".")
-    load_in_4bit: bool = option(False, LOAD_4BIT_HELP + ".")
-    trust_remote_code: bool = option(False, REMOTE_CODE_HELP)
     api_base: str | None = option(None, f"Black-box teacher: OpenAI-compatible endpoint (default with --api-model: "
                                         f"{OPENAI_BASE}).")
     api_model: str | None = option(None, "Black-box teacher: model name at the endpoint.")

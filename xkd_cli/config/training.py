@@ -32,6 +32,18 @@ LOAD_4BIT_HELP = "Load the model quantized to 4 bits (bitsandbytes NF4)"
 
 
 @dataclass(frozen=True)
+class ModelLoading:
+    """How a command that only runs its model (eval, diversity, gen-teacher) loads it: declared here once, listed
+    last in their --help."""
+    seed: int = option(42, "Random seed.")
+    dtype: str = option("float32", DTYPE_HELP)
+    device: str = option("auto", DEVICE_HELP)
+    load_in_8bit: bool = option(False, LOAD_8BIT_HELP + ".")
+    load_in_4bit: bool = option(False, LOAD_4BIT_HELP + ".")
+    trust_remote_code: bool = option(False, REMOTE_CODE_HELP)
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """Options every training command shares (sft, and distill on top of it)."""
     task: str = option("", TASK_HELP, flags=("--task", "-t"))
