@@ -31,6 +31,12 @@ LOAD_8BIT_HELP = "Load the model quantized to 8 bits (bitsandbytes)"
 LOAD_4BIT_HELP = "Load the model quantized to 4 bits (bitsandbytes NF4)"
 
 
+
+def _one_of(names) -> str:
+    """"a, b or c": the choices in a help text, from the table that defines them."""
+    names = list(names)
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
 @dataclass(frozen=True)
 class ModelLoading:
     """How a command that only runs its model (eval, diversity, gen-teacher) loads it: declared here once, listed
@@ -129,7 +135,7 @@ class SFTConfig(TrainingConfig):
 
 @dataclass(frozen=True)
 class DistillConfig(TrainingConfig):
-    method: str = option("gxkd", "seqkd, seqxkd, skd, sxkd, gkd, gxkd or minillm.")
+    method: str = option("gxkd", f"{_one_of(METHODS.names())}.")
     teacher: str | None = option(None, "Teacher model (default: the task's SFT run with --role teacher).")
     student: str | None = option(None, "Student model (default: the task's SFT run with --role student).")
     teacher_data: str | None = option(None, "gen-teacher run or samples JSONL for seqkd/seqxkd (default: latest).")
@@ -138,7 +144,8 @@ class DistillConfig(TrainingConfig):
     tau: float = option(1.0, "τ′ of the Q-value decoder, Eq. 28.")
     alpha: float = option(0.5, "On-policy (student sample) probability α for gkd/gxkd.")
     beta: float = option(0.5, "β of the generalized JSD / β-mix.")
-    divergence: str | None = option(None, "jsd, fkl, rkl, mix or tvd (default: fkl for skd/sxkd, jsd for gkd/gxkd).")
+    divergence: str | None = option(None, f"{_one_of(DIVERGENCE_NAMES)} (default: fkl for skd/sxkd, jsd for "
+                                                 "gkd/gxkd).")
     temperature: float = option(1.0, "Student sampling temperature.")
     top_p: float = option(0.95, "Student sampling top-p.")
     reward_position: str = option("next", "Reward head input: 'next' (h_t+1, the state after the action, as the "
