@@ -13,11 +13,30 @@ import typer
 
 from xkd_cli import __version__
 from xkd_cli.cli import evaluation, experiments, teacher, training
+from xkd_cli.cli.options import SWITCH
 from xkd_cli.core.errors import Interrupted, StopRequested, XKDError, debug_enabled
 from xkd_cli.core.workspace import stop_note
 
+class _HelpFlag:
+    """-h/--help is an on/off flag like the others: no metavar (Typer's own help option would show <bool>)."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = SWITCH
+        return option
+
+
+class Command(_HelpFlag, typer.core.TyperCommand):
+    pass
+
+
+class Group(_HelpFlag, typer.core.TyperGroup):
+    pass
+
+
 app = typer.Typer(
-    name="xkd",
+    name="xkd", cls=Group,
     help="Experiential knowledge distillation (X-KD) for language models: fine-tune, distil, evaluate.\n\n"
          "Every command takes --json; those that run a job also take --recipe FILE.yaml (values merge as defaults → "
          "recipe → flags).",
@@ -33,19 +52,19 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, metavar=SWITCH,
                                                 help="Print the version and exit.")] = False) -> None:
     pass
 
 
-app.command(epilog=training.SFT_EPILOG)(training.sft)
-app.command(epilog=training.DISTILL_EPILOG)(training.distill)
-app.command(name="eval", epilog=evaluation.EVAL_EPILOG)(evaluation.eval_)
-app.command(epilog=experiments.PIPELINE_EPILOG)(experiments.pipeline)
-app.command(name="gen-teacher", epilog=teacher.EPILOG)(teacher.gen_teacher)
-app.command(epilog=evaluation.DIVERSITY_EPILOG)(evaluation.diversity)
-app.command(epilog=evaluation.JUDGE_EPILOG)(evaluation.judge)
-app.command(name="report", epilog=experiments.REPORT_EPILOG)(experiments.report)
+app.command(cls=Command, epilog=training.SFT_EPILOG)(training.sft)
+app.command(cls=Command, epilog=training.DISTILL_EPILOG)(training.distill)
+app.command(cls=Command, name="eval", epilog=evaluation.EVAL_EPILOG)(evaluation.eval_)
+app.command(cls=Command, epilog=experiments.PIPELINE_EPILOG)(experiments.pipeline)
+app.command(cls=Command, name="gen-teacher", epilog=teacher.EPILOG)(teacher.gen_teacher)
+app.command(cls=Command, epilog=evaluation.DIVERSITY_EPILOG)(evaluation.diversity)
+app.command(cls=Command, epilog=evaluation.JUDGE_EPILOG)(evaluation.judge)
+app.command(cls=Command, name="report", epilog=experiments.REPORT_EPILOG)(experiments.report)
 
 
 def _quiet_libraries() -> None:

@@ -7,10 +7,9 @@ from typing import Any
 
 from xkd_cli.cli.options import config_command
 from xkd_cli.config.defaults import make_config
-from xkd_cli.config.evaluation import DiversityConfig, EvalConfig, JudgeConfig
+from xkd_cli.config.evaluation import JUDGE_CACHE_FILE, DiversityConfig, EvalConfig, JudgeConfig
 from xkd_cli.core.ui import emit, out, table
 from xkd_cli.core.workspace import runs_root
-from xkd_cli.evaluation.judge import CACHE_FILE, run_judge
 
 STEERING = ("recipe", "runs_dir", "overwrite", "json")
 
@@ -25,7 +24,7 @@ JUDGE_EPILOG = ("Examples:\n\n  OPENAI_API_KEY=... xkd judge --a seqxkd --b seqk
                 "  OPENAI_API_KEY=... xkd judge --a seqxkd --b seqkd --judge-model gpt-4o --concurrency 4 --json\n\n"
                 "  OPENAI_API_KEY=local xkd judge --a gkd --b skd --task synth-sum "
                 "--base-url http://localhost:8000/v1 --judge-model meta-llama/Meta-Llama-3-8B-Instruct\n\n"
-                f"Answers are cached in <runs-dir>/{CACHE_FILE}: a re-run makes no API call. "
+                f"Answers are cached in <runs-dir>/{JUDGE_CACHE_FILE}: a re-run makes no API call. "
                 "Rates are percent of the items whose both orders were parsed.")
 
 
@@ -79,6 +78,8 @@ def judge(flags: dict[str, Any], *, recipe, runs_dir, overwrite, json) -> None:
     """Pairwise LLM-judge win / tie / lose rates of run A against run B (both answer orders; Table 2)."""
     root = runs_root(runs_dir)
     cfg = make_config(JudgeConfig, flags, recipe=recipe, runs_root=root)
+    from xkd_cli.evaluation.judge import run_judge  # loads the API client only once the options are valid
+
     emit(run_judge(cfg, runs_root=root, overwrite=overwrite), as_json=json, render=render_judge)
 
 

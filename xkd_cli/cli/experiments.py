@@ -11,11 +11,6 @@ import typer
 from xkd_cli.cli.options import SWITCH, Json, Overwrite, RunsDir, Task
 from xkd_cli.core.ui import console, emit, out, table
 from xkd_cli.core.workspace import runs_root
-from xkd_cli.experiments.pipeline import run_pipeline
-from xkd_cli.experiments.report.build import build_report
-from xkd_cli.experiments.report.formatting import cell_text, metric_text
-from xkd_cli.experiments.report.tables import table1_cells, table1_header
-from xkd_cli.experiments.report.write import interval_text
 
 PIPELINE_EPILOG = ("Examples:\n\n  xkd pipeline recipes/pipeline/offline-quick.yaml\n\n"
                    "  xkd pipeline recipes/pipeline/paper-table1-large-small.yaml --dry-run\n\n"
@@ -28,6 +23,8 @@ def pipeline(
     runs_dir: RunsDir = None, overwrite: Overwrite = False, json: Json = False,
 ) -> None:
     """Run a whole experiment (SFT → gen-teacher → distill → eval → diversity → judge), skipping done steps."""
+    from xkd_cli.experiments.pipeline import run_pipeline  # the planner and the report load numpy: not for --help
+
     result = run_pipeline(recipe, runs_root=runs_root(runs_dir), dry_run=dry_run, overwrite=overwrite)
     emit(result, as_json=json, render=render_pipeline)
 
@@ -58,11 +55,17 @@ def report(
     """Tables (Table 1: metric per method and task; Table 2: judge win rates) and sweep figures (data
     fraction, λ, τ′, model size) from the runs directory, as Markdown, JSON, CSV, PNG and SVG, with the
     metrics.json file behind every number."""
+    from xkd_cli.experiments.report.build import build_report  # loads numpy: not for --help or a refusal
+
     result = build_report(runs_root(runs_dir), task, output)
     emit(result, as_json=json, render=render_report)
 
 
 def render_report(report: dict[str, Any]) -> None:
+    from xkd_cli.experiments.report.formatting import cell_text, metric_text  # the report's modules load numpy
+    from xkd_cli.experiments.report.tables import table1_cells, table1_header  # the report's modules load numpy
+    from xkd_cli.experiments.report.write import interval_text  # the report's modules load numpy
+
     t1 = report["table1"]
     rows = []
     for row in t1["rows"]:

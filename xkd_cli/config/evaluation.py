@@ -18,6 +18,7 @@ SPLITS = ("train", "validation", "test")
 SPLIT_HELP = "train, validation or test (default: the task's eval split)."
 DEFAULT_TEMPERATURES = (0.1, 0.3, 0.5, 1.0)  # the paper's diversity sweep (docs/method.md, "Evaluation")
 DEFAULT_JUDGE = "gpt-4"
+JUDGE_CACHE_FILE = "judge_cache.sqlite"  # in the runs directory: one cache of answers for every judge run
 
 
 @dataclass(frozen=True)

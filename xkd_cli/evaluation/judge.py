@@ -40,7 +40,7 @@ from typing import Any
 from xkd_cli.evaluation.api import ChatClient
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.defaults import make_config
-from xkd_cli.config.evaluation import EvalConfig, JudgeConfig
+from xkd_cli.config.evaluation import JUDGE_CACHE_FILE, EvalConfig, JudgeConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.jsonl import append_rows, read_rows
 from xkd_cli.core.ui import console
@@ -51,7 +51,7 @@ from xkd_cli.data.taskfile import task_of
 KIND = "judge"
 VERDICTS_FILE = "verdicts.jsonl"
 RESULTS_FILE = "results.json"
-CACHE_FILE = "judge_cache.sqlite"
+CACHE_FILE = JUDGE_CACHE_FILE
 ORDERS = ("a_first", "b_first")  # a_first: answer 1 is run A's; b_first: answer 1 is run B's
 PLACEHOLDERS = ("source", "answer_1", "answer_2")
 REASK = ("Your reply did not contain exactly one verdict marker. Reply with only one of these markers and "

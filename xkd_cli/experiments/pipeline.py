@@ -49,8 +49,6 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.data.taskfile import get_task, is_task_path, task_from_mapping
 from xkd_cli.core.ui import console
 from xkd_cli.core.workspace import RUN_RECORD, open_run, read_json, read_record, run_path
-from xkd_cli.evaluation.judge import run_judge
-from xkd_cli.experiments.report.build import build_report
 from xkd_cli.objectives.methods import METHODS
 
 TOP_KEYS = ("task", "tasks", "teacher", "student", "gen_teacher", "methods", "distill", "method_options", "eval",
@@ -301,6 +299,8 @@ def _extra_step(kind: str, task: str, task_name: str, options: dict, roles: dict
         return Step("diversity", task_name, cfg.name, cfg, run_diversity, note=", ".join(models))
     cfg = _config(JudgeConfig, {**options, "task": task, "a": roles.get(options.get("a"), options.get("a")),
                                 "b": roles.get(options.get("b"), options.get("b"))}, "judge")
+    from xkd_cli.evaluation.judge import run_judge  # loads the API client: only once a judge step is planned
+
     return Step("judge", task_name, cfg.name or f"judge-{cfg.a}-vs-{cfg.b}", cfg, run_judge, note=f"{cfg.a} vs {cfg.b}")
 
 
@@ -360,6 +360,8 @@ def run_pipeline(recipe_path: str | Path, *, runs_root: Path, dry_run: bool = Fa
             open_run(runs_root, step.task, step.name).update_record(**step.record)
         results.append({**listed[i - 1], "seconds": round(time.time() - t0, 1), "result": result})
     console.print(f"[bold]{total}/{total}[/] report")
+    from xkd_cli.experiments.report.build import build_report  # loads numpy: not before the plan is checked
+
     report = build_report(runs_root)
     return {"recipe": str(recipe_path), "steps": results, "seconds": round(time.time() - started, 1),
             "report": report}
