@@ -146,7 +146,24 @@ def test_seeds_expand_the_plan(xkd, runs, tmp_path):
     assert names[:3] == ["teacher", "student", "gkd-seed-1"]
 
 
+def test_sweep_set_fixes_options_at_each_point(xkd, runs, tmp_path):
+    """A sweep's `set` crosses it with fixed options (the λ sweep at the other reward position): run names
+    and sweep records say so, and each config has both values."""
+    recipe = SEEDED.replace("sweep: [", "sweep: [{param: lam, values: [0.1], methods: [gxkd], set: {reward-position: current}}, ")
+    steps = plan(write(tmp_path, recipe), runs)
+    point = next(s for s in steps if s.name == "gxkd-lam-0.1-reward_position-current-seed-2")
+    assert (point.config.lam, point.config.reward_position, point.config.seed) == (0.1, "current", 2)
+    assert point.record == {"sweep": {"param": "lam", "value": 0.1, "method": "gxkd",
+                                      "set": {"reward_position": "current"}},
+                            "seed": 2, "seed_group": "gxkd-lam-0.1-reward_position-current"}
+    assert next(s for s in steps if s.name == "gxkd-lam-0.01-seed-1").config.reward_position == "next"
+
+
 @pytest.mark.parametrize("text,words", [
+    ("tasks: [synth-mt]\nsweep: {param: lam, values: [0.1], set: current}\n", ["'set'", "reward_position: current"]),
+    ("tasks: [synth-mt]\nsweep: {param: lam, values: [0.1], set: {lam: 0.2}}\n", ["'set'"]),
+    ("tasks: [synth-mt]\nsweep: {param: student, values: [tiny-t5-base], set: {lam: 0.2}}\n", ["size sweep"]),
+    ("tasks: [synth-mt]\nsweep: {param: lam, values: [0.1], set: {lamb: 0.2}}\n", ["lamb"]),
     ("tasks: [synth-mt]\nseeds: 3\n", ["'seeds'", "list of integers"]),
     ("tasks: [synth-mt]\nseeds: [1, 1]\n", ["twice"]),
     ("tasks: [synth-mt]\nseed_students: true\n", ["needs 'seeds'"]),

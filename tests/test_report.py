@@ -456,3 +456,27 @@ def test_differences_need_per_example_scores(xkd, runs):
     report = xkd("report", "--json").json()
     assert [d["seeds"] for d in report["differences"]] == [2, 1]  # seed 2 has no pair any more
     assert any(m["run"] == "gkd-seed-2" and "xkd eval --model gkd-seed-2" in m["fix"] for m in report["missing"])
+
+
+def test_sweep_with_fixed_options_is_its_own_curve_and_difference(xkd, runs):
+    """A sweep point with a fixed option (the pipeline's sweep `set`, e.g. the reward position) is a curve of
+    its own in the λ figure and its own row of differences, labelled with the fixed option."""
+    seeded_runs(runs)
+    for seed in (1, 2):
+        values = [v - 1.0 for v in SEEDED["gkd"][seed]]
+        name = f"gxkd-lam-0.1-reward_position-current-seed-{seed}"
+        run = distill(runs, "synth-sum", name, "gxkd", sum(values) / 4, sweep=("lam", 0.1), lam=0.1)
+        record = json.loads((run / "run.json").read_text())
+        record["sweep"]["set"] = {"reward_position": "current"}
+        write(run / "run.json", {**record, "seed": seed, "seed_group": "gxkd-lam-0.1-reward_position-current"})
+        (run / "eval" / "validation-greedy" / "scores.jsonl").write_text(
+            "".join(json.dumps({"id": f"e{i}", "metric": "rouge2", "stats": [v]}) + "\n" for i, v in enumerate(values)))
+    report = xkd("report", "--json").json()
+    labels = {d["label"]: d for d in report["differences"]}
+    assert set(labels) == {"G-XKD − GKD", "G-XKD (lam=0.1) − GKD", "G-XKD (lam=0.1, reward_position=current) − GKD"}
+    fixed = labels["G-XKD (lam=0.1, reward_position=current) − GKD"]
+    assert (fixed["diff"], fixed["low"], fixed["high"], fixed["point"]) == (-1.0, -1.0, -1.0,
+                                                                            "lam=0.1, reward_position=current")
+    [figure] = report["figures"]
+    curves = {s["label"]: [p["y"] for p in s["points"]] for s in figure["series"]}
+    assert curves == {"G-XKD": [15.5], "G-XKD (reward_position=current)": [12.5]}

@@ -18,7 +18,9 @@ Recipe keys (all optional except ``tasks`` or ``task``)::
     eval: {limit: 200}
     diversity: {models: [student, gkd, gxkd], temperatures: [0.1, 0.3, 0.5, 1.0], num_samples: 4, limit: 20}
     judge: {a: seqxkd, b: seqkd, judge_model: gpt-4, base_url: http://..., limit: 50}
-    sweep: {param: lam, values: [0, 0.001, 0.01], methods: [gxkd]}   # or a list of such mappings
+    sweep: {param: lam, values: [0, 0.001, 0.01], methods: [gxkd]}   # or a list of such mappings; a
+                              # sweep's set: {reward_position: current} fixes other options at each point
+                              # (runs "<method>-<param>-<value>-reward_position-current")
     seeds: [1, 2, 3]          # every distillation once per seed, runs "<method>-seed-<s>" (seed in run.json)
     seed_students: true       # with seeds: also one SFT student per seed ("student-seed-<s>"), which the
                               # distillations of that seed start from
@@ -152,10 +154,16 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             raise XKDError(f"sweep param must be one of {', '.join(SWEEP_PARAMS)}, got {sweep.get('param')!r}.")
         if not isinstance(sweep.get("values"), list) or not sweep["values"]:
             raise XKDError("sweep needs a non-empty list 'values'.")
-        unknown_sweep = set(sweep) - {"param", "values", "methods"}
+        unknown_sweep = set(sweep) - {"param", "values", "methods", "set"}
         if unknown_sweep:
             raise XKDError(f"unknown key '{sorted(unknown_sweep)[0]}' in pipeline section 'sweep' "
-                           "(valid: param, values, methods).")
+                           "(valid: param, values, methods, set).")
+        fixed = sweep.get("set", {})
+        if not isinstance(fixed, dict) or sweep["param"] in fixed:
+            raise XKDError(f"sweep 'set' must map other distill options to one value each, e.g. "
+                           f"set: {{reward_position: current}}; got {fixed!r}.")
+        if fixed and sweep["param"] in ("teacher", "student"):
+            raise XKDError("sweep 'set' does not apply to a teacher / student size sweep: put the options in 'distill'.")
 
     seeds = _seeds(recipe.get("seeds"))
     seed_students = recipe.get("seed_students", False)
@@ -241,11 +249,13 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                 if method not in methods:
                     raise XKDError(f"sweep method '{method}' is not in 'methods' ({', '.join(methods)}).")
                 for value in sweep["values"]:
+                    fixed = {str(k).replace("-", "_"): v for k, v in sweep.get("set", {}).items()}
                     if param in ("teacher", "student"):
                         extra = {param: f"{param}-{value}"}
                     else:
-                        extra = {param: value}
-                    name, record = f"{method}-{param}-{value}", {"sweep": {"param": param, "value": value, "method": method}}
+                        extra = {**fixed, param: value}
+                    name = f"{method}-{param}-{value}" + "".join(f"-{k}-{v}" for k, v in fixed.items())
+                    record = {"sweep": {"param": param, "value": value, "method": method, **({"set": fixed} if fixed else {})}}
                     if not seeds or param in ("teacher", "student"):  # a size sweep uses the one SFT'd model per size
                         add_distill(method, name, extra, note=f"sweep {param}={value}", record=record)
                         continue

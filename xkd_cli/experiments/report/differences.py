@@ -18,7 +18,7 @@ import numpy as np
 from xkd_cli.core.jsonl import read_rows
 from xkd_cli.experiments.plots import metric_label, plot_intervals
 from xkd_cli.experiments.report.collect import RunInfo, greedy_eval, relative
-from xkd_cli.experiments.report.figures import FIGURES_DIR, counterpart
+from xkd_cli.experiments.report.figures import FIGURES_DIR, counterpart, fixed_pairs
 from xkd_cli.experiments.report.stats import paired_bootstrap
 from xkd_cli.experiments.report.tables import default_runs, seed_group
 from xkd_cli.objectives.methods import METHODS
@@ -71,7 +71,8 @@ def build_differences(root: Path, tasks: list[str], runs: dict[str, list[RunInfo
             baseline = seed_group(runs[task], b) if b else {}
             pairs = {seed: (by_seed[seed], baseline[seed]) for seed in sorted(by_seed) if seed in baseline}
             if pairs:
-                candidates.append((x, b, f" ({sweep.get('param')}={sweep.get('value')})", pairs))
+                point = ", ".join(filter(None, [f"{sweep.get('param')}={sweep.get('value')}", fixed_pairs(sweep.get("set"))]))
+                candidates.append((x, b, f" ({point})", pairs))
         for x, b, point, pairs in candidates:
             loaded = []
             for seed, (run_x, run_b) in pairs.items():

@@ -95,7 +95,8 @@ def build_figures(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]],
             if method not in METHODS:
                 continue
             key = value_text(sweep.get("value"))
-            by_seed = groups.setdefault(sweep["param"], {}).setdefault(method, {}).setdefault(key, {})
+            curve = (method, fixed_text(sweep.get("set")))  # a sweep with fixed options is a curve of its own
+            by_seed = groups.setdefault(sweep["param"], {}).setdefault(curve, {}).setdefault(key, {})
             by_seed[run.record.get("seed")] = (sweep.get("value"), run)  # newest wins, per seed
         for param in SWEEP_AXES:
             if param in groups:
@@ -105,14 +106,25 @@ def build_figures(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]],
     return figures
 
 
+def fixed_pairs(fixed: Any) -> str:
+    """'reward_position=current' for a sweep's fixed options (its ``set``), '' for none."""
+    return ", ".join(f"{k}={value_text(v)}" for k, v in fixed.items()) if isinstance(fixed, dict) else ""
+
+
+def fixed_text(fixed: Any) -> str:
+    """' (reward_position=current)' for a sweep's fixed options, '' for none: a curve's label suffix."""
+    pairs = fixed_pairs(fixed)
+    return f" ({pairs})" if pairs else ""
+
+
 def _sweep_figure(root: Path, task: str, param: str,
-                  by_method: dict[str, dict[str, dict[Any, tuple[Any, RunInfo]]]],
+                  by_curve: dict[tuple[str, str], dict[str, dict[Any, tuple[Any, RunInfo]]]],
                   table1: dict[str, Any], missing: list[dict[str, Any]]) -> dict[str, Any] | None:
     axis = SWEEP_AXES[param]
     series = []
-    for method in [m for m in METHODS.names() if m in by_method]:
+    for method, fixed in sorted(by_curve, key=lambda curve: (METHODS.names().index(curve[0]), curve[1])):
         points = []
-        for label, by_seed in by_method[method].items():
+        for label, by_seed in by_curve[method, fixed].items():
             cells = []
             for value, run in by_seed.values():
                 cell = greedy_eval(run, root)
@@ -145,7 +157,8 @@ def _sweep_figure(root: Path, task: str, param: str,
                 point["x"] = number * 100 if param == "train_fraction" else number
             points.append(point)
         if points:
-            series.append({"method": method, "label": METHODS.get(method).paper_name, "points": points})
+            series.append({"method": method, "key": method + fixed, "label": METHODS.get(method).paper_name + fixed,
+                           "points": points})
     if not series:
         return None
 
@@ -178,7 +191,7 @@ def _sweep_figure(root: Path, task: str, param: str,
             base = counterpart(s["method"])
             cell = rows[base]["cells"].get(task) if base in rows else None
             if cell is not None:
-                baselines.append({"method": base, "for": s["method"],
+                baselines.append({"method": base, "for": s["key"],
                                   "label": f"{METHODS.get(base).paper_name} (baseline of {s['label']})",
                                   "value": cell["value"], "run": cell["run"], "source": cell["source"]})
     metric = points[0]["metric"]
@@ -193,9 +206,9 @@ def draw_figure(figure: dict[str, Any], out_dir: Path) -> None:
     import matplotlib  # here: slow to import; only sweep figures need it
 
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
-    color_of = {s["method"]: colors[i % len(colors)] for i, s in enumerate(figure["series"])}
+    color_of = {s["key"]: colors[i % len(colors)] for i, s in enumerate(figure["series"])}
     series = [Series(s["label"], x=[p["x"] for p in s["points"]], y=[p["y"] for p in s["points"]],
-                     style={"color": color_of[s["method"]]}) for s in figure["series"]]
+                     style={"color": color_of[s["key"]]}) for s in figure["series"]]
     baselines = [Baseline(b["label"], b["value"], color=color_of[b["for"]]) for b in figure["baselines"]]
     spec = figure["_spec"]
     paths = plot_curves(series, xlabel=spec["xlabel"], ylabel=figure["ylabel"], title=figure["title"],
