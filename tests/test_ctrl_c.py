@@ -62,3 +62,18 @@ def test_while_training(tmp_path):
     code, last, seconds, err = _interrupt(proc)
     assert code == 130 and "error:" not in err, err
     assert last.startswith("Ctrl-C: stopped after step") and "kept checkpoint" in last and "--resume" in last, err
+
+
+def test_while_evaluating_during_training(tmp_path):
+    """Ctrl-C in an in-training evaluation: the evaluation is given up after its current batch (here a batch
+    of 16 of the 2000 examples, each up to 200 tokens), the step's checkpoint written, and the run stops."""
+    proc = _start(tmp_path, "sft", "--model", "tiny-t5-small", "--task", "synth-sum", "--max-steps", "50",
+                  "--log-every", "1", "--eval-every", "2", "--eval-limit", "2000", "--batch-size", "16",
+                  "--max-output-len", "200")
+    log = tmp_path / "runs" / "synth-sum" / "sft-tiny-t5-small" / "train_log.jsonl"
+    _wait_for(proc, log)  # step 1 is logged: the evaluation after step 2 follows at once
+    time.sleep(1.0)
+    code, last, seconds, err = _interrupt(proc)
+    assert code == 130 and "error:" not in err, err
+    assert last.startswith("Ctrl-C: stopped after step 2 of 50") and "kept checkpoint" in last, err
+    assert not any("eval" in json.loads(line) for line in log.read_text().splitlines())

@@ -27,6 +27,11 @@ class Interrupted(XKDError):
         self.exit_code = 128 + signum
 
 
+class EvalCancelled(Exception):
+    """An in-training evaluation given up between batches because a stop signal came: the step's checkpoint and
+    the stop follow at once instead of after the whole evaluation."""
+
+
 class StopRequested(BaseException):
     """Ctrl-C outside the training loop, raised by the CLI's SIGINT handler in place of KeyboardInterrupt,
     which Typer would turn into a silent exit 130 before the CLI could say what was kept."""

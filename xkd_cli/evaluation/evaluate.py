@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -22,7 +22,7 @@ from xkd_cli.data.batches import IGNORE, forward, make_batch, special_ids
 from xkd_cli.config.checks import quantization_of
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.evaluation import EvalConfig
-from xkd_cli.core.errors import XKDError
+from xkd_cli.core.errors import EvalCancelled, XKDError
 from xkd_cli.models.generate import Sampling, decode, generate_batched
 from xkd_cli.core.jsonl import append_rows, read_rows
 from xkd_cli.evaluation.example_scores import SUPPORTED, example_stats
@@ -98,10 +98,15 @@ def reference_loss(loaded: LoadedModel, task: Task, examples: Sequence[Example],
 
 
 def quick_eval(loaded: LoadedModel, task: Task, examples: Sequence[Example], *, max_input_len: int,
-               max_new_tokens: int, batch_size: int) -> dict[str, float]:
-    """Greedy metric on a few examples, for progress checks during training."""
+               max_new_tokens: int, batch_size: int, should_stop: Callable[[], bool] = lambda: False) -> dict[str, float]:
+    """Greedy metric on a few examples, for progress checks during training; raises :class:`EvalCancelled` after
+    the first batch that finishes once ``should_stop()`` is true."""
+    def check(rows) -> None:
+        if should_stop():
+            raise EvalCancelled("stop requested during the in-training evaluation")
+
     texts = predict(loaded, task, examples, Sampling(max_new_tokens=max_new_tokens), max_input_len=max_input_len,
-                    batch_size=batch_size, description="eval")
+                    batch_size=batch_size, description="eval", on_rows=check)
     result = score(task, texts, [e.reference for e in examples])
     return {k: v for k, v in result.items() if isinstance(v, (int, float))}
 

@@ -20,7 +20,7 @@ import torch
 from xkd_cli.data.batches import Batch
 from xkd_cli.training.checkpoint.checkpointer import LoopState
 from xkd_cli.training.distributed import Processes, current, is_sharded
-from xkd_cli.core.errors import XKDError
+from xkd_cli.core.errors import EvalCancelled, XKDError
 from xkd_cli.training.timing import PHASES
 from xkd_cli.core.ui import progress
 
@@ -191,11 +191,13 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                         "elapsed_s": elapsed}
                 if PHASES.enabled:  # opt-in profiling (xkd_cli.training.timing, bench/)
                     last["phase_seconds"] = PHASES.take()
-                if evaluate is not None and schedule.eval_every and (step % schedule.eval_every == 0
-                                                                      or step == schedule.max_steps):
-                    result = {"step": step, **evaluate(step)}
-                    evals.append(result)
-                    last["eval"] = result
+                stopping = checkpoints is not None and checkpoints.signal_received is not None
+                if evaluate is not None and schedule.eval_every and not stopping and (
+                        step % schedule.eval_every == 0 or step == schedule.max_steps):
+                    with contextlib.suppress(EvalCancelled):  # a stop came: save and stop now, not after the eval
+                        result = {"step": step, **evaluate(step)}
+                        evals.append(result)
+                        last["eval"] = result
                     model.train()
                 if step % schedule.log_every == 0 or step == schedule.max_steps or "eval" in last:
                     if log_file:

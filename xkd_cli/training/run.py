@@ -114,7 +114,8 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
 
     def evaluate(step: int) -> dict:
         return quick_eval(loaded, task, eval_examples, max_input_len=cfg.max_input_len,
-                          max_new_tokens=cfg.max_output_len, batch_size=max(cfg.batch_size, 16))
+                          max_new_tokens=cfg.max_output_len, batch_size=max(cfg.batch_size, 16),
+                          should_stop=lambda: checkpoints.signal_received is not None)
 
     try:
         result = train(model=model, objective=objective, draw=lambda: draw(share), schedule=schedule,
