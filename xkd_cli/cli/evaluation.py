@@ -22,7 +22,7 @@ DIVERSITY_EPILOG = ("Examples:\n\n  xkd diversity --model student --model gxkd -
                     "--temperatures 0.5,1.0 --json")
 JUDGE_EPILOG = ("Examples:\n\n  OPENAI_API_KEY=... xkd judge --a seqxkd --b seqkd --task xsum --limit 200\n\n"
                 "  OPENAI_API_KEY=... xkd judge --a seqxkd --b seqkd --judge-model gpt-4o --concurrency 4 --json\n\n"
-                "  OPENAI_API_KEY=local xkd judge --a gkd --b skd --task synth-sum "
+                "  OPENAI_API_KEY=local xkd judge --a gxkd-seed-1 --b gkd-seed-1 --task synth-sum "
                 "--base-url http://localhost:8000/v1 --judge-model meta-llama/Meta-Llama-3-8B-Instruct\n\n"
                 f"Answers are cached in <runs-dir>/{JUDGE_CACHE_FILE}: a re-run makes no API call. "
                 "Rates are percent of the items whose both orders were parsed.")
