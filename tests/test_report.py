@@ -406,6 +406,8 @@ def test_report_with_seeds(tmp_path, xkd, runs):
     assert result.code == 0, result.err
     report = result.json()
     out = runs / "report"
+    # only the methods that ran have a row: no "—" rows for methods outside the experiment
+    assert [row["label"] for row in report["table1"]["rows"]] == ["SFT student", "GKD", "G-XKD", "Teacher"]
     gxkd = cell(report, "synth-sum", "gxkd")
     # seed means 14, 15, 13 -> 14 ± 1 (sample sd)
     assert (gxkd["value"], gxkd["sd"], gxkd["n"], gxkd["seeds"]) == (14.0, 1.0, 3, [1, 2, 3])

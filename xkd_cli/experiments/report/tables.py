@@ -81,6 +81,7 @@ def build_table1(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]],
     rows.append({"key": "teacher", "label": ROLE_LABELS["teacher"], "method": None, "cells": {}})
     metrics: dict[str, str | None] = {}
     best: dict[str, list[str]] = {}
+    ran: set[str] = set()  # methods with a run in some task: the others were not part of the experiment
     for task in tasks:
         defaults = default_runs(runs[task])
         picked = {**defaults, "student": role_run(runs[task], "student", defaults),
@@ -88,9 +89,12 @@ def build_table1(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]],
         for row in rows:
             group = seed_group(runs[task], row["method"] or row["key"]) if row["key"] != "teacher" else {}
             if group:
+                ran.add(row["key"])
                 row["cells"][task] = seeded_cell(root, group, task, row["label"], missing)
                 continue
             run = picked.get(row["key"])
+            if run is not None:
+                ran.add(row["key"])
             cell = greedy_eval(run, root) if run is not None else None
             row["cells"][task] = cell
             if run is not None and cell is None:
@@ -102,6 +106,7 @@ def build_table1(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]],
                       and row["cells"][task]["value"] == max(values)] if values else []
         metrics[task] = next((row["cells"][task]["metric"] for row in rows if row["cells"][task]), None) \
             or task_headline(task)
+    rows = [row for row in rows if not row["method"] or row["key"] in ran]
     return {"columns": tasks, "metrics": metrics, "rows": rows, "best": best}
 
 
