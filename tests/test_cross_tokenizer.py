@@ -111,6 +111,12 @@ def test_token_map_pairs_tokens_spelled_alike():
     the_bpe = bpe.convert_tokens_to_ids("Ġthe")
     assert unigram.convert_ids_to_tokens(pairs[the_bpe]) == "▁the"
     assert pairs[bpe.eos_token_id] == unigram.eos_token_id
+    # word-internal pieces pair with word-internal pieces, word-initial with word-initial (the Unigram "▁m"
+    # once spelled like "m" and took its place, leaving the Unigram "m", "0", "A" outside the map)
+    for inner in ("m", "0", "A"):
+        assert unigram.convert_ids_to_tokens(pairs[bpe.convert_tokens_to_ids(inner)]) == inner
+    unigram_ids = set(shared.teacher_ids.tolist())
+    assert all(unigram.convert_tokens_to_ids(inner) in unigram_ids for inner in ("m", "0", "A"))
 
 
 # --------------------------------------------------------------------------------------------- ULD

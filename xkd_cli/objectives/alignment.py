@@ -135,10 +135,17 @@ def piece_text(tokenizer, token_id: int, anchor: list[int]) -> str:
     return tokenizer.decode(anchor + [token_id], clean_up_tokenization_spaces=False)[len(base):]
 
 
+def _byte_piece(tokenizer, token_id: int) -> bool:
+    """A SentencePiece byte-fallback piece such as ``<0x6D>``."""
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    return isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
+
+
 @dataclass(frozen=True)
 class TokenMap:
     """The shared part of two vocabularies: ``student_ids[k]`` and ``teacher_ids[k]`` spell the same text
-    (special tokens, empty pieces and partial bytes excluded; the first id wins when several spell alike).
+    (special tokens, empty pieces and partial bytes excluded; when several spell alike the first id wins,
+    except that a byte-fallback piece yields to a real one).
     ``identity`` when both tokenizers are the same: every id maps to itself."""
 
     student_ids: torch.Tensor  # K int64
@@ -148,15 +155,17 @@ class TokenMap:
     @classmethod
     def build(cls, student_tok, teacher_tok, *, student_vocab: int, teacher_vocab: int) -> "TokenMap":
         def spellings(tok, vocab: int) -> dict[str, int]:
-            anchor = tok("a", add_special_tokens=False)["input_ids"][:1]
+            # the last piece of "a": a Unigram tokenizer's first one is the bare "▁", which decodes to nothing,
+            # so a word-initial "▁m" would spell like the word-internal "m" and take its place in the map
+            anchor = tok("a", add_special_tokens=False)["input_ids"][-1:]
             special = set(tok.all_special_ids)
             found: dict[str, int] = {}
             for token_id in range(vocab):
                 if token_id in special:
                     continue
                 text = piece_text(tok, token_id, anchor)
-                if text and "\ufffd" not in text:
-                    found.setdefault(text, token_id)
+                if text and "\ufffd" not in text and (text not in found or _byte_piece(tok, found[text])):
+                    found[text] = token_id  # a byte-fallback piece ("<0x6D>") yields to the piece the model emits
             return found
 
         student, teacher = spellings(student_tok, student_vocab), spellings(teacher_tok, teacher_vocab)
