@@ -33,12 +33,25 @@ def _interrupt(proc, limit=120):
     return proc.returncode, lines[-1] if lines else "", time.time() - sent, err
 
 
+def _catches_sigint(pid: int) -> bool:
+    """Whether the process has installed a SIGINT handler (Linux: bit 2 of SigCgt in /proc/<pid>/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            line = next(line for line in fh if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+
+
 def test_while_starting(tmp_path):
     proc = _start(tmp_path, "eval", "--model", "tiny-t5-small", "--task", "synth-sum")
-    # Past the interpreter's own start (a forked child of a parent as big as this test process can take a few
-    # hundred milliseconds to get there, and until then SIGINT kills it, as it would any program), while the
-    # CLI is still loading its modules or the model.
-    time.sleep(1.0)
+    # Past the interpreter's own start (until Python installs its SIGINT handler, SIGINT kills the process,
+    # as it would any program; a forked child of a test process this big can take a second to get there),
+    # while the CLI is still loading its modules or the model.
+    deadline = time.time() + 30
+    while not _catches_sigint(proc.pid) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
     code, last, _, err = _interrupt(proc)
     assert code == 130
     assert last.startswith("Ctrl-C: stopped") and "Traceback" not in err and "error:" not in err, err
