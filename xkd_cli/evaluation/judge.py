@@ -51,7 +51,6 @@ from xkd_cli.data.taskfile import task_of
 KIND = "judge"
 VERDICTS_FILE = "verdicts.jsonl"
 RESULTS_FILE = "results.json"
-CACHE_FILE = JUDGE_CACHE_FILE
 ORDERS = ("a_first", "b_first")  # a_first: answer 1 is run A's; b_first: answer 1 is run B's
 PLACEHOLDERS = ("source", "answer_1", "answer_2")
 REASK = ("Your reply did not contain exactly one verdict marker. Reply with only one of these markers and "
@@ -351,7 +350,7 @@ def run_judge(cfg: JudgeConfig, *, runs_root: Path, overwrite: bool = False,
     if done and todo:
         console.print(f"resuming: {len(done)} of {len(pairs)} verdicts already in {verdicts_path}")
 
-    cache = JudgeCache(root / CACHE_FILE)
+    cache = JudgeCache(root / JUDGE_CACHE_FILE)
     lock = threading.Lock()
     stats = {"cached": 0, "reasks": 0}
 
@@ -421,7 +420,7 @@ def run_judge(cfg: JudgeConfig, *, runs_root: Path, overwrite: bool = False,
               "requests": client.requests, "retries": client.retries, "cached": stats["cached"],
               "reasks": stats["reasks"], "new_items": len(todo),
               "predictions": {"a": str(path_a), "b": str(path_b)}, "verdicts": str(verdicts_path),
-              "results": str(run.path / RESULTS_FILE), "cache": str(root / CACHE_FILE),
+              "results": str(run.path / RESULTS_FILE), "cache": str(root / JUDGE_CACHE_FILE),
               "seconds": round(time.time() - started, 2)}
     write_json(run.path / RESULTS_FILE, result)
     run.log(f"judged {len(pairs)} items: win {summary['win']}, tie {summary['tie']}, lose {summary['lose']}, "

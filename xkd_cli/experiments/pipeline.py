@@ -248,8 +248,8 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             for method in sweep.get("methods") or methods:
                 if method not in methods:
                     raise XKDError(f"sweep method '{method}' is not in 'methods' ({', '.join(methods)}).")
+                fixed = sweep.get("set", {})
                 for value in sweep["values"]:
-                    fixed = {str(k).replace("-", "_"): v for k, v in sweep.get("set", {}).items()}
                     if param in ("teacher", "student"):
                         extra = {param: f"{param}-{value}"}
                     else:
@@ -282,7 +282,11 @@ def _sweeps(recipe: dict) -> list[dict]:
     items = [] if value is None else value if isinstance(value, list) else [value]
     if not all(isinstance(item, dict) for item in items):
         raise XKDError(f"pipeline key 'sweep' must be a mapping or a list of mappings, got {value!r}.")
-    return [{str(k).replace("-", "_"): v for k, v in item.items()} for item in items]
+    sweeps = [{str(k).replace("-", "_"): v for k, v in item.items()} for item in items]
+    for sweep in sweeps:  # the fixed options are distill options too: one spelling for the checks and the names
+        if isinstance(sweep.get("set"), dict):
+            sweep["set"] = {str(k).replace("-", "_"): v for k, v in sweep["set"].items()}
+    return sweeps
 
 
 def _seeds(value: Any) -> list[int]:
