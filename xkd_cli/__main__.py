@@ -7,10 +7,11 @@ import sys
 def run() -> None:
     try:
         from xkd_cli.cli.app import main  # here, not at the top: a Ctrl-C while the CLI loads is caught
+
+        main()  # inside the try too: a Ctrl-C between the import and main's own handler is caught as well
     except KeyboardInterrupt:
         sys.stderr.write("Ctrl-C: stopped while starting; nothing was done.\n")
         sys.exit(130)
-    main()
 
 
 if __name__ == "__main__":

@@ -88,12 +88,12 @@ def _stop(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2 (traceback with XKD_DEBUG=1); a
     Ctrl-C, one line saying what was kept and how to go on, and exit code 130."""
-    _quiet_libraries()
     try:
         previous = signal.signal(signal.SIGINT, _stop)
     except ValueError:  # not the main thread: Ctrl-C stays as it is
         previous = None
     try:
+        _quiet_libraries()
         app(args=argv, standalone_mode=True)
     except Interrupted as exc:  # training stopped at a checkpoint: its message says where
         sys.stderr.write(f"{exc}\n")
