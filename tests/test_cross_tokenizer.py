@@ -20,6 +20,7 @@ from xkd_cli.objectives.alignment import (
     TokenMap,
     align_positions,
     encode_with_ends,
+    same_pieces,
     token_ends_by_decoding,
 )
 from xkd_cli.objectives.cross_tokenizer import CrossTokenizerObjective, hybrid_term, uld_distance, uld_term
@@ -53,6 +54,15 @@ def test_align_byte_fallback_and_zero_width_tokens():
     # s0 ↔ the teacher position after the zero-width "▁" (the last one at boundary 0 wins), s1 ↔ t2,
     # s2 starts inside "é": none, s3 (eos) ↔ t3
     assert aligned == [1, 2, None, 3]
+
+
+def test_same_pieces_where_both_predict_the_same_text_next():
+    # "abcd": student a|bc|d, teacher ab|c|d; s0 ↔ t0 predict "a" and "ab"; s2 ↔ t2 both "d"; s3 ↔ t3 both eos
+    student_ends, teacher_ends = [1, 3, 4], [2, 3, 4]
+    partners = align_positions(student_ends, teacher_ends, student_positions=4, teacher_positions=4)
+    assert same_pieces(student_ends, teacher_ends, partners) == [False, False, True, True]
+    # a piece that ends inside a character never matches, even beside a partner
+    assert same_pieces([1, None, 2], [0, 1, 2], [1, 2, None, 3]) == [True, False, False, True]
 
 
 def test_align_student_without_eos_and_teacher_shorter():
@@ -165,23 +175,53 @@ def test_uld_term_against_reference_and_gradients_reach_only_the_student(with_nl
     assert student.grad[valid].abs().sum() > 0 and student.grad[~valid].abs().sum() == 0
 
 
-def test_hybrid_is_the_divergence_on_the_shared_vocabulary_plus_uld_on_the_rest():
+@pytest.mark.parametrize("with_nll", [False, True])
+def test_hybrid_is_the_divergence_over_shared_tokens_and_the_rest_where_pieces_match_and_uld_elsewhere(with_nll):
     student, teacher, labels, aligned = _pair(seed=1)
+    matched = aligned & (torch.arange(labels.shape[1]) % 2 == 0)
     shared = TokenMap(torch.tensor([0, 3, 5]), torch.tensor([2, 0, 6]))
-    total = kd_sum(hybrid_term("fkl", teacher, aligned, shared, teacher_vocab=7, beta=0.5), student, labels).total
-    rows = (labels != IGNORE) & aligned
-    s, t = student[rows], teacher[rows]
-    kl = reference.forward_kl(s[:, [0, 3, 5]].softmax(-1), t[:, [2, 0, 6]].softmax(-1))
-    rest_s = s.softmax(-1)[:, [1, 2, 4, 6, 7, 8, 9, 10]]
-    rest_t = t.softmax(-1)[:, [1, 3, 4, 5]]
-    torch.testing.assert_close(total, (kl + reference.uld(rest_s, rest_t)).sum())
+    term = hybrid_term("fkl", teacher, aligned, matched, shared, teacher_vocab=7, beta=0.5, with_nll=with_nll)
+    total = kd_sum(term, student, labels).total
+    valid = labels != IGNORE
+    p_s, p_t = student.softmax(-1), teacher.softmax(-1)
+    s, t = p_s[valid & matched], p_t[valid & matched]
+    # coarsened: the three shared tokens, then "anything else" (student 8 tokens, teacher 4)
+    coarse_s = torch.cat([s[:, [0, 3, 5]], s[:, [1, 2, 4, 6, 7, 8, 9, 10]].sum(-1, keepdim=True)], -1)
+    coarse_t = torch.cat([t[:, [2, 0, 6]], t[:, [1, 3, 4, 5]].sum(-1, keepdim=True)], -1)
+    unmatched = valid & aligned & ~matched
+    expected = reference.forward_kl(coarse_s, coarse_t).sum() + reference.uld(p_s[unmatched], p_t[unmatched]).sum()
+    if with_nll:  # the data's token wherever the teacher cannot say which token: unmatched or unaligned
+        expected = expected + reference.token_nll(p_s[valid & ~matched], labels[valid & ~matched]).sum()
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert teacher.grad is None
+    assert student.grad[~valid].abs().sum() == 0
+    assert (student.grad[valid & ~aligned].abs().sum() > 0) == with_nll
+
+
+def test_hybrid_does_not_push_the_student_off_its_own_segmentation():
+    # The text goes on " could": the student's tokenizer spells it " cou" + "ld", the teacher's " could".
+    # The student puts its mass on " cou" (its own next piece); the teacher on " could", which the student's
+    # vocabulary also has. The pieces differ, so the position compares by ULD, not token by token, and the
+    # student right on its own tokenisation loses nothing.
+    student = torch.log(torch.tensor([[[0.9, 0.05, 0.05]]])).requires_grad_()  # " cou", " could", "x"
+    teacher = torch.log(torch.tensor([[[0.9, 0.1]]]))                            # " could", "y"
+    shared = TokenMap(torch.tensor([1]), torch.tensor([0]))  # " could" in both vocabularies
+    labels, aligned = torch.tensor([[0]]), torch.tensor([[True]])
+    unmatched = kd_sum(hybrid_term("fkl", teacher, aligned, ~aligned, shared, teacher_vocab=2, beta=0.5),
+                       student, labels).total
+    assert unmatched.item() == pytest.approx(0.1)  # sorted (0.9, 0.05, 0.05) vs (0.9, 0.1, 0)
+    matched = kd_sum(hybrid_term("fkl", teacher, aligned, aligned, shared, teacher_vocab=2, beta=0.5),
+                     student, labels).total
+    assert matched.item() > 2  # token by token, " could" at 0.05 against 0.9
 
 
 @pytest.mark.parametrize("name", ["fkl", "jsd"])
 def test_hybrid_with_identical_tokenizers_is_the_ordinary_divergence_bit_for_bit(name):
     student, teacher, labels, _ = _pair(seed=2, Vt=11)
     everywhere = torch.ones_like(labels, dtype=torch.bool)
-    ours = kd_sum(hybrid_term(name, teacher, everywhere, TokenMap.same(11), teacher_vocab=11, beta=0.5),
+    ours = kd_sum(hybrid_term(name, teacher, everywhere, everywhere, TokenMap.same(11), teacher_vocab=11, beta=0.5,
+                              with_nll=True),  # the NLL anchor is for different vocabularies only
                   student, labels).total
     (grad_ours,) = torch.autograd.grad(ours, student)
     plain = kd_sum(divergence_term(name, teacher, beta=0.5), student, labels).total
@@ -189,9 +229,18 @@ def test_hybrid_with_identical_tokenizers_is_the_ordinary_divergence_bit_for_bit
     assert torch.equal(ours, plain) and torch.equal(grad_ours, grad_plain)
 
 
-def test_chunked_equals_unchunked():
+def _terms(teacher, aligned):
+    """Both cross-tokenizer terms, with the NLL anchor, on a hand-built shared vocabulary."""
+    matched = aligned & (torch.arange(aligned.shape[1]) % 2 == 1)
+    shared = TokenMap(torch.tensor([1, 4, 5]), torch.tensor([0, 3, 2]))
+    return {"uld": uld_term(teacher, aligned, teacher_vocab=7, with_nll=True),
+            "hybrid": hybrid_term("jsd", teacher, aligned, matched, shared, teacher_vocab=7, beta=0.5, with_nll=True)}
+
+
+@pytest.mark.parametrize("method", ["uld", "hybrid"])
+def test_chunked_equals_unchunked(method):
     student, teacher, labels, aligned = _pair(seed=3)
-    term = uld_term(teacher, aligned, teacher_vocab=7, with_nll=True)
+    term = _terms(teacher, aligned)[method]
     whole = kd_sum(term, student, labels).total
     (grad_whole,) = torch.autograd.grad(whole, student)
     chunked = kd_sum(term, student, labels, chunk_size=2).total
@@ -200,9 +249,10 @@ def test_chunked_equals_unchunked():
     assert torch.equal(grad_chunked, grad_whole)
 
 
-def test_experiential_term_composes_and_lambda_zero_is_the_baseline_bit_for_bit():
+@pytest.mark.parametrize("method", ["uld", "hybrid"])
+def test_experiential_term_composes_and_lambda_zero_is_the_baseline_bit_for_bit(method):
     student, teacher, labels, aligned = _pair(seed=4)
-    term = uld_term(teacher, aligned, teacher_vocab=7, with_nll=True)
+    term = _terms(teacher, aligned)[method]
     base = kd_sum(term, student, labels).total
     (grad_base,) = torch.autograd.grad(base, student)
     zeros = torch.zeros(labels.shape, requires_grad=True)

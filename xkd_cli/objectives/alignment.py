@@ -70,6 +70,20 @@ def align_positions(student_ends: Sequence[int | None], teacher_ends: Sequence[i
     return aligned
 
 
+def same_pieces(student_ends: Sequence[int | None], teacher_ends: Sequence[int | None],
+                partners: Sequence[int | None]) -> list[bool]:
+    """For each student position, whether its partner (:func:`align_positions`) predicts the same piece of
+    text next: both tokens end at the same character, or both are end-of-sequence.  Only there do the two
+    next-token distributions share their answer; where the teacher's next token is " could" and the
+    student's " cou", the teacher's mass on " could" says nothing about the student's " cou"."""
+    matched = []
+    for i, j in enumerate(partners):
+        s_end = student_ends[i] if i < len(student_ends) else "eos"
+        t_end = teacher_ends[j] if j is not None and j < len(teacher_ends) else "eos"
+        matched.append(j is not None and s_end is not None and s_end == t_end)
+    return matched
+
+
 @dataclass
 class AlignedTeacher:
     """A batch re-tokenised for the teacher, and where its positions meet the student's."""
@@ -77,6 +91,7 @@ class AlignedTeacher:
     batch: Batch             # the teacher's batch (its own layout and token ids)
     positions: torch.Tensor  # B x T_student int64: the teacher position aligned with each student position (0 if none)
     aligned: torch.Tensor    # B x T_student bool: whether the student position has a partner
+    matched: torch.Tensor    # B x T_student bool: aligned, and the partner's next piece is the student's
 
     def gather(self, teacher_logits: torch.Tensor) -> torch.Tensor:
         """The teacher's logits rows at the student's positions, ``B x T_student x V_teacher``."""
@@ -108,8 +123,9 @@ class Retokenizer:
             student_ends = token_ends_by_decoding(self.student_tok, text_ids, text)
             teacher_ids, teacher_ends = encode_with_ends(self.teacher_tok, text)
             target = teacher_ids + [self.eos_id] if ends_with_eos or not teacher_ids else teacher_ids
-            alignments.append(align_positions(student_ends, teacher_ends, student_positions=len(ids),
-                                              teacher_positions=len(target)))
+            partners = align_positions(student_ends, teacher_ends, student_positions=len(ids),
+                                       teacher_positions=len(target))
+            alignments.append((partners, same_pieces(student_ends, teacher_ends, partners)))
             prompt = self.prompt_text(example_id) if example_id else None
             if prompt is None:
                 prompt = self.student_tok.decode(prompt_ids[row], skip_special_tokens=True).rstrip("\n")
@@ -122,11 +138,12 @@ class Retokenizer:
         shape = batch.labels.shape
         positions = torch.zeros(shape, dtype=torch.long)
         aligned = torch.zeros(shape, dtype=torch.bool)
-        for row, partners in enumerate(alignments):
-            for i, j in enumerate(partners):
+        matched = torch.zeros(shape, dtype=torch.bool)
+        for row, (partners, same) in enumerate(alignments):
+            for i, (j, same_piece) in enumerate(zip(partners, same)):
                 if j is not None:
-                    positions[row, i], aligned[row, i] = j, True
-        return AlignedTeacher(teacher_batch, positions, aligned)
+                    positions[row, i], aligned[row, i], matched[row, i] = j, True, same_piece
+        return AlignedTeacher(teacher_batch, positions, aligned, matched)
 
 
 def piece_text(tokenizer, token_id: int, anchor: list[int]) -> str:

@@ -3,7 +3,7 @@
 
 The teacher reads the batch's text tokenised its own way (:mod:`.alignment`); its logits rows are gathered
 at the student positions they align with, and a per-position term compares two distributions over two
-vocabularies.  Unaligned student positions (inside a merged span) add 0 but still count: every loss is
+vocabularies.  Unaligned student positions (inside a merged span) get no teacher term but still count: every loss is
 normalised per student token, as everywhere else.  F_ex reads only the student's probabilities, so the
 X-variants (sxkd, gxkd) compose with these terms unchanged (:func:`kd_experiential_sum`).
 
@@ -12,11 +12,17 @@ X-variants (sxkd, gxkd) compose with these terms unchanged (:func:`kd_experienti
   Σ_k |sort↓(p_S)_k − sort↓(p_T)_k|.  It ignores which token carries which probability, so as in the
   paper the NLL of the targets anchors the tokens: added on ground-truth batches (on the student's own
   samples it would only reinforce them).
-* ``hybrid``: after TRL's GOLD: the divergence (``--divergence``) between the two distributions
-  restricted to the shared vocabulary (tokens spelling the same text, each side renormalised there),
-  plus ULD between the probabilities of the tokens outside it.  With identical tokenizers the shared
-  part is the whole vocabulary, the ULD part is empty and the term *is* the ordinary divergence, bit
-  for bit.
+* ``hybrid``: after TRL's GOLD, token identity where it means the same on both sides.  Where both
+  tokenizers put the same piece of text next (``AlignedTeacher.matched``), the divergence
+  (``--divergence``) between the two distributions coarsened to the shared vocabulary (tokens spelling
+  the same text) plus one outcome for all other tokens; at the other aligned positions, ULD.  Where the
+  pieces differ (the teacher's next token " could", the student's " cou"), the teacher's mass on " could"
+  is no evidence against the student's " cou": compared token by token it would push the student off its
+  own segmentation (it collapsed the student that way), so those positions get the identity-blind ULD.
+  On ground-truth batches, as for ``uld``, the NLL of the target is added wherever no matched partner
+  says which token comes next.
+  With identical tokenizers the shared part is the whole vocabulary, every aligned position matches and
+  the term *is* the ordinary divergence, bit for bit.
 """
 
 from __future__ import annotations
@@ -63,24 +69,41 @@ def uld_term(aligned_teacher: Tensor, aligned: Tensor, *, teacher_vocab: int, wi
     return KDTerm(row_fn, extras=(aligned_teacher.detach(), aligned[..., None].float()), uses_targets=with_nll)
 
 
-def hybrid_term(name: str, aligned_teacher: Tensor, aligned: Tensor, token_map: TokenMap, *, teacher_vocab: int,
-                beta: float) -> KDTerm:
-    """D_name on the shared vocabulary plus ULD on the rest, at the aligned positions (module docstring)."""
+def _shared_and_rest(logits: Tensor, ids: Tensor) -> Tensor:
+    """The logits of the shared tokens ``ids`` and one more for all the others together (their logsumexp):
+    a softmax over them is the distribution coarsened to "this shared token, or anything else"."""
+    rest = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    rest[ids] = False
+    if rest.any():
+        other = logits[:, rest].logsumexp(-1, keepdim=True)
+    else:  # every token is shared: "anything else" has no mass (finite, so the divergences stay finite)
+        other = logits.max(-1, keepdim=True).values - 1e4
+    return torch.cat([logits[:, ids], other], -1)
+
+
+def hybrid_term(name: str, aligned_teacher: Tensor, aligned: Tensor, matched: Tensor, token_map: TokenMap, *,
+                teacher_vocab: int, beta: float, with_nll: bool = False) -> KDTerm:
+    """Where both predict the same piece next (``matched``): D_name between the two distributions over the
+    shared vocabulary plus one outcome for the rest; at the other aligned positions: ULD; with ``with_nll``,
+    −log p_S(y_t) at every position without a matched partner (module docstring)."""
     fn = DIVERGENCES.get(name)
     s_ids, t_ids = token_map.student_ids, token_map.teacher_ids
+    with_nll = with_nll and not token_map.identity
 
     def row_fn(rows: Sequence[Tensor], targets: Tensor) -> Tensor:
-        s, t, mask = rows
+        s, t, mask, same = rows
         t = t[:, :teacher_vocab].float()
         if token_map.identity:  # the ordinary divergence on the same rows: equal bit for bit
             return fn(s, t, beta) * mask[:, 0]  # x·1.0 is x exactly: equal to the plain divergence bit for bit
-        shared = fn(s[:, s_ids.to(s.device)], t[:, t_ids.to(t.device)], beta)
-        p_s, p_t = s.softmax(-1), t.softmax(-1)
-        rest_s = p_s.index_fill(-1, s_ids.to(s.device), 0.0)  # the shared tokens' mass moves to the end
-        rest_t = p_t.index_fill(-1, t_ids.to(t.device), 0.0)  # of the sorted rows, as zeros
-        return (shared + uld_distance(rest_s, rest_t)) * mask[:, 0]
+        shared = fn(_shared_and_rest(s, s_ids.to(s.device)), _shared_and_rest(t, t_ids.to(t.device)), beta)
+        sorted_distance = uld_distance(s.softmax(-1), t.softmax(-1))
+        value = torch.where(same[:, 0] > 0, shared, sorted_distance) * mask[:, 0]
+        if with_nll:
+            value = value - s.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1) * (1 - same[:, 0])
+        return value
 
-    return KDTerm(row_fn, extras=(aligned_teacher.detach(), aligned[..., None].float()))
+    return KDTerm(row_fn, extras=(aligned_teacher.detach(), aligned[..., None].float(), matched[..., None].float()),
+                  uses_targets=with_nll)
 
 
 class CrossTokenizerObjective(KDObjective):
@@ -103,13 +126,15 @@ class CrossTokenizerObjective(KDObjective):
                 teacher.tokenizer, student.tokenizer) else TokenMap.build(
                 student.tokenizer, teacher.tokenizer, student_vocab=vocab_size, teacher_vocab=teacher_vocab)
 
-    def teacher_view_aligned(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """The teacher's logits at the student's positions (``B x T x V_t``) and which positions align.
+    def teacher_view_aligned(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """The teacher's logits at the student's positions (``B x T x V_t``), which positions align, and at
+        which of those both predict the same piece next.
         With the same tokenizer and layout the batch needs no re-tokenisation: every position is its own partner
         (re-encoding a sample the student tokenised unusually would change it)."""
         if self.same_layout:
             logits = self.teacher_logits(batch)
-            return logits, torch.ones_like(batch.labels, dtype=torch.bool)
+            everywhere = torch.ones_like(batch.labels, dtype=torch.bool)
+            return logits, everywhere, everywhere
         view: AlignedTeacher = self.retokenize(batch, self.prompt_ids(batch))
         self.teacher_forwards += 1
         device = next(self.teacher.model.parameters()).device
@@ -119,7 +144,7 @@ class CrossTokenizerObjective(KDObjective):
         counted = batch.labels != IGNORE
         self._aligned += int(view.aligned[counted.cpu()].sum())
         self._counted += int(counted.sum())
-        return logits, view.aligned.to(batch.labels.device)
+        return logits, view.aligned.to(batch.labels.device), view.matched.to(batch.labels.device)
 
     def step_metrics(self) -> dict[str, float]:
         """KDObjective's, plus the share of the step's student tokens that had a teacher partner (the rest
@@ -132,8 +157,8 @@ class CrossTokenizerObjective(KDObjective):
 
     def kd_term(self, batch: Batch) -> KDTerm:
         with PHASES("teacher_forward"):
-            teacher, aligned = self.teacher_view_aligned(batch)
+            teacher, aligned, matched = self.teacher_view_aligned(batch)
         if self.method == "uld":
             return uld_term(teacher, aligned, teacher_vocab=self.teacher_vocab, with_nll=batch.off_policy)
-        return hybrid_term(self.divergence, teacher, aligned, self.token_map, teacher_vocab=self.teacher_vocab,
-                           beta=self.cfg.beta)
+        return hybrid_term(self.divergence, teacher, aligned, matched, self.token_map,
+                           teacher_vocab=self.teacher_vocab, beta=self.cfg.beta, with_nll=batch.off_policy)
