@@ -36,7 +36,7 @@ from xkd_cli.data.batches import IGNORE, Batch, forward
 from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.models.tokenizers import tokenizers_match
 from xkd_cli.objectives.alignment import AlignedTeacher, Retokenizer, TokenMap
-from xkd_cli.objectives.divergences import DIVERGENCES
+from xkd_cli.objectives.divergences import DIVERGENCES, bucket_logprobs
 from xkd_cli.objectives.engine import KDTerm
 from xkd_cli.objectives.objectives import DistillSettings, KDObjective
 from xkd_cli.objectives.reward import RewardHead
@@ -69,18 +69,6 @@ def uld_term(aligned_teacher: Tensor, aligned: Tensor, *, teacher_vocab: int, wi
     return KDTerm(row_fn, extras=(aligned_teacher.detach(), aligned[..., None].float()), uses_targets=with_nll)
 
 
-def _shared_and_rest(logits: Tensor, ids: Tensor) -> Tensor:
-    """The logits of the shared tokens ``ids`` and one more for all the others together (their logsumexp):
-    a softmax over them is the distribution coarsened to "this shared token, or anything else"."""
-    rest = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    rest[ids] = False
-    if rest.any():
-        other = logits[:, rest].logsumexp(-1, keepdim=True)
-    else:  # every token is shared: "anything else" has no mass (finite, so the divergences stay finite)
-        other = logits.max(-1, keepdim=True).values - 1e4
-    return torch.cat([logits[:, ids], other], -1)
-
-
 def hybrid_term(name: str, aligned_teacher: Tensor, aligned: Tensor, matched: Tensor, token_map: TokenMap, *,
                 teacher_vocab: int, beta: float, with_nll: bool = False) -> KDTerm:
     """Where both predict the same piece next (``matched``): D_name between the two distributions over the
@@ -95,7 +83,9 @@ def hybrid_term(name: str, aligned_teacher: Tensor, aligned: Tensor, matched: Te
         t = t[:, :teacher_vocab].float()
         if token_map.identity:  # the ordinary divergence on the same rows: equal bit for bit
             return fn(s, t, beta) * mask[:, 0]  # x·1.0 is x exactly: equal to the plain divergence bit for bit
-        shared = fn(_shared_and_rest(s, s_ids.to(s.device)), _shared_and_rest(t, t_ids.to(t.device)), beta)
+        # the shared tokens plus one bucket for all the others, on each side
+        shared = fn(bucket_logprobs(s, s_ids.to(s.device).expand(len(s), -1)),
+                    bucket_logprobs(t, t_ids.to(t.device).expand(len(t), -1)), beta)
         sorted_distance = uld_distance(s.softmax(-1), t.softmax(-1))
         value = torch.where(same[:, 0] > 0, shared, sorted_distance) * mask[:, 0]
         if with_nll:
