@@ -1,4 +1,4 @@
-"""Cost per step of distilling across tokenizers (``--cross-tokenizer uld|hybrid``) against the same method with
+"""Cost per step of distilling across tokenizers (``--cross-tokenizer uld|shared``) against the same method with
 one tokenizer.
 
     python bench/cross_tokenizer.py                # skd and gkd, 30 steps each, 3 repeats, on synth-sum
@@ -6,7 +6,7 @@ one tokenizer.
 
 Teacher ``tiny-gpt-large`` (byte-level BPE) in every run; the student is ``tiny-gpt-small`` (the same BPE
 tokenizer: the ordinary loss) or ``tiny-gpt-uni`` (a Unigram tokenizer: ``--cross-tokenizer uld`` or
-``hybrid``). The two students have the same layers and width, so the difference is the re-tokenisation,
+``shared``). The two students have the same layers and width, so the difference is the re-tokenisation,
 the alignment and the loss. The models are the untrained built-in ones: cost per step does not depend on
 what they learned, except through the length of gkd's samples, which the summary states (``sample_tokens``).
 
@@ -35,10 +35,10 @@ TEACHER = "tiny-gpt-large"
 CONFIGS = [  # (label, method, student, cross-tokenizer flag)
     ("skd, one tokenizer", "skd", "tiny-gpt-small", "off"),
     ("skd, uld", "skd", "tiny-gpt-uni", "uld"),
-    ("skd, hybrid", "skd", "tiny-gpt-uni", "hybrid"),
+    ("skd, shared", "skd", "tiny-gpt-uni", "shared"),
     ("gkd, one tokenizer", "gkd", "tiny-gpt-small", "off"),
     ("gkd, uld", "gkd", "tiny-gpt-uni", "uld"),
-    ("gkd, hybrid", "gkd", "tiny-gpt-uni", "hybrid"),
+    ("gkd, shared", "gkd", "tiny-gpt-uni", "shared"),
 ]
 SKIP = 5  # steps left out at the start (allocator and cache warm-up)
 

@@ -1,5 +1,6 @@
-"""Distillation across tokenizers: the character-offset alignment, ULD and the hybrid term, the objective on
-real tiny models with two different vocabularies, and the CLI's refusals (xkd distill --cross-tokenizer)."""
+"""Distillation across tokenizers: the character-offset alignment, ULD and the shared-vocabulary term, the
+objective on real tiny models with two different vocabularies, and the CLI's refusals (xkd distill
+--cross-tokenizer)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from xkd_cli.objectives.alignment import (
     same_pieces,
     token_ends_by_decoding,
 )
-from xkd_cli.objectives.cross_tokenizer import CrossTokenizerObjective, hybrid_term, uld_distance, uld_term
+from xkd_cli.objectives.cross_tokenizer import CrossTokenizerObjective, shared_vocab_term, uld_distance, uld_term
 from xkd_cli.objectives.divergences import divergence_term
 from xkd_cli.objectives.engine import kd_sum
 from xkd_cli.objectives.experiential import kd_experiential_sum
@@ -176,11 +177,11 @@ def test_uld_term_against_reference_and_gradients_reach_only_the_student(with_nl
 
 
 @pytest.mark.parametrize("with_nll", [False, True])
-def test_hybrid_is_the_divergence_over_shared_tokens_and_the_rest_where_pieces_match_and_uld_elsewhere(with_nll):
+def test_shared_is_the_divergence_over_shared_tokens_and_the_rest_where_pieces_match(with_nll):
     student, teacher, labels, aligned = _pair(seed=1)
     matched = aligned & (torch.arange(labels.shape[1]) % 2 == 0)
     shared = TokenMap(torch.tensor([0, 3, 5]), torch.tensor([2, 0, 6]))
-    term = hybrid_term("fkl", teacher, aligned, matched, shared, teacher_vocab=7, beta=0.5, with_nll=with_nll)
+    term = shared_vocab_term("fkl", teacher, matched, shared, teacher_vocab=7, beta=0.5, with_nll=with_nll)
     total = kd_sum(term, student, labels).total
     valid = labels != IGNORE
     p_s, p_t = student.softmax(-1), teacher.softmax(-1)
@@ -188,40 +189,39 @@ def test_hybrid_is_the_divergence_over_shared_tokens_and_the_rest_where_pieces_m
     # coarsened: the three shared tokens, then "anything else" (student 8 tokens, teacher 4)
     coarse_s = torch.cat([s[:, [0, 3, 5]], s[:, [1, 2, 4, 6, 7, 8, 9, 10]].sum(-1, keepdim=True)], -1)
     coarse_t = torch.cat([t[:, [2, 0, 6]], t[:, [1, 3, 4, 5]].sum(-1, keepdim=True)], -1)
-    unmatched = valid & aligned & ~matched
-    expected = reference.forward_kl(coarse_s, coarse_t).sum() + reference.uld(p_s[unmatched], p_t[unmatched]).sum()
+    expected = reference.forward_kl(coarse_s, coarse_t).sum()
     if with_nll:  # the data's token wherever the teacher cannot say which token: unmatched or unaligned
         expected = expected + reference.token_nll(p_s[valid & ~matched], labels[valid & ~matched]).sum()
     torch.testing.assert_close(total, expected)
     total.backward()
     assert teacher.grad is None
     assert student.grad[~valid].abs().sum() == 0
-    assert (student.grad[valid & ~aligned].abs().sum() > 0) == with_nll
+    assert (student.grad[valid & ~matched].abs().sum() > 0) == with_nll
 
 
-def test_hybrid_does_not_push_the_student_off_its_own_segmentation():
+def test_shared_does_not_push_the_student_off_its_own_segmentation():
     # The text goes on " could": the student's tokenizer spells it " cou" + "ld", the teacher's " could".
     # The student puts its mass on " cou" (its own next piece); the teacher on " could", which the student's
-    # vocabulary also has. The pieces differ, so the position compares by ULD, not token by token, and the
-    # student right on its own tokenisation loses nothing.
+    # vocabulary also has. Compared token by token, the student right on its own tokenisation would be
+    # pushed towards " could"; the pieces differ, so the position gets no teacher term.
     student = torch.log(torch.tensor([[[0.9, 0.05, 0.05]]])).requires_grad_()  # " cou", " could", "x"
     teacher = torch.log(torch.tensor([[[0.9, 0.1]]]))                            # " could", "y"
     shared = TokenMap(torch.tensor([1]), torch.tensor([0]))  # " could" in both vocabularies
-    labels, aligned = torch.tensor([[0]]), torch.tensor([[True]])
-    unmatched = kd_sum(hybrid_term("fkl", teacher, aligned, ~aligned, shared, teacher_vocab=2, beta=0.5),
+    labels, here = torch.tensor([[0]]), torch.tensor([[True]])
+    as_if_matched = kd_sum(shared_vocab_term("fkl", teacher, here, shared, teacher_vocab=2, beta=0.5),
+                           student, labels).total
+    assert as_if_matched.item() > 2  # " could" at 0.05 against 0.9
+    unmatched = kd_sum(shared_vocab_term("fkl", teacher, ~here, shared, teacher_vocab=2, beta=0.5),
                        student, labels).total
-    assert unmatched.item() == pytest.approx(0.1)  # sorted (0.9, 0.05, 0.05) vs (0.9, 0.1, 0)
-    matched = kd_sum(hybrid_term("fkl", teacher, aligned, aligned, shared, teacher_vocab=2, beta=0.5),
-                     student, labels).total
-    assert matched.item() > 2  # token by token, " could" at 0.05 against 0.9
+    assert unmatched.item() == 0.0
 
 
 @pytest.mark.parametrize("name", ["fkl", "jsd"])
-def test_hybrid_with_identical_tokenizers_is_the_ordinary_divergence_bit_for_bit(name):
+def test_shared_with_identical_tokenizers_is_the_ordinary_divergence_bit_for_bit(name):
     student, teacher, labels, _ = _pair(seed=2, Vt=11)
     everywhere = torch.ones_like(labels, dtype=torch.bool)
-    ours = kd_sum(hybrid_term(name, teacher, everywhere, everywhere, TokenMap.same(11), teacher_vocab=11, beta=0.5,
-                              with_nll=True),  # the NLL anchor is for different vocabularies only
+    ours = kd_sum(shared_vocab_term(name, teacher, everywhere, TokenMap.same(11), teacher_vocab=11, beta=0.5,
+                                    with_nll=True),  # the NLL anchor is for different vocabularies only
                   student, labels).total
     (grad_ours,) = torch.autograd.grad(ours, student)
     plain = kd_sum(divergence_term(name, teacher, beta=0.5), student, labels).total
@@ -234,10 +234,10 @@ def _terms(teacher, aligned):
     matched = aligned & (torch.arange(aligned.shape[1]) % 2 == 1)
     shared = TokenMap(torch.tensor([1, 4, 5]), torch.tensor([0, 3, 2]))
     return {"uld": uld_term(teacher, aligned, teacher_vocab=7, with_nll=True),
-            "hybrid": hybrid_term("jsd", teacher, aligned, matched, shared, teacher_vocab=7, beta=0.5, with_nll=True)}
+            "shared": shared_vocab_term("jsd", teacher, matched, shared, teacher_vocab=7, beta=0.5, with_nll=True)}
 
 
-@pytest.mark.parametrize("method", ["uld", "hybrid"])
+@pytest.mark.parametrize("method", ["uld", "shared"])
 def test_chunked_equals_unchunked(method):
     student, teacher, labels, aligned = _pair(seed=3)
     term = _terms(teacher, aligned)[method]
@@ -249,7 +249,7 @@ def test_chunked_equals_unchunked(method):
     assert torch.equal(grad_chunked, grad_whole)
 
 
-@pytest.mark.parametrize("method", ["uld", "hybrid"])
+@pytest.mark.parametrize("method", ["uld", "shared"])
 def test_experiential_term_composes_and_lambda_zero_is_the_baseline_bit_for_bit(method):
     student, teacher, labels, aligned = _pair(seed=4)
     term = _terms(teacher, aligned)[method]
@@ -292,7 +292,7 @@ def _objective(student, teacher, method, **kw):
     return objective, batch
 
 
-@pytest.mark.parametrize("method", ["uld", "hybrid"])
+@pytest.mark.parametrize("method", ["uld", "shared"])
 def test_objective_across_tokenizers_trains_the_student_only(method):
     student, teacher = build_tiny_model("tiny-gpt-uni"), build_tiny_model("tiny-t5-small")
     objective, batch = _objective(student, teacher, method)
@@ -304,20 +304,23 @@ def test_objective_across_tokenizers_trains_the_student_only(method):
     (value, norm), = terms.values()
     assert norm == "tokens" and torch.isfinite(value)
     value.backward()
-    assert 0.3 < objective.step_metrics()["aligned_fraction"] < 1.0  # merges and splits leave some out
+    metrics = objective.step_metrics()
+    assert 0.3 < metrics["aligned_fraction"] < 1.0  # merges and splits leave some out
+    if method == "shared":  # of those, only the positions whose partner predicts the same piece
+        assert 0 < metrics["matched_fraction"] < metrics["aligned_fraction"]
     assert all(p.grad is None for p in teacher.model.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.model.parameters())
 
 
 def test_objective_with_identical_tokenizers_equals_the_ordinary_one():
     student, teacher = build_tiny_model("tiny-gpt-small"), build_tiny_model("tiny-gpt-large")
-    objective, batch = _objective(student, teacher, "hybrid", same_layout=True)
+    objective, batch = _objective(student, teacher, "shared", same_layout=True)
     plain = KDObjective(student, teacher, _Settings(), len(student.tokenizer), None)
     ours, theirs = objective.terms(batch)["kd"][0], plain.terms(batch)["kd"][0]
     assert torch.equal(ours, theirs)
     # re-tokenising the text (as for a teacher of another layout) pairs every position but those inside a
     # character (the Ü and ï of the second example), each with its own twin
-    objective, batch = _objective(student, teacher, "hybrid", same_layout=False)
+    objective, batch = _objective(student, teacher, "shared", same_layout=False)
     view = objective.retokenize(batch, [])
     assert int((~view.aligned[batch.labels != IGNORE]).sum()) == 2
     assert torch.equal(view.batch.labels, batch.labels)
@@ -333,14 +336,14 @@ def test_config_refusals():
         ("seqkd", "uld", "off", None): "sequence-level methods read the teacher's samples as text",
         ("minillm", "uld", "off", None): "does not support minillm",
         ("skd", "uld", "full", None): "pass --teacher-cache off",
-        ("skd", "uld", "off", "jsd"): "--cross-tokenizer hybrid",
-        ("skd", "bpe", "off", None): "--cross-tokenizer must be one of off, uld, hybrid",
+        ("skd", "uld", "off", "jsd"): "--cross-tokenizer shared",
+        ("skd", "bpe", "off", None): "--cross-tokenizer must be one of off, uld, shared",
     }
     for (method, cross, cache, divergence), message in cases.items():
         with pytest.raises(XKDError, match=message.replace("-", r"\-")):
             DistillConfig(task="synth-sum", method=method, cross_tokenizer=cross, teacher_cache=cache,
                           divergence=divergence)
-    DistillConfig(task="synth-sum", method="gxkd", cross_tokenizer="hybrid", divergence="jsd")
+    DistillConfig(task="synth-sum", method="gxkd", cross_tokenizer="shared", divergence="jsd")
 
 
 def _cfg(**kw):
@@ -389,3 +392,17 @@ def test_retokenizer_rebuilds_prompt_text_from_ids_when_the_example_is_unknown()
     view = retokenize(batch, data.prompts)
     known = Retokenizer(student, teacher, prompt_text={e.id: e.prompt for e in EXAMPLES}.get, max_input_len=64)
     assert torch.equal(view.batch.inputs["input_ids"], known(batch, []).batch.inputs["input_ids"])
+
+
+def test_cli_distils_across_tokenizers_with_the_shared_vocabulary(xkd, runs):
+    result = xkd("distill", "--task", "synth-sum", "--method", "gkd", "--cross-tokenizer", "shared",
+                 "--teacher", "tiny-gpt-large", "--student", "tiny-gpt-uni", "--max-steps", "2", "--batch-size", "2",
+                 "--max-output-len", "12", "--train-fraction", "0.02", "--log-every", "1", "--device", "cpu",
+                 "--json")
+    assert result.code == 0, result.err
+    assert result.json()["method"] == "gkd"
+    run = runs / "synth-sum" / "gkd"
+    assert json.loads((run / "run.json").read_text())["cross_tokenizer"] == "shared"
+    steps = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    logged = [s for s in steps if "matched_fraction" in s]
+    assert logged and all(0 <= s["matched_fraction"] <= s["aligned_fraction"] <= 1 for s in logged)

@@ -13,7 +13,7 @@ from xkd_cli.core.workspace import slug
 from xkd_cli.objectives.methods import DIVERGENCE_NAMES, METHODS, REWARD_POSITIONS, Method
 
 ROLES = ("teacher", "student")
-CROSS_TOKENIZER_MODES = ("off", "uld", "hybrid")
+CROSS_TOKENIZER_MODES = ("off", "uld", "shared")
 TEACHER_CACHE_MODES = ("off", "full", "topk")
 
 TASK_HELP = "Task: xsum, wmt, gsm8k, synth-sum, synth-mt, synth-gsm, or a task file (.yaml) of your own data."
@@ -160,8 +160,8 @@ class DistillConfig(TrainingConfig):
                                        "epochs and runs: off, full (exact) or topk (top-k + tail, small).")
     teacher_cache_k: int = option(64, "Tokens per position kept by --teacher-cache topk.")
     cross_tokenizer: str = option("off", "Distil token by token from a teacher with another tokenizer (skd, sxkd, "
-                                         "gkd, gxkd): off, uld (sorted-probability distance) or hybrid (--divergence "
-                                         "on the shared vocabulary + uld on the rest).")
+                                         "gkd, gxkd): off, uld (sorted-probability distance) or shared (--divergence "
+                                         "on the shared vocabulary where both predict the same text).")
 
     TASK_FROM_RUNS: ClassVar[bool] = True
 
@@ -221,6 +221,6 @@ def cross_tokenizer_problems(cfg: DistillConfig) -> list[str]:
                      f"positions, which {flag} re-tokenises per batch: pass --teacher-cache off")
     if cfg.cross_tokenizer == "uld" and cfg.divergence is not None:
         found.append(f"--divergence {cfg.divergence} has no effect with {flag}, whose distance is ULD's: drop it, "
-                     "or use --cross-tokenizer hybrid (the divergence on the shared vocabulary)")
+                     "or use --cross-tokenizer shared (the divergence on the shared vocabulary)")
     return found
 

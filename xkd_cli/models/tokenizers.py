@@ -93,7 +93,7 @@ def check_same_tokenizer(
     t_vocab, s_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
     prefix = f"teacher {teacher_name!r} and student {student_name!r} use different tokenizers"
     fix = ("pick a student and teacher from the same model family (same tokenizer), or pass --cross-tokenizer uld "
-           "(or hybrid) to distil across tokenizers")
+           "(or shared) to distil across tokenizers")
     if t_size != s_size:
         raise XKDError(f"{prefix}: {t_size} vs {s_size} tokens; {fix}")
     if t_vocab != s_vocab:

@@ -15,7 +15,7 @@ Positions are matched by character offsets into the target text:
   BPE) never ends a span.  The end-of-sequence position of one is aligned with the other's.
 
 ``TokenMap`` pairs the tokens that spell the same text in both vocabularies (the shared part of the
-vocabularies, for ``--cross-tokenizer hybrid``).
+vocabularies, for ``--cross-tokenizer shared``).
 """
 
 from __future__ import annotations
