@@ -18,7 +18,7 @@ X-variants (sxkd, gxkd) compose with these terms unchanged (:func:`kd_experienti
   the shared tokens plus one bucket for all the others; elsewhere no teacher term: where the teacher's next
   token is " could" and the student's " cou", the teacher's mass on " could" is no evidence against the
   student's " cou" (compared token by token there, it pushed the student off its own segmentation and
-  collapsed it; ULD there, as TRL's GOLD does, lowered GKD by 6 ROUGE-2 points and SKD by none).  On
+  collapsed it; ULD there lowered GKD by 6 ROUGE-2 points and changed SKD by none).  On
   ground-truth batches, as for ``uld``, the NLL of the target is added wherever no matched partner says
   which token comes next.  With identical tokenizers every position is matched, the shared vocabulary is
   the whole vocabulary, and the term *is* the ordinary divergence, bit for bit.
