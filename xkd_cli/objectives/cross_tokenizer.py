@@ -35,7 +35,7 @@ from xkd_cli.data.batches import IGNORE, Batch, forward
 from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.models.tokenizers import tokenizers_match
 from xkd_cli.objectives.alignment import AlignedTeacher, Retokenizer, TokenMap
-from xkd_cli.objectives.divergences import DIVERGENCES, bucket_logprobs
+from xkd_cli.objectives.divergences import DIVERGENCES, bucket_logprobs, logprob_buckets
 from xkd_cli.objectives.engine import KDTerm
 from xkd_cli.objectives.objectives import DistillSettings, KDObjective
 from xkd_cli.objectives.reward import RewardHead
@@ -82,10 +82,11 @@ def shared_vocab_term(name: str, aligned_teacher: Tensor, matched: Tensor, token
         t = t[:, :teacher_vocab].float()
         if token_map.identity:  # the ordinary divergence on the same rows: equal bit for bit
             return fn(s, t, beta) * same[:, 0]  # x·1.0 is x exactly: equal to the plain divergence bit for bit
-        value = fn(bucket_logprobs(s, s_ids.to(s.device).expand(len(s), -1)),
+        s_logp = s.log_softmax(-1)  # once, for the buckets and the NLL
+        value = fn(logprob_buckets(s_logp, s_ids.to(s.device).expand(len(s), -1)),
                    bucket_logprobs(t, t_ids.to(t.device).expand(len(t), -1)), beta) * same[:, 0]
         if with_nll:
-            value = value - s.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1) * (1 - same[:, 0])
+            value = value - s_logp.gather(-1, targets[:, None]).squeeze(-1) * (1 - same[:, 0])
         return value
 
     return KDTerm(row_fn, extras=(aligned_teacher.detach(), matched[..., None].float()), uses_targets=with_nll)
@@ -127,9 +128,9 @@ class CrossTokenizerObjective(KDObjective):
         with torch.no_grad():
             logits, _ = forward(self.teacher.model, view.batch.to(device))
         logits = view.gather(logits.to(batch.labels.device))
-        counted = batch.labels != IGNORE
-        self._aligned += int(view.aligned[counted.cpu()].sum())
-        self._matched += int(view.matched[counted.cpu()].sum())
+        counted = (batch.labels != IGNORE).cpu()
+        self._aligned += int(view.aligned[counted].sum())
+        self._matched += int(view.matched[counted].sum())
         self._counted += int(counted.sum())
         return logits, view.aligned.to(batch.labels.device), view.matched.to(batch.labels.device)
 

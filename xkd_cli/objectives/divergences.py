@@ -241,7 +241,11 @@ def _tail_logmass(logp: Tensor, ids: Tensor) -> Tensor:
 def bucket_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
     """``N x (k+1)`` log-probabilities of softmax(``logits``) (``N x V``) over the buckets {ids_1}, …,
     {ids_k}, everything else (differentiable w.r.t. ``logits``)."""
-    logp = logits.log_softmax(-1)  # N x V
+    return logprob_buckets(logits.log_softmax(-1), ids)
+
+
+def logprob_buckets(logp: Tensor, ids: Tensor) -> Tensor:
+    """:func:`bucket_logprobs` from log-probabilities already computed (``N x V``)."""
     return torch.cat([logp.gather(-1, ids), _tail_logmass(logp, ids)[:, None]], dim=-1)
 
 
