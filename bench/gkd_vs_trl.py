@@ -16,7 +16,7 @@ What is the same on both sides (the "same work"):
 - data: the task's train split tokenised by xkd's ``EncodedSet`` (prompt ids + target ids ending in eos)
   and drawn in xkd's order (``IndexStream``); TRL gets those ids as ``input_ids`` + ``completion_mask``
   rows, which its own collator (``DataCollatorForChatML``) pads, in that order (sequential sampler);
-- the on-policy coin: xkd's ``MixedSource`` draws it from ``random.Random(seed)``; TRL draws
+- the on-policy coin: xkd's ``AlphaMix`` draws it from ``random.Random(seed)``; TRL draws
   ``random.random() <= lmbda`` from the global generator, so the TRL worker replays xkd's coin by
   setting ``lmbda`` to 1 or 0 before each step (TRL's own code path is otherwise untouched) and both
   sides sample on the same steps;
@@ -30,7 +30,7 @@ What is the same on both sides (the "same work"):
   ``gradient_checkpointing=True`` and ``bf16=True``, and with checkpointing on ``GKDTrainer`` also
   samples without a KV cache (``use_cache=False``), which would make its steps far slower.
 
-Phases: xkd reports them itself when ``xkd_cli.training.timing.PHASES`` is enabled (``phase_seconds`` in every
+Phases: xkd reports them itself when ``xkd_cli.core.timing.PHASES`` is enabled (``phase_seconds`` in every
 step's log line); the TRL worker measures the same boundaries from outside (forward hooks on student and
 teacher, a hook on the student's logits gradient to split the backward, and overrides that time
 ``generate_on_policy_outputs`` / ``compute_loss`` / ``get_batch_samples``). ``other`` is the step time no
@@ -134,7 +134,7 @@ def distill_config(settings: Settings, cfg: Config, *, name: str):
 
 
 def coin_flips(alpha: float, seed: int, steps: int) -> list[bool]:
-    """Which steps train on student samples: the draws of xkd's ``MixedSource`` coin, replayed."""
+    """Which steps train on student samples: the draws of xkd's ``AlphaMix`` coin, replayed."""
     coin = random.Random(seed)
     return [alpha > 0 and coin.random() < alpha for _ in range(steps)]
 
@@ -144,7 +144,7 @@ def run_xkd(settings: Settings, cfg: Config) -> dict:
     timers on; the step records come from the run's own ``train_log.jsonl``."""
     import torch
     from xkd_cli.training.distill import run_distill
-    from xkd_cli.training.timing import PHASES
+    from xkd_cli.core.timing import PHASES
 
     torch.set_num_threads(settings.threads)
     baseline = current_rss_mb()
@@ -199,10 +199,11 @@ def run_trl(settings: Settings, cfg: Config) -> dict:
     from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
     from xkd_cli.models.zoo import build_tiny_model
-    from xkd_cli.training.run import EncodedSet, load_split
+    from xkd_cli.training.lifecycle import load_split
+    from xkd_cli.training.sources import EncodedSet
     from xkd_cli.data.tasks import get_task
     from xkd_cli.core.runtime import seed_everything
-    from xkd_cli.training.loop import IndexStream
+    from xkd_cli.training.sources import IndexStream
 
     torch.set_num_threads(settings.threads)
     baseline = current_rss_mb()

@@ -1,4 +1,4 @@
-"""The benchmark scripts (bench/) in quick mode, and the opt-in phase timers they read (xkd_cli.training.timing)."""
+"""The benchmark scripts (bench/) in quick mode, and the opt-in phase timers they read (xkd_cli.core.timing)."""
 
 import importlib.util
 import json
@@ -11,7 +11,7 @@ import pytest
 
 from xkd_cli.config.training import DistillConfig
 from xkd_cli.training.distill import run_distill
-from xkd_cli.training.timing import PHASES, PhaseTimer
+from xkd_cli.core.timing import PHASES, PhaseTimer
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_TRL = importlib.util.find_spec("trl") is not None
@@ -99,7 +99,7 @@ def test_gkd_vs_trl_quick(tmp_path):
     assert set(report["results"]["gpt-gxkd-a0.5"]) == {"xkd"}  # TRL has no experiential term
     assert report["settings"]["steps"] == 3 and report["repeats"] == 1
     assert "gpt-gxkd-a0.5" in report["comparisons"]["gxkd_vs_gkd"]
-    # The on-policy coin is xkd's MixedSource draw, replayed: random.Random(0) gives 0.844, 0.758, 0.421.
+    # The on-policy coin is xkd's AlphaMix draw, replayed: random.Random(0) gives 0.844, 0.758, 0.421.
     for name in report["results"]:
         steps = report["runs"][name]["xkd"][0]["steps"]
         assert [s["on_policy"] for s in steps] == [False, False, True]

@@ -18,7 +18,7 @@ from xkd_cli.data.taskfile import get_task
 from xkd_cli.models.chat import check_same_prompts, encode_example_prompts, use_chat_template
 from xkd_cli.models.generate import Sampling
 from xkd_cli.models.zoo import CHATML_TEMPLATE, build_tiny_model
-from xkd_cli.training.run import EncodedSet
+from xkd_cli.training.sources import EncodedSet
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "own-data"
 CHAT = (("system", "Be brief."), ("user", "Plural of cat?"))

@@ -25,12 +25,12 @@ from xkd_cli.objectives.alignment import (
     token_ends_by_decoding,
 )
 from xkd_cli.objectives.cross_tokenizer import CrossTokenizerObjective, shared_vocab_term, uld_distance, uld_term
-from xkd_cli.objectives.divergences import divergence_term
+from xkd_cli.objectives.divergences import DivergenceParams, divergence_term
 from xkd_cli.objectives.engine import kd_sum
 from xkd_cli.objectives.experiential import kd_experiential_sum
-from xkd_cli.objectives.objectives import KDObjective
+from xkd_cli.objectives.steps import KDObjective
 from xkd_cli.training.distill import run_distill
-from xkd_cli.training.run import EncodedSet
+from xkd_cli.training.sources import EncodedSet
 from xkd_cli.training.sft import run_sft
 
 TEXT = "The committee met, Ünïcode 日本 ok."
@@ -267,14 +267,6 @@ def test_experiential_term_composes_and_lambda_zero_is_the_baseline_bit_for_bit(
 # --------------------------------------------------------------------------------------------- the objective
 
 
-class _Settings:
-    beta, lam, gamma, tau, mix = 0.5, 0.0, 1.0, 1.0, 0.2
-
-    def __init__(self, method="skd", divergence="fkl"):
-        self.spec = DistillConfig(task="synth-sum", method=method).spec
-        self.divergence_name = divergence
-
-
 EXAMPLES = [Example("a", "Summarize: the committee met on Tuesday.", "The committee met.", ""),
             Example("b", "Summarize: Ünïcode text 日本.", "Ünïcode ok.", "")]
 
@@ -283,7 +275,8 @@ def _objective(student, teacher, method, **kw):
     data = EncodedSet(EXAMPLES, student, max_input_len=64, max_output_len=32)
     prompts = {e.id: e.prompt for e in EXAMPLES}
     objective = CrossTokenizerObjective(
-        student, teacher, _Settings(), len(student.tokenizer), None, method=method,
+        student, teacher, vocab_size=len(student.tokenizer), experiential=None, method=method,
+        divergence=DivergenceParams("fkl") if method == "shared" else None,
         teacher_vocab=len(teacher.tokenizer), prompt_text=prompts.get, prompt_ids=lambda b: data.prompts,
         max_input_len=64, keep_end=False,
         same_layout=kw.get("same_layout", False))
@@ -315,7 +308,8 @@ def test_objective_across_tokenizers_trains_the_student_only(method):
 def test_objective_with_identical_tokenizers_equals_the_ordinary_one():
     student, teacher = build_tiny_model("tiny-gpt-small"), build_tiny_model("tiny-gpt-large")
     objective, batch = _objective(student, teacher, "shared", same_layout=True)
-    plain = KDObjective(student, teacher, _Settings(), len(student.tokenizer), None)
+    plain = KDObjective(student, teacher, vocab_size=len(student.tokenizer), divergence=DivergenceParams("fkl"),
+                        experiential=None)
     ours, theirs = objective.terms(batch)["kd"][0], plain.terms(batch)["kd"][0]
     assert torch.equal(ours, theirs)
     # re-tokenising the text (as for a teacher of another layout) pairs every position but those inside a

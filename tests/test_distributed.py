@@ -16,8 +16,9 @@ import time
 import pytest
 from safetensors.torch import load_file
 
-from xkd_cli.training.distributed import Processes, ShardedStream
-from xkd_cli.training.loop import IndexStream
+from xkd_cli.training.distributed import Processes
+from xkd_cli.training.sources import ShardedStream
+from xkd_cli.training.sources import IndexStream
 
 from conftest import run_xkd_process
 

@@ -26,8 +26,8 @@ from xkd_cli.objectives.divergences import (
 )
 from xkd_cli.objectives.engine import kd_sum, nll_sum, nll_term, td_mask, token_logprobs, valid_mask
 from xkd_cli.objectives.experiential import experiential_sum, kd_experiential_sum, summarize_stats
-from xkd_cli.config.checks import check_hparams, hparam_problems
-from xkd_cli.objectives.methods import DIVERGENCE_NAMES
+from xkd_cli.core.hparams import check_hparams, hparam_problems
+from xkd_cli.core.hparams import DIVERGENCE_NAMES
 from xkd_cli.objectives.minillm import (
     masked_whiten,
     minillm_advantages,

@@ -43,7 +43,9 @@ def test_dry_run_plans_without_compute(xkd, runs, tmp_path):
     ("tasks: [synth-mt]\nmethod: [gkd]\n", ["unknown key 'method'", "methods"]),
     ("tasks: [synth-mtt]\n", ["unknown task 'synth-mtt'"]),
     ("tasks: [synth-mt]\nmethods: [gkd]\ndistill: {lamda: 0.1}\n", ["lamda", "distill"]),
-    ("tasks: [synth-mt]\nmethods: [gkd]\ndistill: {lam: -1}\n", ["--lam"]),
+    ("tasks: [synth-mt]\nmethods: [gxkd]\ndistill: {lam: -1}\n", ["--lam"]),
+    ("tasks: [synth-mt]\nmethods: [gkd, skd]\ndistill: {lam: 0.1}\n", ["sets lam", "none of its methods"]),
+    ("tasks: [synth-mt]\nmethods: [gkd]\nmethod_options: {gkd: {mix: 0.3}}\n", ["--mix 0.3 has no effect on gkd"]),
     ("tasks: [synth-mt]\nsweep: {param: lr, values: [1]}\n", ["sweep param"]),
     ("methods: [gkd]\n", ["no task"]),
 ])

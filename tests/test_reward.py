@@ -12,7 +12,7 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.data.batches import IGNORE
 from xkd_cli.objectives import reference
 from xkd_cli.objectives.experiential import experiential_sum
-from xkd_cli.objectives.methods import REWARD_POSITIONS
+from xkd_cli.core.hparams import REWARD_POSITIONS
 from xkd_cli.objectives.reward import RewardHead
 
 

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from xkd_cli.models.zoo import build_tiny_model
-from xkd_cli.objectives.objectives import NLLObjective
-from xkd_cli.training.run import EncodedSet
+from xkd_cli.objectives.steps import NLLObjective
+from xkd_cli.training.sources import EncodedSet
 from xkd_cli.data.tasks import get_task
-from xkd_cli.training.loop import IndexStream, Schedule, linear_schedule, train
+from xkd_cli.training.loop import Schedule, linear_schedule, train
+from xkd_cli.training.sources import IndexStream
 
 
 def fit(batch_size, grad_accum, steps=2, model_name="tiny-t5-small", optimizer="adamw", mixed_precision="no",

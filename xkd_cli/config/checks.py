@@ -3,14 +3,13 @@ report every problem at once (``check``)."""
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from xkd_cli.core.errors import XKDError
+from xkd_cli.core.hparams import in_range
 from xkd_cli.evaluation.metrics import CUSTOM_METRICS
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -21,20 +20,6 @@ def check(problems: list[str]) -> None:
     """Raise one error that lists every problem found, so the user fixes them all in one go."""
     if problems:
         raise XKDError("; ".join(problems) + ".")
-
-
-def in_range(problems: list[str], name: str, value: float | None, lo: float | None = None, hi: float | None = None,
-             *, lo_open: bool = False, hi_open: bool = False, label: str | None = None) -> None:
-    """Append a message to ``problems`` when ``value`` lies outside [lo, hi] (open ends where asked)."""
-    if value is None:
-        return
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
-          (hi is not None and (value >= hi if hi_open else value > hi))
-    if bad:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
-        problems.append(f"{label or '--' + name.replace('_', '-')} must be in {span}, got {value}")
 
 
 def choice(problems: list[str], name: str, value: str | None, choices: tuple[str, ...]) -> None:
@@ -109,54 +94,3 @@ def url_problem(url: str | None, flag: str) -> str | None:
     if parts.scheme in ("http", "https") and parts.hostname:
         return None
     return f"{flag} must be an http(s) URL such as http://localhost:8000/v1 (got a value without http:// or https:// and a host)"
-
-
-@dataclass(frozen=True)
-class Range:
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-    note: str = ""
-    integer: bool = False
-    option: bool = True  # a command-line option (named --like-this in messages), not only a loss argument
-
-
-# The one table of the losses' hyperparameter ranges: the job configs check their options against it, and the
-# loss functions check their arguments against it when called directly.
-HPARAMS: dict[str, Range] = {
-    "beta": Range(0, 1, note="0 = forward KL, 1 = reverse KL"),
-    "temperature": Range(0, lo_open=True, note="1.0 leaves the logits as they are"),
-    "lam": Range(0, note="the experiential weight lambda; paper: 0.001; 0 = the baseline"),
-    "gamma": Range(0, 1, note="the TD discount; paper: 1.0"),
-    "tau": Range(0, lo_open=True, note="tau' of the Q-value decoder, Eq. 28; paper: 1.0"),
-    "alpha": Range(0, 1, note="the share of on-policy batches"),
-    "mix": Range(0, 1, note="teacher-mixed sampling; MiniLLM: 0.2"),
-    "clip": Range(0, 1, hi_open=True, note="the PPO clip range; MiniLLM: 0.2", option=False),
-    "discount": Range(0, 1, note="the return discount; MiniLLM: 0.95", option=False),
-    "chunk_size": Range(1, integer=True, option=False),
-}
-
-
-def hparam_problems(**values: float | int | None) -> list[str]:
-    """One line per hyperparameter outside its range in :data:`HPARAMS` (None: not given, not checked)."""
-    found: list[str] = []
-    for name, value in values.items():
-        if value is None:
-            continue
-        r = HPARAMS[name]
-        label = f"--{name.replace('_', '-')}" if r.option else name
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        before = len(found)
-        if not number or (r.integer and not float(value).is_integer()):
-            found.append(f"{label} must be a finite {'integer' if r.integer else 'number'}, got {value!r}")
-        else:
-            in_range(found, name, value, r.lo, r.hi, lo_open=r.lo_open, hi_open=r.hi_open, label=label)
-        if r.note and len(found) > before:
-            found[-1] += f" ({r.note})"
-    return found
-
-
-def check_hparams(**values: float | int | None) -> None:
-    """Raise one :class:`XKDError` naming every out-of-range hyperparameter (see :func:`hparam_problems`)."""
-    check(hparam_problems(**values))

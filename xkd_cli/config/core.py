@@ -138,7 +138,10 @@ def build_config(cls: type[C], *, defaults: dict[str, Any] | None = None, recipe
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+    """The config as recorded in a run's config.json: every option that takes effect (a config may name the
+    ones its job does not read in ``unread_options()``, e.g. ``lam`` of a plain SKD run)."""
+    unread = set(cfg.unread_options()) if hasattr(cfg, "unread_options") else set()
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items() if k not in unread}
 
 
 def config_hash(cfg: Any, ignore: tuple[str, ...] = ()) -> str:

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from xkd_cli.config.checks import check, choice, task_problems, hparam_problems, in_range, lora_problems, quantization_problems
+from xkd_cli.config.checks import check, choice, task_problems, in_range, lora_problems, quantization_problems
+from xkd_cli.core.hparams import hparam_problems
 from xkd_cli.config.core import DTYPES, MIXED_PRECISION, option
 from xkd_cli.core.registry import unknown_name_message
 from xkd_cli.core.workspace import slug
-from xkd_cli.objectives.methods import DIVERGENCE_NAMES, METHODS, REWARD_POSITIONS, Method
+from xkd_cli.config.methods import (BETA_DIVERGENCES, DIVERGENCE_NAMES, METHOD_OPTIONS, METHODS, REWARD_POSITIONS, Method,
+                                     methods_reading)
 
 ROLES = ("teacher", "student")
 CROSS_TOKENIZER_MODES = ("off", "uld", "shared")
@@ -133,24 +135,68 @@ class SFTConfig(TrainingConfig):
         return self.name or f"sft-{slug(self.model)}"
 
 
+# The defaults of the method-specific options, for the methods that read them (xkd_cli.config.methods).
+METHOD_DEFAULTS = {"lam": 0.001, "gamma": 1.0, "tau": 1.0, "alpha": 0.5, "beta": 0.5, "temperature": 1.0, "top_p": 0.95,
+                   "reward_position": "next", "mix": 0.2}
+
+
+def _method_default(option: str) -> str:
+    readers = methods_reading(option)
+    return f" (default: {METHOD_DEFAULTS[option]}; {', '.join(readers)} only)"
+
+
+def options_read(method: Method, values: dict[str, Any]) -> tuple[str, ...]:
+    """The method-specific options a distillation with these ``values`` reads: the method's own, less ``beta``
+    where the divergence is one β does not weight (or ULD's distance replaces it)."""
+    divergence = values.get("divergence") or method.default_divergence
+    ignores_beta = divergence not in BETA_DIVERGENCES or values.get("cross_tokenizer") == "uld"
+    return tuple(name for name in method.options if not (name == "beta" and ignores_beta))
+
+
+def inapplicable_options(method: Method, values: dict[str, Any]) -> dict[str, str]:
+    """The method-specific options set in ``values`` (name → value, None = not set) that a distillation with
+    ``method`` would ignore, each with its one-line refusal: ``--lam`` on skd, ``--beta`` with fkl."""
+    read = options_read(method, values)
+    found = {}
+    for name in METHOD_OPTIONS:
+        if values.get(name) is None or name in read:
+            continue
+        given = f"--{name.replace('_', '-')} {values[name]}"
+        if name in method.options:  # beta
+            why = "--cross-tokenizer uld, whose distance is ULD's" if values.get("cross_tokenizer") == "uld" else \
+                f"--divergence {values.get('divergence') or method.default_divergence}"
+            fix = "--cross-tokenizer shared" if values.get("cross_tokenizer") == "uld" else "--divergence jsd"
+            found[name] = (f"{given} has no effect with {why}: β weights {' and '.join(BETA_DIVERGENCES)} only; "
+                           f"drop it, or pass {fix}")
+        else:
+            readers = methods_reading(name)
+            other = f"--method {readers[0]}" if len(readers) == 1 else "one of those methods"
+            found[name] = (f"{given} has no effect on {method.name}: it applies to {', '.join(readers)} only; "
+                           f"drop it, or use {other}")
+    return found
+
+
 @dataclass(frozen=True)
 class DistillConfig(TrainingConfig):
     method: str = option("gxkd", f"{_one_of(METHODS.names())}.")
     teacher: str | None = option(None, "Teacher model (default: the task's SFT run with --role teacher).")
     student: str | None = option(None, "Student model (default: the task's SFT run with --role student).")
-    teacher_data: str | None = option(None, "gen-teacher run or samples JSONL for seqkd/seqxkd (default: latest).")
-    lam: float = option(0.001, "Experiential weight λ (0 = the baseline).")
-    gamma: float = option(1.0, "TD discount γ.")
-    tau: float = option(1.0, "τ′ of the Q-value decoder, Eq. 28.")
-    alpha: float = option(0.5, "On-policy (student sample) probability α for gkd/gxkd.")
-    beta: float = option(0.5, "β of the generalized JSD / β-mix.")
+    teacher_data: str | None = option(None, "gen-teacher run or samples JSONL (default: the task's latest).")
+    # The method-specific options: None = not given; a method that reads one gets its default (METHOD_DEFAULTS)
+    # in __post_init__, and one given to a method that does not read it is refused.
+    lam: float | None = option(None, "Experiential weight λ (0 = the baseline)." + _method_default("lam"))
+    gamma: float | None = option(None, "TD discount γ." + _method_default("gamma"))
+    tau: float | None = option(None, "τ′ of the Q-value decoder, Eq. 28." + _method_default("tau"))
+    alpha: float | None = option(None, "On-policy (student sample) probability α." + _method_default("alpha"))
+    beta: float | None = option(None, "β of the generalized JSD / β-mix." + _method_default("beta"))
     divergence: str | None = option(None, f"{_one_of(DIVERGENCE_NAMES)} (default: fkl for skd/sxkd, jsd for "
                                                  "gkd/gxkd).")
-    temperature: float = option(1.0, "Student sampling temperature.")
-    top_p: float = option(0.95, "Student sampling top-p.")
-    reward_position: str = option("next", "Reward head input: 'next' (h_t+1, the state after the action, as the "
-                                          "paper's q_φ(·|x, y_1:t+1)) or 'current' (h_t, an ablation).")
-    mix: float = option(0.2, "MiniLLM teacher-mixed sampling weight.")
+    temperature: float | None = option(None, "Student sampling temperature." + _method_default("temperature"))
+    top_p: float | None = option(None, "Student sampling top-p." + _method_default("top_p"))
+    reward_position: str | None = option(None, "Reward head input: 'next' (h_t+1, the state after the action, as the "
+                                               "paper's q_φ(·|x, y_1:t+1)) or 'current' (h_t, an ablation)."
+                                         + _method_default("reward_position"))
+    mix: float | None = option(None, "MiniLLM teacher-mixed sampling weight." + _method_default("mix"))
     teacher_dtype: str | None = option(None, "Teacher dtype (default: --dtype).")
     teacher_device: str | None = option(None, "Teacher device (default: --device).")
     # A quantized teacher only runs forward: no LoRA needed.
@@ -165,6 +211,18 @@ class DistillConfig(TrainingConfig):
 
     TASK_FROM_RUNS: ClassVar[bool] = True
 
+    def __post_init__(self) -> None:
+        if self.method in METHODS:
+            for name in options_read(self.spec, self.__dict__):  # frozen: the defaults are set once, here
+                if getattr(self, name) is None and name in METHOD_DEFAULTS:
+                    object.__setattr__(self, name, METHOD_DEFAULTS[name])
+        super().__post_init__()
+
+    def unread_options(self) -> tuple[str, ...]:
+        """The method-specific options this run does not read: left out of its config.json."""
+        read = options_read(self.spec, self.__dict__) if self.method in METHODS else METHOD_OPTIONS
+        return tuple(name for name in METHOD_OPTIONS if name not in read)
+
     def problems(self) -> list[str]:
         found = super().problems()
         found += quantization_problems(self.teacher_load_in_8bit, self.teacher_load_in_4bit, prefix="teacher-")
@@ -172,18 +230,15 @@ class DistillConfig(TrainingConfig):
             found.append(unknown_name_message("method", self.method, METHODS.names()).rstrip("."))
         if self.divergence is not None and self.divergence not in DIVERGENCE_NAMES:
             found.append(unknown_name_message("divergence", self.divergence, list(DIVERGENCE_NAMES)).rstrip("."))
-        elif self.divergence is not None and self.method in METHODS and self.spec.loss != "divergence":
-            users = ", ".join(m for m in METHODS if METHODS.get(m).loss == "divergence")
-            found.append(f"--divergence {self.divergence} has no effect on {self.method}, whose loss is "
-                         f"{'NLL on teacher samples' if self.spec.loss == 'nll' else 'a policy gradient'}: drop it, "
-                         f"or pick one of {users}")
+        elif self.method in METHODS:
+            found += inapplicable_options(self.spec, self.__dict__).values()
         choice(found, "reward_position", self.reward_position, REWARD_POSITIONS)
         found += hparam_problems(lam=self.lam, gamma=self.gamma, tau=self.tau, alpha=self.alpha, beta=self.beta,
                                  mix=self.mix, temperature=self.temperature)
         in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
         choice(found, "teacher_cache", self.teacher_cache, TEACHER_CACHE_MODES)
         if self.teacher_cache in TEACHER_CACHE_MODES[1:] and self.method in METHODS and \
-                METHODS.get(self.method).data not in ("ground-truth", "mixed"):
+                METHODS.get(self.method).source not in ("ground-truth", "alpha-mix"):
             found.append(f"--teacher-cache {self.teacher_cache} caches the teacher on fixed targets, which {self.method} "
                          "never runs it on: use it with skd, sxkd, gkd or gxkd, or pass --teacher-cache off")
         in_range(found, "teacher_cache_k", self.teacher_cache_k, 1)

@@ -28,7 +28,7 @@ class Batch:
     ids: list[str] = field(default_factory=list)
     keep: int | None = None          # decoder-only: number of trailing positions that carry targets
     # Targets from fixed data (ground truth), not from the current student: the teacher's view of them
-    # never changes, so the teacher cache may serve it (xkd_cli.training.teacher_cache). Sources set it.
+    # never changes, so the teacher cache may serve it (xkd_cli.objectives.teacher_cache). Sources set it.
     off_policy: bool = False
 
     @property

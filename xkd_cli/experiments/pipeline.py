@@ -13,7 +13,7 @@ Recipe keys (all optional except ``tasks`` or ``task``)::
     student: {model: tiny-t5-small}                        # run name "student"
     gen_teacher: {num_samples: 1}                          # gen-teacher options (api_model/api_base for black-box)
     methods: [seqkd, seqxkd, skd, sxkd, gkd, gxkd, minillm]
-    distill: {max_steps: 300}                              # options shared by every method
+    distill: {max_steps: 300}                              # options shared by every method (each method takes those it reads)
     method_options: {gxkd: {lam: 0.001}}                   # per-method options
     eval: {limit: 200}
     diversity: {models: [student, gkd, gxkd], temperatures: [0.1, 0.3, 0.5, 1.0], num_samples: 4, limit: 20}
@@ -46,12 +46,12 @@ from xkd_cli.config.core import load_recipe, to_dict
 from xkd_cli.config.defaults import make_config
 from xkd_cli.config.evaluation import DiversityConfig, EvalConfig, JudgeConfig
 from xkd_cli.config.generation import GenTeacherConfig
-from xkd_cli.config.training import DistillConfig, SFTConfig
+from xkd_cli.config.training import DistillConfig, SFTConfig, inapplicable_options
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.taskfile import get_task, is_task_path, task_from_mapping
 from xkd_cli.core.ui import console
 from xkd_cli.core.workspace import RUN_RECORD, open_run, read_json, read_record, run_path
-from xkd_cli.objectives.methods import METHODS
+from xkd_cli.config.methods import METHOD_OPTIONS, METHODS, methods_reading
 
 TOP_KEYS = ("task", "tasks", "teacher", "student", "gen_teacher", "methods", "distill", "method_options", "eval",
             "diversity", "judge", "sweep", "seeds", "seed_students")
@@ -211,7 +211,7 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                 steps.append(Step("sft", task_name, cfg.run_name(), cfg, run_sft, note=f"{role} size sweep"))
 
         gen_name = None
-        if any(METHODS.get(m).data == "teacher-samples" for m in methods):
+        if any(METHODS.get(m).source == "teacher-samples" for m in methods):
             options = {**gen_options, "task": task, **({} if black_box else {"teacher": roles["teacher"]})}
             if options.get("max_input_len") is None:  # prompts cut as the student's training cuts them
                 options["max_input_len"] = sft_cfgs["student"].max_input_len
@@ -221,13 +221,24 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
             gen_name = cfg.name
 
         distill_options = _mapping(recipe, "distill")
+        unread = [key for key in distill_options if key in METHOD_OPTIONS and all(
+            key in inapplicable_options(METHODS.get(m), {**distill_options, **method_options.get(m, {})})
+            for m in methods)]
+        if unread:
+            readers = ", ".join(methods_reading(unread[0]))
+            raise XKDError(f"pipeline section 'distill' sets {unread[0]}, which none of its methods "
+                           f"({', '.join(methods)}) reads: it applies to {readers}; drop it or add one of those methods.")
         eval_options = _mapping(recipe, "eval")
         evaluated = list(dict.fromkeys([*roles.values(), *students.values()]))
 
         def add_distill(method: str, name: str, extra: dict, note: str = "", record: dict | None = None) -> None:
+            own = {**method_options.get(method, {}), **extra}
             options = {"task": task, "method": method, "name": name, "teacher": roles.get("teacher"),
-                       "student": roles["student"], **distill_options, **method_options.get(method, {}), **extra}
-            if METHODS.get(method).data == "teacher-samples":
+                       "student": roles["student"], **distill_options, **own}
+            for key in inapplicable_options(METHODS.get(method), options):  # the shared section's, where ignored
+                if key not in own:
+                    del options[key]
+            if METHODS.get(method).source == "teacher-samples":
                 options.setdefault("teacher_data", gen_name)
             cfg = _config(DistillConfig, options, f"distill/{method}")
             steps.append(Step("distill", task_name, name, cfg, run_distill, note=note or METHODS.get(method).paper_name,

@@ -31,15 +31,15 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from xkd_cli.data.batches import IGNORE, Batch, forward
+from xkd_cli.core.timing import PHASES
+from xkd_cli.data.batches import IGNORE, Batch
 from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.models.tokenizers import tokenizers_match
 from xkd_cli.objectives.alignment import AlignedTeacher, Retokenizer, TokenMap
-from xkd_cli.objectives.divergences import DIVERGENCES, bucket_logprobs, logprob_buckets
+from xkd_cli.objectives.divergences import DIVERGENCES, DivergenceParams, bucket_logprobs, logprob_buckets
 from xkd_cli.objectives.engine import KDTerm
-from xkd_cli.objectives.objectives import DistillSettings, KDObjective
-from xkd_cli.objectives.reward import RewardHead
-from xkd_cli.training.timing import PHASES
+from xkd_cli.objectives.experiential import ExperientialParams
+from xkd_cli.objectives.steps import KDObjective, teacher_logits
 
 CROSS_TOKENIZER_METHODS = ("uld", "shared")
 
@@ -96,11 +96,13 @@ class CrossTokenizerObjective(KDObjective):
     """skd, sxkd, gkd, gxkd with a teacher of another tokenizer: the teacher runs on its own tokenisation
     of the batch's text and the term compares the aligned positions (``method``: uld or shared)."""
 
-    def __init__(self, student: LoadedModel, teacher: LoadedModel, cfg: DistillSettings, vocab_size: int,
-                 head: RewardHead | None, *, method: str, teacher_vocab: int, prompt_text: Callable[[str], str | None],
+    def __init__(self, student: LoadedModel, teacher: LoadedModel, *, vocab_size: int,
+                 divergence: DivergenceParams | None, experiential: ExperientialParams | None, method: str,
+                 teacher_vocab: int, prompt_text: Callable[[str], str | None],
                  prompt_ids: Callable[[Batch], Sequence[Sequence[int]]], max_input_len: int, keep_end: bool,
                  same_layout: bool):
-        super().__init__(student, teacher, cfg, vocab_size, head)
+        """``divergence``: the one ``shared`` compares the shared vocabulary with (None for ``uld``)."""
+        super().__init__(student, teacher, vocab_size=vocab_size, divergence=divergence, experiential=experiential)
         self.method, self.teacher_vocab, self.same_layout = method, teacher_vocab, same_layout
         self.prompt_ids = prompt_ids
         self.retokenize = Retokenizer(student, teacher, prompt_text=prompt_text, max_input_len=max_input_len,
@@ -124,10 +126,7 @@ class CrossTokenizerObjective(KDObjective):
             return logits, everywhere, everywhere
         view: AlignedTeacher = self.retokenize(batch, self.prompt_ids(batch))
         self.teacher_forwards += 1
-        device = next(self.teacher.model.parameters()).device
-        with torch.no_grad():
-            logits, _ = forward(self.teacher.model, view.batch.to(device))
-        logits = view.gather(logits.to(batch.labels.device))
+        logits = view.gather(teacher_logits(self.teacher, view.batch, batch.labels.device))
         counted = (batch.labels != IGNORE).cpu()
         self._aligned += int(view.aligned[counted].sum())
         self._matched += int(view.matched[counted].sum())
@@ -151,5 +150,5 @@ class CrossTokenizerObjective(KDObjective):
             teacher, aligned, matched = self.teacher_view_aligned(batch)
         if self.method == "uld":
             return uld_term(teacher, aligned, teacher_vocab=self.teacher_vocab, with_nll=batch.off_policy)
-        return shared_vocab_term(self.divergence, teacher, matched, self.token_map, teacher_vocab=self.teacher_vocab,
-                                 beta=self.cfg.beta, with_nll=batch.off_policy)
+        return shared_vocab_term(self.divergence.name, teacher, matched, self.token_map,
+                                 teacher_vocab=self.teacher_vocab, beta=self.divergence.beta, with_nll=batch.off_policy)

@@ -50,15 +50,16 @@ Public API
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from xkd_cli.core.errors import XKDError
+from xkd_cli.core.hparams import DIVERGENCE_NAMES, check_hparams
 from xkd_cli.core.registry import Registry
 from xkd_cli.objectives.engine import KDTerm, TokenSum, kd_sum
-from xkd_cli.config.checks import check_hparams
-from xkd_cli.objectives.methods import DIVERGENCE_NAMES
 
 NEG_INF = float("-inf")
 
@@ -66,6 +67,19 @@ NEG_INF = float("-inf")
 # --------------------------------------------------------------------------------------------
 # Divergences between teacher and student token distributions
 # --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DivergenceParams:
+    """Which divergence compares the two distributions (``DIVERGENCES``) and its β (jsd and mix read it)."""
+
+    name: str
+    beta: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.name not in DIVERGENCE_NAMES:
+            raise XKDError(f"unknown divergence {self.name!r}; use one of: {', '.join(DIVERGENCE_NAMES)}.")
+        check_hparams(beta=self.beta)
+
 
 DivergenceFn = Callable[[Tensor, Tensor, float], Tensor]  # (student N x V, teacher N x V float32 logits, beta) -> N
 
@@ -174,7 +188,7 @@ DIVERGENCES.register("rkl", reverse_kl)
 DIVERGENCES.register("mix", beta_mix_kl)
 DIVERGENCES.register("tvd", total_variation)
 # Configs validate --divergence against methods.py's names without importing torch: one list of names.
-assert tuple(DIVERGENCES) == DIVERGENCE_NAMES, "objectives/methods.py DIVERGENCE_NAMES must list DIVERGENCES"
+assert tuple(DIVERGENCES) == DIVERGENCE_NAMES, "core/hparams.py DIVERGENCE_NAMES must list DIVERGENCES"
 
 
 def divergence_term(name: str, teacher_logits: Tensor, *, beta: float = 0.5, temperature: float = 1.0) -> KDTerm:

@@ -58,7 +58,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from xkd_cli.data.batches import IGNORE
-from xkd_cli.config.checks import check_hparams
+from xkd_cli.core.hparams import check_hparams
 
 CHUNK_ELEMENTS = 2**22  # default chunk: this many float32 entries per N x V intermediate
 

@@ -31,10 +31,27 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from xkd_cli.core.errors import XKDError
+from xkd_cli.core.hparams import REWARD_POSITIONS, check_hparams
 from xkd_cli.objectives.engine import KDTerm, TokenSum, scatter_positions, td_mask, term_columns, valid_mask
-from xkd_cli.config.checks import check_hparams
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class ExperientialParams:
+    """The experiential term's hyperparameters (Eq. 20, 28; docs/method.md): the weight λ, the TD discount γ,
+    Q's τ′, and which hidden state the reward head reads (``reward_position``, :class:`RewardHead`)."""
+
+    lam: float = 0.001
+    gamma: float = 1.0
+    tau: float = 1.0
+    reward_position: str = "next"
+
+    def __post_init__(self) -> None:
+        check_hparams(lam=self.lam, gamma=self.gamma, tau=self.tau)
+        if self.reward_position not in REWARD_POSITIONS:
+            raise XKDError(f"reward_position must be one of {', '.join(REWARD_POSITIONS)}, got {self.reward_position!r}.")
 
 
 @dataclass(frozen=True)

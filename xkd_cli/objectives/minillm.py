@@ -9,12 +9,26 @@ Its single-step term Σ_v p_S log(p_S / p_T) is ``divergence_sum("rkl", ...)``
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from xkd_cli.objectives.engine import TokenSum, valid_mask
-from xkd_cli.config.checks import check_hparams
+from xkd_cli.core.hparams import check_hparams
+
+
+@dataclass(frozen=True)
+class MiniLLMParams:
+    """MiniLLM's hyperparameters: the teacher-mixed sampling weight, the PPO clip range and the return discount
+    (MiniLLM's own values by default)."""
+
+    mix: float = 0.2
+    clip: float = 0.2
+    discount: float = 0.95
+
+    def __post_init__(self) -> None:
+        check_hparams(mix=self.mix, clip=self.clip, discount=self.discount)
 
 
 def minillm_rewards(teacher_logprobs: Tensor, old_logprobs: Tensor, labels: Tensor) -> Tensor:

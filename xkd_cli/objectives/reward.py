@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.objectives.methods import REWARD_POSITIONS
+from xkd_cli.core.hparams import REWARD_POSITIONS
 
 LOG_SIGMA_BOUND = 5.0
 _FORMAT = "xkd-reward-head-v1"

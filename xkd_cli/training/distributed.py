@@ -218,19 +218,6 @@ def current(device: str = "auto") -> Processes:
     return _CURRENT
 
 
-class ShardedStream:
-    """This process's share of a shared index stream: every process takes the same ``size × count``
-    indices and keeps slice ``rank``; the wrapped stream's state is therefore the same on all processes, and
-    checkpoints save that stream itself."""
-
-    def __init__(self, stream, processes: Processes):
-        self.stream, self.processes = stream, processes
-
-    def take(self, size: int) -> list[int]:
-        indices = self.stream.take(size * self.processes.count)
-        return indices[self.processes.rank * size:(self.processes.rank + 1) * size]
-
-
 def relaunch(processes: int, argv: Sequence[str]) -> int:
     """Run this same ``xkd`` command under ``accelerate launch`` with ``processes`` processes (the
     ``--processes`` flag); returns the launcher's exit code."""

@@ -13,24 +13,17 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable
 
 import torch
 
 from xkd_cli.data.batches import Batch
+from xkd_cli.objectives.steps import Objective
 from xkd_cli.training.checkpoint.checkpointer import LoopState
 from xkd_cli.training.distributed import Processes, current, is_sharded
 from xkd_cli.core.errors import EvalCancelled, XKDError
-from xkd_cli.training.timing import PHASES
+from xkd_cli.core.timing import PHASES
 from xkd_cli.core.ui import progress
-
-
-class Objective(Protocol):
-    def counts(self, batch: Batch) -> dict[str, int]:
-        """Normalisers this objective needs, computable before any forward pass (e.g. valid tokens)."""
-
-    def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
-        """Loss terms of one micro-batch: name → (sum over positions, name of its normaliser)."""
 
 
 @dataclass(frozen=True)
@@ -65,40 +58,6 @@ class TrainingDiverged(XKDError):
     """The loss became NaN or infinite: not bad input, so a different exit code."""
 
     exit_code = 1
-
-
-class IndexStream:
-    """Example indices in a fresh seeded shuffle each epoch; a micro-batch takes the next ``size`` indices,
-    so ``batch 8`` and ``batch 4 × accum 2`` see the same examples in the same order."""
-
-    def __init__(self, n: int, seed: int):
-        if n <= 0:
-            raise XKDError("the training set is empty. Check --data / --train-fraction.")
-        self.n, self.seed = n, seed
-        self.epoch, self.position = 0, 0
-        self._order = self._shuffle()
-
-    def _shuffle(self) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=generator).tolist()
-
-    def take(self, size: int) -> list[int]:
-        out = []
-        while len(out) < size:
-            if self.position == self.n:
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._shuffle()
-            step = min(size - len(out), self.n - self.position)
-            out.extend(self._order[self.position:self.position + step])
-            self.position += step
-        return out
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-        self._order = self._shuffle()
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -189,7 +148,7 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                         "grad_norm": None if grad_norm is None else float(grad_norm),
                         "tokens": totals.get("tokens", 0), "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
                         "elapsed_s": elapsed}
-                if PHASES.enabled:  # opt-in profiling (xkd_cli.training.timing, bench/)
+                if PHASES.enabled:  # opt-in profiling (xkd_cli.core.timing, bench/)
                     last["phase_seconds"] = PHASES.take()
                 stopping = checkpoints is not None and checkpoints.signal_received is not None
                 if evaluate is not None and schedule.eval_every and not stopping and (

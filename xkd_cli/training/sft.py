@@ -11,8 +11,9 @@ from xkd_cli.config.training import SFTConfig
 from xkd_cli.models.lora import load_trained_model, lora_record
 from xkd_cli.data.taskfile import task_of
 from xkd_cli.models.chat import use_chat_template
-from xkd_cli.objectives.objectives import NLLObjective
-from xkd_cli.training.run import EncodedSet, load_split, run_training
+from xkd_cli.objectives.steps import NLLObjective
+from xkd_cli.training.lifecycle import load_split, run_training
+from xkd_cli.training.sources import EncodedSet, Targets
 
 
 def run_sft(cfg: SFTConfig, *, runs_root: Path, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
@@ -27,8 +28,8 @@ def run_sft(cfg: SFTConfig, *, runs_root: Path, overwrite: bool = False, resume:
                            max_output_len=cfg.max_output_len, keep_end=task.keep_prompt_end)
     objective = NLLObjective(loaded.model)
     return run_training(cfg, kind="sft", runs_root=runs_root, overwrite=overwrite, loaded=loaded, task=task,
-                        train_set=train_set, eval_examples=eval_examples, objective=objective,
-                        draw=lambda stream: train_set.batch(stream.take(cfg.batch_size)),
+                        train_set=train_set, eval_examples=eval_examples,
+                        source=Targets(train_set, cfg.batch_size), objective=objective,
                         record={"role": cfg.role, "chat_template": loaded.chat.origin if loaded.chat else None, "base_model": cfg.model, "model_source": loaded.source,
                                 **lora_record(cfg, loaded)},
                         name=cfg.run_name(), resume_from=resume_from)

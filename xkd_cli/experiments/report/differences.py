@@ -21,7 +21,7 @@ from xkd_cli.experiments.report.collect import RunInfo, greedy_eval, relative
 from xkd_cli.experiments.report.figures import FIGURES_DIR, counterpart, fixed_pairs
 from xkd_cli.experiments.report.stats import paired_bootstrap
 from xkd_cli.experiments.report.tables import default_runs, seed_group
-from xkd_cli.objectives.methods import METHODS
+from xkd_cli.config.methods import METHODS
 
 SCORES = "scores.jsonl"
 

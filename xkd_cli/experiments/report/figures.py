@@ -12,7 +12,7 @@ from xkd_cli.experiments.plots import Baseline, Series, plot_curves
 from xkd_cli.experiments.report.collect import RunInfo, greedy_eval, link, relative
 from xkd_cli.experiments.report.stats import mean_sd
 from xkd_cli.experiments.report.formatting import as_number, human_count, metric_text, value_text
-from xkd_cli.objectives.methods import METHODS
+from xkd_cli.config.methods import METHODS
 
 FIGURES_DIR = "figures"
 
@@ -40,7 +40,7 @@ def counterpart(method: str) -> str | None:
         return None
     for name in METHODS.names():
         other = METHODS.get(name)
-        if not other.experiential and (other.data, other.loss) == (spec.data, spec.loss):
+        if not other.experiential and (other.source, other.loss) == (spec.source, spec.loss):
             return name
     return None
 

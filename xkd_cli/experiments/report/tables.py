@@ -11,7 +11,7 @@ from xkd_cli.core.workspace import read_json
 from xkd_cli.experiments.report.collect import RunInfo, greedy_eval, relative, task_headline
 from xkd_cli.experiments.report.formatting import cell_text, metric_text
 from xkd_cli.experiments.report.stats import mean_sd, wilson
-from xkd_cli.objectives.methods import METHODS
+from xkd_cli.config.methods import METHODS
 
 ROLE_LABELS = {"student": "SFT student", "teacher": "Teacher"}
 
