@@ -20,11 +20,6 @@ MAX_LINES = 500
 KNOWN_UPWARD: set[tuple[str, str]] = {
     # config → objectives: the method table belongs in config
     ("xkd_cli.config.training", "xkd_cli.objectives.methods"),
-    # config → evaluation, data → evaluation: the metrics belong below evaluation
-    ("xkd_cli.config.checks", "xkd_cli.evaluation.metrics"),
-    ("xkd_cli.data.taskfile", "xkd_cli.evaluation.metrics"),
-    ("xkd_cli.data.tasks", "xkd_cli.evaluation"),
-    ("xkd_cli.data.tasks", "xkd_cli.evaluation.metrics"),
     # evaluation → experiments: the plots belong below experiments
     ("xkd_cli.evaluation.diversity", "xkd_cli.experiments.plots"),
     # objectives → training: the teacher cache and the timers belong below objectives

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from xkd_cli.evaluation import metrics
-from xkd_cli.data import synth
+from xkd_cli.data import metrics, synth
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.synth.common import num_en
 from xkd_cli.data.synth.summarization import SUM_MAX_WORDS, SUM_MIN_WORDS, TOWNS

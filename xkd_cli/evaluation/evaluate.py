@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from xkd_cli.evaluation import metrics
+from xkd_cli.data import metrics
 from xkd_cli.data.batches import IGNORE, forward, make_batch, special_ids
 from xkd_cli.config.checks import quantization_of
 from xkd_cli.config.core import to_dict
