@@ -20,8 +20,6 @@ MAX_LINES = 500
 KNOWN_UPWARD: set[tuple[str, str]] = {
     # config → objectives: the method table belongs in config
     ("xkd_cli.config.training", "xkd_cli.objectives.methods"),
-    # evaluation → experiments: the plots belong below experiments
-    ("xkd_cli.evaluation.diversity", "xkd_cli.experiments.plots"),
     # objectives → training: the teacher cache and the timers belong below objectives
     ("xkd_cli.objectives.cross_tokenizer", "xkd_cli.training.timing"),
     ("xkd_cli.objectives.objectives", "xkd_cli.training.teacher_cache"),
