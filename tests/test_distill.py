@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xkd_cli.data.batches import forward
+from xkd_cli.models.forward import forward
 from xkd_cli.config.training import DistillConfig
 from xkd_cli.models.zoo import build_tiny_model
 from xkd_cli.objectives.objectives import KDObjective
@@ -238,7 +238,7 @@ def test_non_finite_teacher_stops_with_the_step(xkd, runs, tmp_path):
 def test_teacher_mixer_cache_matches_full_forward(name):
     """The MiniLLM mixer feeds its teacher only new tokens (KV cache); the logits must equal a fresh
     forward over the whole prefix at every step."""
-    from xkd_cli.data.batches import forward, make_batch
+    from xkd_cli.data.batches import make_batch
     from xkd_cli.objectives.objectives import TeacherMixer
 
     teacher = build_tiny_model(name)

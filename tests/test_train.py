@@ -74,7 +74,7 @@ class LogitDtypes(NLLObjective):
     seen: list = []
 
     def terms(self, batch):
-        from xkd_cli.data.batches import forward
+        from xkd_cli.models.forward import forward
 
         logits, _ = forward(self.model, batch)
         LogitDtypes.seen.append(logits.dtype)

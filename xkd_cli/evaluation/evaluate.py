@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from xkd_cli.data import metrics
-from xkd_cli.data.batches import IGNORE, forward, make_batch, special_ids
+from xkd_cli.data.batches import IGNORE, make_batch, special_ids
 from xkd_cli.config.checks import quantization_of
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.evaluation import EvalConfig
@@ -31,6 +31,7 @@ from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.models.loading import load_model
 from xkd_cli.data.tasks import Example, Task
 from xkd_cli.data.taskfile import task_of
+from xkd_cli.models.forward import forward
 from xkd_cli.models.chat import encode_example_prompts, encode_example_targets, stop_ids, use_chat_template
 from xkd_cli.core.ui import console, progress
 from xkd_cli.core.workspace import Run, create_run, open_run, read_json, run_path, slug, write_json

@@ -31,7 +31,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from xkd_cli.data.batches import IGNORE, Batch, forward
+from xkd_cli.data.batches import IGNORE, Batch
+from xkd_cli.models.forward import forward
 from xkd_cli.models.loaded import LoadedModel
 from xkd_cli.models.tokenizers import tokenizers_match
 from xkd_cli.objectives.alignment import AlignedTeacher, Retokenizer, TokenMap
