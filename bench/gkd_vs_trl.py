@@ -200,7 +200,7 @@ def run_trl(settings: Settings, cfg: Config) -> dict:
     from trl.experimental.gkd import GKDConfig, GKDTrainer
     from xkd_cli.models.zoo import build_tiny_model
     from xkd_cli.training.run import EncodedSet, load_split
-    from xkd_cli.data.tasks import get_task
+    from xkd_cli.data.taskfile import get_task
     from xkd_cli.core.runtime import seed_everything
     from xkd_cli.training.loop import IndexStream
 

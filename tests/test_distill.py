@@ -13,7 +13,7 @@ from xkd_cli.models.zoo import build_tiny_model
 from xkd_cli.objectives.objectives import KDObjective
 from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.training.run import EncodedSet
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import get_task
 
 T5_PAIR = ["--teacher", "tiny-t5-base", "--student", "tiny-t5-small"]
 GPT_PAIR = ["--teacher", "tiny-gpt-large", "--student", "tiny-gpt-small"]

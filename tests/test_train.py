@@ -7,7 +7,7 @@ import torch
 from xkd_cli.models.zoo import build_tiny_model
 from xkd_cli.objectives.objectives import NLLObjective
 from xkd_cli.training.run import EncodedSet
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import get_task
 from xkd_cli.training.loop import IndexStream, Schedule, linear_schedule, train
 
 

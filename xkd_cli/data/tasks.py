@@ -396,7 +396,3 @@ for _task in (
 ):
     TASKS.register(_task.name, _task)
 
-
-def get_task(name: str) -> Task:
-    """The registered task called ``name`` (an unknown name lists the valid ones)."""
-    return TASKS.get(name)
