@@ -27,7 +27,7 @@ from xkd_cli.models.generate import Sampling, decode, generate_batched
 from xkd_cli.core.jsonl import append_rows, read_rows
 from xkd_cli.evaluation.example_scores import SUPPORTED, example_stats
 from xkd_cli.core.runtime import resolve_device, seed_everything
-from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.models.loading import load_model
 from xkd_cli.data.tasks import Example, Task
 from xkd_cli.data.taskfile import task_of

@@ -42,7 +42,7 @@ from xkd_cli.core.hub import hub_unreachable
 from xkd_cli.core.workspace import RUN_RECORD, is_run, read_record, run_model_dir, run_path_or_none
 from xkd_cli.models.adapters import attach_adapter, base_reference, is_adapter_dir, write_base_record
 from xkd_cli.models.load_errors import hub_errors, remote_code_error, short_error
-from xkd_cli.models.loaded import LoadedModel, set_generation_ids
+from xkd_cli.models.loaded_model import LoadedModel, set_generation_ids
 from xkd_cli.models.quantization import quantization_config, release_checkpoint_mapping
 from xkd_cli.models.tokenizers import load_tokenizer
 from xkd_cli.models.zoo import BUILTIN_MODELS, build_tiny_model

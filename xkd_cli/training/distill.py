@@ -26,7 +26,7 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.core.runtime import resolve_device
 from xkd_cli.models.generate import Sampling, generate_ids
 from xkd_cli.models.lora import load_trained_model, lora_record
-from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.models.loading import load_model
 from xkd_cli.models.tokenizers import check_same_tokenizer, tokenizers_match
 from xkd_cli.objectives.cross_tokenizer import CrossTokenizerObjective

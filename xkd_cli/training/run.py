@@ -21,7 +21,7 @@ from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.evaluation.evaluate import quick_eval
 from xkd_cli.models.lora import MERGED_DIR, export_merged
 from xkd_cli.models.chat import encode_example_prompts, encode_example_targets, stop_ids
-from xkd_cli.models.loaded import LoadedModel, count_parameters
+from xkd_cli.models.loaded_model import LoadedModel, count_parameters
 from xkd_cli.models.loading import save_model
 from xkd_cli.data.tasks import Example, Task
 from xkd_cli.training.distributed import ShardedStream, check_shardable
