@@ -201,7 +201,7 @@ def run_trl(settings: Settings, cfg: Config) -> dict:
     from xkd_cli.models.zoo import build_tiny_model
     from xkd_cli.training.lifecycle import load_split
     from xkd_cli.training.sources import EncodedSet
-    from xkd_cli.data.tasks import get_task
+    from xkd_cli.data.taskfile import get_task
     from xkd_cli.core.runtime import seed_everything
     from xkd_cli.training.sources import IndexStream
 

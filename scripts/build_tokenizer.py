@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
 from xkd_cli.data import synth  # noqa: E402
-from xkd_cli.data.tasks import GSM8K_FEW_SHOT_PREFIX, get_task  # noqa: E402
+from xkd_cli.data.taskfile import get_task  # noqa: E402
+from xkd_cli.data.tasks import GSM8K_FEW_SHOT_PREFIX  # noqa: E402
 
 OUTPUT = ROOT / "xkd_cli" / "assets" / "tokenizer" / "tokenizer.json"
 VOCAB_SIZE = 2048

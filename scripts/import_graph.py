@@ -1,10 +1,12 @@
 """The package's import graph: module-to-module imports (top-level and inside functions), the cycles in it,
-and every import written inside a function with its line.
+the imports that point up the declared order of subpackages, and every import written inside a function
+with its line.
 
-    python scripts/import_graph.py            # summary: modules, imports inside functions, cycles
+    python scripts/import_graph.py            # summary: modules, imports inside functions, cycles, upward imports
     python scripts/import_graph.py --inner    # also list each import inside a function with its comment
 
-tests/test_layout.py runs the same functions: no cycle, and every import inside a function says why.
+tests/test_layout.py runs the same functions: no cycle, no upward import, and every import inside a function
+says why.
 """
 
 from __future__ import annotations
@@ -14,8 +16,15 @@ import ast
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 PACKAGE = Path(__file__).resolve().parents[1] / "xkd_cli"
+# The subpackages from the bottom up: a module imports from its own subpackage and those listed before it,
+# never from one listed after it.
+LAYERS = ("core", "config", "data", "models", "objectives", "evaluation", "training", "experiments", "cli")
+# Modules directly in the package that sit above every layer; the package itself (__init__, the version)
+# sits below them all.
+ENTRY_POINTS = ("__main__",)
 
 
 @dataclass(frozen=True)
@@ -106,16 +115,41 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def rank(module: str, layers: Sequence[str] = LAYERS, entry_points: Sequence[str] = ENTRY_POINTS) -> int:
+    """A module's height in the order: -1 for the package itself, its subpackage's index in ``layers``, or
+    ``len(layers)`` for an entry point. A module in no layer is an error naming the fix."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return -1
+    if parts[1] in layers:
+        return layers.index(parts[1])
+    if len(parts) == 2 and parts[1] in entry_points:
+        return len(layers)
+    raise ValueError(f"{module} is in no layer: add its subpackage to LAYERS (or the module to ENTRY_POINTS) "
+                     "in scripts/import_graph.py")
+
+
+def upward(edges: dict[str, set[str]], layers: Sequence[str] = LAYERS,
+           entry_points: Sequence[str] = ENTRY_POINTS) -> list[tuple[str, str]]:
+    """The imports (importer, imported) that point up the order: the imported module sits in a later layer."""
+    return sorted((source, target) for source, targets in edges.items() for target in targets
+                  if rank(target, layers, entry_points) > rank(source, layers, entry_points))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inner", action="store_true", help="list every import inside a function")
     args = parser.parse_args()
     edges, inner = graph()
     found = cycles(edges)
+    up = upward(edges)
     print(f"modules: {len(edges)}; imports inside functions: {len(inner)} "
-          f"({sum(i.internal for i in inner)} of xkd_cli modules); cycles: {len(found)}")
+          f"({sum(i.internal for i in inner)} of xkd_cli modules); cycles: {len(found)}; upward imports: {len(up)}")
+    print("layers, bottom up:", " → ".join(LAYERS))
     for component in found:
         print("cycle:", " ↔ ".join(component))
+    for source, target in up:
+        print(f"upward: {source} → {target}")
     if args.inner:
         for item in inner:
             print(f"{item.path.relative_to(PACKAGE.parent)}:{item.line}: {item.text}")

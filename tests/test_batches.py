@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from xkd_cli.data.batches import IGNORE, forward, make_batch
+from xkd_cli.data.batches import IGNORE, make_batch
+from xkd_cli.models.forward import forward
 from xkd_cli.models.zoo import build_tiny_model
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]

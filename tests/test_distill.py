@@ -7,13 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xkd_cli.data.batches import forward
+from xkd_cli.models.forward import forward
 from xkd_cli.objectives.experiential import ExperientialParams
 from xkd_cli.models.zoo import build_tiny_model
 from xkd_cli.objectives.steps import KDObjective
 from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.training.sources import EncodedSet
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import get_task
 
 T5_PAIR = ["--teacher", "tiny-t5-base", "--student", "tiny-t5-small"]
 GPT_PAIR = ["--teacher", "tiny-gpt-large", "--student", "tiny-gpt-small"]
@@ -236,7 +236,8 @@ def test_non_finite_teacher_stops_with_the_step(xkd, runs, tmp_path):
 def test_teacher_mixer_cache_matches_full_forward(name):
     """The MiniLLM mixer feeds its teacher only new tokens (KV cache); the logits must equal a fresh
     forward over the whole prefix at every step."""
-    from xkd_cli.data.batches import forward, make_batch
+    from xkd_cli.data.batches import make_batch
+    from xkd_cli.models.forward import forward
     from xkd_cli.training.sources import TeacherMixer
 
     teacher = build_tiny_model(name)

@@ -10,7 +10,7 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.training.gen_teacher import load_teacher_data
 from xkd_cli.models.loading import save_model
 from xkd_cli.models.zoo import build_tiny_model
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import get_task
 
 from conftest import SECRET
 WHITE = ["--teacher", "tiny-t5-small", "--task", "synth-sum", "--limit", "4", "--num-samples", "2",

@@ -337,7 +337,7 @@ def test_no_shared_ids_is_an_error(xkd, runs, key):
 def test_a_run_without_predictions_is_evaluated_first(xkd, runs, key):
     """--a names a built-in tiny model with no eval yet: `xkd eval`'s engine runs first (limit 2, no training)."""
     make_run(runs, "seqkd", PRED_B)
-    from xkd_cli.data.tasks import get_task
+    from xkd_cli.data.taskfile import get_task
 
     ids = [e.id for e in get_task(TASK).load("validation", limit=2)]
     make_run_ids = {i: f"summary {n}" for n, i in enumerate(ids)}

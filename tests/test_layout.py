@@ -1,5 +1,5 @@
-"""The package's shape: imports flow one way, an import inside a function says why, modules stay readable,
-and the command line starts without torch."""
+"""The package's shape: imports flow one way (down the layers in scripts/import_graph.py, no cycle), an import
+inside a function says why, modules stay readable, and the command line starts without torch."""
 
 import subprocess
 import sys
@@ -15,7 +15,6 @@ import import_graph  # noqa: E402
 DATA_AS_CODE: set[str] = set()
 MAX_LINES = 500
 
-
 def test_no_import_cycle():
     edges, _ = import_graph.graph()
     assert import_graph.cycles(edges) == []
@@ -24,6 +23,22 @@ def test_no_import_cycle():
 def test_the_cycle_finder_finds_cycles():
     assert import_graph.cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert import_graph.cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_imports_flow_down_the_layers():
+    edges, _ = import_graph.graph()
+    upward = import_graph.upward(edges)
+    assert not upward, f"imports up the layers {import_graph.LAYERS} (move the module down or the import up): {upward}"
+
+
+def test_the_direction_check_finds_upward_imports():
+    layers = ("low", "high")
+    edges = {"p.low.a": {"p.low.b", "p.high.c", "p"}, "p.low.b": set(), "p.high.c": {"p.low.a"},
+             "p.__main__": {"p.high.c"}, "p": {"p.__main__"}}
+    assert import_graph.upward(edges, layers) == [("p", "p.__main__"), ("p.low.a", "p.high.c")]
+    assert import_graph.upward({"p.high.c": {"p.low.a", "p"}, "p.low.a": set(), "p": set()}, layers) == []
+    with pytest.raises(ValueError, match="p.other.x is in no layer"):
+        import_graph.upward({"p.other.x": {"p.low.a"}}, layers)
 
 
 def test_every_import_inside_a_function_says_why():

@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values (xkd_cli.evaluation.metrics)."""
+"""Metrics against hand-computed values (xkd_cli.data.metrics)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from xkd_cli.evaluation import metrics
+from xkd_cli.config.checks import CUSTOM_METRICS
+from xkd_cli.data import metrics
 from xkd_cli.evaluation.example_scores import example_stats, headline_from_stats
 from xkd_cli.core.errors import XKDError
 
@@ -119,6 +120,10 @@ def test_score_dispatches_by_name():
     assert metrics.score("accuracy", ["The answer is 4."], ["#### 4"]) == {"accuracy": 100.0}
     assert math.isclose(metrics.score("bleu", ["a b c d"], ["a b c d"])["bleu"], 100.0)
     assert metrics.score("rouge", ["cats"], ["cat"], use_stemmer=True)["rouge1"] == pytest.approx(100.0)
+
+
+def test_the_metrics_of_own_tasks_are_registered():
+    assert set(CUSTOM_METRICS) <= set(metrics.METRICS)
 
 
 def test_unknown_metric_suggests_closest():

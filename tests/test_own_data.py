@@ -11,7 +11,7 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.data.batches import encode_prompts, encode_targets
 from xkd_cli.data.taskfile import get_task
 from xkd_cli.data.tasks import SPLITS
-from xkd_cli.evaluation import metrics
+from xkd_cli.data import metrics
 from xkd_cli.models.zoo import builtin_tokenizer
 
 from conftest import FIXTURES

@@ -1,11 +1,11 @@
-"""`xkd_cli.experiments.plots`: curves per series, point annotations, dashed baselines, PNG + SVG written without a display."""
+"""`xkd_cli.evaluation.plots`: curves per series, point annotations, dashed baselines, PNG + SVG written without a display."""
 
 import xml.etree.ElementTree as ET
 
 import pytest
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.experiments.plots import Baseline, Series, metric_label, output_paths, plot_curves
+from xkd_cli.evaluation.plots import Baseline, Series, metric_label, output_paths, plot_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

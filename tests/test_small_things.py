@@ -4,7 +4,7 @@
 import pytest
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import get_task
 from xkd_cli.evaluation.evaluate import score
 from xkd_cli.training.checkpoint.lock import LOCK_FILE, RunLock
 

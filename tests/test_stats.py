@@ -4,7 +4,7 @@ coverage on synthetic data with a known difference) and Wilson intervals."""
 import numpy as np
 import pytest
 
-from xkd_cli.evaluation import metrics
+from xkd_cli.data import metrics
 from xkd_cli.evaluation.example_scores import example_stats
 from xkd_cli.experiments.report.stats import mean_sd, paired_bootstrap, wilson
 

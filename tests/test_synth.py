@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from xkd_cli.evaluation import metrics
-from xkd_cli.data import synth
+from xkd_cli.data import metrics, synth
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.synth.common import num_en
 from xkd_cli.data.synth.summarization import SUM_MAX_WORDS, SUM_MIN_WORDS, TOWNS
 from xkd_cli.data.synth.translation import ADJECTIVES, NOUN_BY_EN, NP, PRONOUNS, VERBS, Clause, MTSentence
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_FILE = ROOT / "xkd_cli" / "assets" / "tokenizer" / "tokenizer.json"

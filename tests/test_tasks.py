@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.data.tasks import GSM8K_EXEMPLARS, SPLITS, TASKS, WMT_TRAIN_PAIRS, Example, get_task
+from xkd_cli.data.taskfile import get_task
+from xkd_cli.data.tasks import GSM8K_EXEMPLARS, SPLITS, TASKS, WMT_TRAIN_PAIRS, Example
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from xkd_cli.objectives import divergences as losses
 from xkd_cli.models.zoo import build_tiny_model
 from xkd_cli.training.sources import EncodedSet
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import get_task
 from xkd_cli.objectives.teacher_cache import CACHE_DIRNAME, KEY_FILE, cache_fields, fields_key, row_tokens
 
 T5_PAIR = ["--teacher", "tiny-t5-base", "--student", "tiny-t5-small"]

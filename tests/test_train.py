@@ -7,7 +7,7 @@ import torch
 from xkd_cli.models.zoo import build_tiny_model
 from xkd_cli.objectives.steps import NLLObjective
 from xkd_cli.training.sources import EncodedSet
-from xkd_cli.data.tasks import get_task
+from xkd_cli.data.taskfile import get_task
 from xkd_cli.training.loop import Schedule, linear_schedule, train
 from xkd_cli.training.sources import IndexStream
 
@@ -75,7 +75,7 @@ class LogitDtypes(NLLObjective):
     seen: list = []
 
     def terms(self, batch):
-        from xkd_cli.data.batches import forward
+        from xkd_cli.models.forward import forward
 
         logits, _ = forward(self.model, batch)
         LogitDtypes.seen.append(logits.dtype)

@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.hparams import in_range
-from xkd_cli.evaluation.metrics import CUSTOM_METRICS
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 OPENAI_BASE = "https://api.openai.com/v1"
@@ -29,6 +28,10 @@ def choice(problems: list[str], name: str, value: str | None, choices: tuple[str
 
 
 DATA_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+# The metrics (xkd_cli.data.metrics) a task of one's own may name, each with its headline key (``none``: the
+# reference loss).
+CUSTOM_METRICS = {"rouge": "rouge2", "bleu": "bleu", "chrf": "chrf", "exact": "exact_match", "number": "accuracy",
+                  "none": "loss"}
 
 
 def task_problems(found: list[str], task: str, data: str | None, metric: str | None = None,

@@ -26,6 +26,7 @@ from xkd_cli.core.errors import XKDError
 
 RUNS_ENV = "XKD_RUNS_DIR"
 RUN_RECORD = "run.json"
+MODEL_DIR = "model"  # a training run's model, loadable by plain transformers
 CONTINUES = ("gen-teacher", "diversity", "judge")  # kinds whose re-run continues where a stopped one ended
 _created: list["Run"] = []  # the runs this process made, for the note a Ctrl-C prints
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -127,7 +128,7 @@ class Run:
 
     @property
     def model_dir(self) -> Path:
-        return self.path / "model"
+        return run_model_dir(self.path)
 
     @property
     def record_path(self) -> Path:
@@ -153,12 +154,31 @@ def run_path(root: Path, task: str, name: str) -> Path:
     return root / task / check_run_name(name)
 
 
+def run_path_or_none(root: Path, task: str, ref: str) -> Path | None:
+    """Where a run called ``ref`` would be (it need not exist), or None when ``ref`` cannot be a run's name
+    (a file path, a model id)."""
+    try:
+        return run_path(root, task, ref)
+    except XKDError:
+        return None
+
+
+def run_model_dir(run_dir: Path) -> Path:
+    """Where a training run keeps its model."""
+    return run_dir / MODEL_DIR
+
+
+def is_run(path: Path) -> bool:
+    """Whether ``path`` is an xkd run: a directory holding a run record."""
+    return (path / RUN_RECORD).is_file()
+
+
 def open_run(root: Path, task: str, name: str) -> Run:
     """An existing run; a directory without run.json is refused so we never treat foreign data as ours."""
     path = run_path(root, task, name)
     if not path.is_dir():
         raise XKDError(f"no run '{name}' for task '{task}' in {root}. List runs with `ls {root / task}`.")
-    if not (path / RUN_RECORD).is_file():
+    if not is_run(path):
         raise XKDError(f"{path} is not an xkd run (no {RUN_RECORD}). Pick another name or --runs-dir.")
     return Run(path, task, name)
 
@@ -166,7 +186,7 @@ def open_run(root: Path, task: str, name: str) -> Run:
 def check_new_run(root: Path, task: str, name: str, overwrite: bool) -> None:
     """Fail before any compute when the run exists and ``--overwrite`` was not given."""
     path = run_path(root, task, name)
-    if path.exists() and not (path / RUN_RECORD).is_file() and (path.is_file() or any(path.iterdir())):
+    if path.exists() and not is_run(path) and (path.is_file() or any(path.iterdir())):
         raise XKDError(f"{path} exists and is not an xkd run (no {RUN_RECORD}); refusing to touch it. Pick another --name.")
     if path.exists() and not overwrite:
         raise XKDError(f"run '{name}' already exists at {path}. Pick another --name or pass --overwrite to replace it.")
@@ -200,7 +220,7 @@ def create_run(root: Path, task: str, name: str, *, kind: str, config: dict[str,
     path = run_path(root, task, name)
     if path.exists():
         try:
-            old_kind = read_record(path / RUN_RECORD).get("kind") if (path / RUN_RECORD).is_file() else kind
+            old_kind = read_record(path / RUN_RECORD).get("kind") if is_run(path) else kind
         except XKDError:  # a corrupt record: --overwrite is the documented way out
             old_kind = kind
         if old_kind != kind:  # --overwrite replaces a run of the same kind, never e.g. a trained model

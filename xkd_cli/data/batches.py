@@ -1,7 +1,7 @@
-"""Turning (prompt, target) token ids into model batches, and model outputs back into aligned logits.
+"""Turning (prompt, target) token ids into model batches.
 
 One layout serves both architectures so every loss sees ``logits[:, t]`` predicting ``labels[:, t]``
-(B x T_out, padding -100):
+(B x T_out, padding -100; :func:`xkd_cli.models.forward.forward` returns the logits so):
 
 - encoder-decoder: the prompt goes to the encoder (right-padded); the decoder reads
   ``[start] + target[:-1]``.
@@ -112,15 +112,3 @@ def make_batch(prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     return Batch({"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids},
                  labels, list(ids), keep=width)
-
-
-def forward(model, batch: Batch, *, hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run the model; return logits (B x T_out x V) aligned with ``batch.labels`` and, if asked, the last
-    decoder hidden state (B x T_out x H) that produced them (input of the reward head)."""
-    if batch.keep is None:
-        out = model(**batch.inputs, output_hidden_states=hidden, use_cache=False)
-        states = out.decoder_hidden_states[-1] if hidden else None
-        return out.logits, states
-    out = model(**batch.inputs, output_hidden_states=hidden, use_cache=False, logits_to_keep=batch.keep)
-    states = out.hidden_states[-1][:, -batch.keep:] if hidden else None
-    return out.logits[:, -batch.keep:], states

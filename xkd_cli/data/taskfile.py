@@ -27,11 +27,11 @@ from typing import Any
 
 import yaml
 
+from xkd_cli.config.checks import CUSTOM_METRICS
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import slug
 from xkd_cli.data import formats
 from xkd_cli.data.tasks import FILE_FORMATS, SPLITS, TASKS, Example, Task, split_file, read_rows
-from xkd_cli.evaluation.metrics import CUSTOM_METRICS
 
 KEYS = ("name", "data", "config", "format", "prompt", "target", "system", "metric", "eval_split",
         "max_input_len", "max_output_len")

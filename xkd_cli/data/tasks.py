@@ -1,7 +1,7 @@
 """Tasks: where the data comes from, how rows become model inputs, and how outputs are scored.
 
 A :class:`Task` turns rows in the schema of its Hugging Face dataset into :class:`Example` s
-(id, prompt, reference, source) and scores predictions with :mod:`xkd_cli.evaluation.metrics`.
+(id, prompt, reference, source) and scores predictions with :mod:`xkd_cli.data.metrics`.
 
 Row schemas (the real datasets' own column names):
 
@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from xkd_cli.config.evaluation import SPLITS
-from xkd_cli.evaluation import metrics
-from xkd_cli.data import synth
+from xkd_cli.data import metrics, synth
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.hub import hub_unreachable
 from xkd_cli.core.registry import Registry
@@ -397,7 +396,3 @@ for _task in (
 ):
     TASKS.register(_task.name, _task)
 
-
-def get_task(name: str) -> Task:
-    """The registered task called ``name`` (an unknown name lists the valid ones)."""
-    return TASKS.get(name)

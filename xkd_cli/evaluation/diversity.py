@@ -31,7 +31,7 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import Run, create_run, now, open_run, run_path, write_json, write_text
 from xkd_cli.data.taskfile import task_of
 from xkd_cli.evaluation.evaluate import run_eval
-from xkd_cli.experiments.plots import Series, metric_label, plot_curves
+from xkd_cli.evaluation.plots import Series, metric_label, plot_curves
 from xkd_cli.models.loading import resolve_model
 
 KIND = "diversity"

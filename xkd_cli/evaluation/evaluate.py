@@ -17,8 +17,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from xkd_cli.evaluation import metrics
-from xkd_cli.data.batches import IGNORE, forward, make_batch, special_ids
+from xkd_cli.data import metrics
+from xkd_cli.data.batches import IGNORE, make_batch, special_ids
 from xkd_cli.config.checks import quantization_of
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.evaluation import EvalConfig
@@ -27,10 +27,11 @@ from xkd_cli.models.generate import Sampling, decode, generate_batched
 from xkd_cli.core.jsonl import append_rows, read_rows
 from xkd_cli.evaluation.example_scores import SUPPORTED, example_stats
 from xkd_cli.core.runtime import resolve_device, seed_everything
-from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.models.loading import load_model
 from xkd_cli.data.tasks import Example, Task
 from xkd_cli.data.taskfile import task_of
+from xkd_cli.models.forward import forward
 from xkd_cli.models.chat import encode_example_prompts, encode_example_targets, stop_ids, use_chat_template
 from xkd_cli.core.ui import console, progress
 from xkd_cli.core.workspace import Run, create_run, open_run, read_json, run_path, slug, write_json

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.evaluation import metrics
+from xkd_cli.data import metrics
 
 ROUGE_KEYS = metrics.ROUGE_TYPES
 SUPPORTED = (*ROUGE_KEYS, "accuracy", "exact_match", "bleu")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.models.tokenizers import load_tokenizer
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -19,7 +19,7 @@ from typing import Sequence
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.batches import encode_prompts, encode_targets
 from xkd_cli.data.tasks import Example
-from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.loaded_model import LoadedModel
 
 _MARKER = "XKD-END-OF-ANSWER"
 

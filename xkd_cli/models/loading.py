@@ -39,10 +39,10 @@ from transformers import (
 from xkd_cli.config.core import DTYPES
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.hub import hub_unreachable
-from xkd_cli.core.workspace import read_record
+from xkd_cli.core.workspace import RUN_RECORD, is_run, read_record, run_model_dir, run_path_or_none
 from xkd_cli.models.adapters import attach_adapter, base_reference, is_adapter_dir, write_base_record
 from xkd_cli.models.load_errors import hub_errors, remote_code_error, short_error
-from xkd_cli.models.loaded import LoadedModel, set_generation_ids
+from xkd_cli.models.loaded_model import LoadedModel, set_generation_ids
 from xkd_cli.models.quantization import quantization_config, release_checkpoint_mapping
 from xkd_cli.models.tokenizers import load_tokenizer
 from xkd_cli.models.zoo import BUILTIN_MODELS, build_tiny_model
@@ -101,7 +101,7 @@ def _is_model_dir(path: Path) -> bool:
 
 def _not_a_model_run(ref: str, run_dir: Path) -> XKDError:
     """A run that holds no model (gen-teacher samples, an eval, a judge...) named where a model is expected."""
-    kind = read_record(run_dir / "run.json").get("kind")
+    kind = read_record(run_dir / RUN_RECORD).get("kind")
     return XKDError(f"{ref!r} is an xkd {kind} run ({run_dir}), which holds no model: pass an sft or distill run, "
                     "a model directory or a built-in model name")
 
@@ -120,17 +120,18 @@ def resolve_model(ref: str, *, task: str | None = None, runs_dir: Path | None = 
         raise XKDError(f"empty model name: pass one of the {_valid_names_text()}")
     if ref in BUILTIN_MODELS:
         return "builtin", ref
-    if task is not None and runs_dir is not None and not _looks_like_path(ref) and "/" not in ref:
-        run_model = Path(runs_dir) / task / ref / "model"
-        if _is_model_dir(run_model):
-            return "run", str(run_model.resolve())
-        if (run_model.parent / "run.json").is_file():
-            raise _not_a_model_run(ref, run_model.parent)
+    may_name_run = task is not None and runs_dir is not None and not _looks_like_path(ref) and "/" not in ref
+    run_dir = run_path_or_none(Path(runs_dir), task, ref) if may_name_run else None
+    if run_dir is not None:
+        if _is_model_dir(run_model_dir(run_dir)):
+            return "run", str(run_model_dir(run_dir).resolve())
+        if is_run(run_dir):
+            raise _not_a_model_run(ref, run_dir)
     local = Path(ref).expanduser()
     if local.exists():
-        if local.is_dir() and (local / "run.json").is_file():  # an xkd run directory: its model/, if it has one
-            if _is_model_dir(local / "model"):
-                return "path", str((local / "model").resolve())
+        if local.is_dir() and is_run(local):  # an xkd run directory: its model/, if it has one
+            if _is_model_dir(run_model_dir(local)):
+                return "path", str(run_model_dir(local).resolve())
             raise _not_a_model_run(ref, local)
         if local.is_dir() and _is_model_dir(local):
             return "path", str(local.resolve())

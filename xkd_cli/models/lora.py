@@ -30,7 +30,7 @@ from transformers.pytorch_utils import Conv1D
 from xkd_cli.config.checks import quantization_of
 from xkd_cli.core.errors import XKDError
 from xkd_cli.models.adapters import quiet_peft
-from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.models.loading import load_model, save_model
 from xkd_cli.core.runtime import resolve_device
 

@@ -23,7 +23,7 @@ from transformers import (
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.registry import Registry
-from xkd_cli.models.loaded import LoadedModel, set_generation_ids
+from xkd_cli.models.loaded_model import LoadedModel, set_generation_ids
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 TOKENIZER_FILE = ASSETS / "tokenizer" / "tokenizer.json"

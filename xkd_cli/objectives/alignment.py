@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 from xkd_cli.data.batches import IGNORE, Batch, encode_prompts, make_batch, special_ids
-from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.loaded_model import LoadedModel
 
 
 def token_ends_by_decoding(tokenizer, ids: Sequence[int], text: str) -> list[int | None]:

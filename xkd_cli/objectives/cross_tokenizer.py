@@ -33,7 +33,7 @@ from torch import Tensor
 
 from xkd_cli.core.timing import PHASES
 from xkd_cli.data.batches import IGNORE, Batch
-from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.models.tokenizers import tokenizers_match
 from xkd_cli.objectives.alignment import AlignedTeacher, Retokenizer, TokenMap
 from xkd_cli.objectives.divergences import DIVERGENCES, DivergenceParams, bucket_logprobs, logprob_buckets

@@ -22,8 +22,9 @@ import torch
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.timing import PHASES
-from xkd_cli.data.batches import Batch, forward
-from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.data.batches import Batch
+from xkd_cli.models.forward import forward
+from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.objectives.divergences import DivergenceParams, divergence_sum, divergence_term, topk_divergence_term
 from xkd_cli.objectives.engine import KDTerm, kd_sum, nll_sum, nll_term, td_mask, token_logprobs, valid_mask
 from xkd_cli.objectives.experiential import ExperientialParams, kd_experiential_sum, summarize_stats

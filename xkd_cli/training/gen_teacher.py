@@ -24,7 +24,8 @@ from xkd_cli.core.errors import XKDError
 from xkd_cli.core.jsonl import append_rows, read_rows
 from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.core.ui import console
-from xkd_cli.core.workspace import create_run, find_runs, open_run, public_url, read_record, resumable_run, run_path
+from xkd_cli.core.workspace import (RUN_RECORD, create_run, find_runs, is_run, open_run, public_url, read_record,
+                                    resumable_run, run_path_or_none)
 from xkd_cli.data.taskfile import task_of
 from xkd_cli.models.chat import use_chat_template
 from xkd_cli.evaluation.evaluate import predict
@@ -183,11 +184,8 @@ def load_teacher_data(ref: str | None, *, task: str, runs_root: Path) -> Teacher
                            "first or pass --teacher-data")
         path, record = found[-1].path / SAMPLES_FILE, found[-1].record()
     else:
-        try:
-            candidate = run_path(root, task, ref)
-        except XKDError:  # not a run name: a path
-            candidate = None
-        if candidate is not None and (candidate / "run.json").is_file():
+        candidate = run_path_or_none(root, task, ref)  # None: not a run name, a path
+        if candidate is not None and is_run(candidate):
             record = open_run(root, task, ref).record()
             if record.get("kind") != KIND:
                 raise XKDError(f"run '{ref}' of task {task} is a {record.get('kind')} run, not a {KIND} run: "
@@ -203,8 +201,8 @@ def load_teacher_data(ref: str | None, *, task: str, runs_root: Path) -> Teacher
             if not path.is_file():
                 raise XKDError(f"no gen-teacher run '{ref}' for task {task} in {root} and no file {path}: "
                                "pass a run name or the path of a samples .jsonl file")
-            if (path.parent / "run.json").is_file():
-                record = read_record(path.parent / "run.json")
+            if is_run(path.parent):
+                record = read_record(path.parent / RUN_RECORD)
     if record.get("task") not in (None, task):
         raise XKDError(f"{path} holds teacher samples for task {record['task']}, not {task}: "
                        f"pass --task {record['task']} or teacher data made for {task}")

@@ -19,7 +19,7 @@ from xkd_cli.core.errors import StopRequested, XKDError
 from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.evaluation.evaluate import quick_eval
 from xkd_cli.models.lora import MERGED_DIR, export_merged
-from xkd_cli.models.loaded import LoadedModel, count_parameters
+from xkd_cli.models.loaded_model import LoadedModel, count_parameters
 from xkd_cli.models.loading import save_model
 from xkd_cli.data.tasks import Example, Task
 from xkd_cli.objectives.steps import Objective
@@ -27,7 +27,7 @@ from xkd_cli.training.distributed import check_shardable
 from xkd_cli.training.distributed import current as current_processes
 from xkd_cli.training.loop import Schedule, set_dropout, train
 from xkd_cli.training.sources import EncodedSet, IndexStream, ShardedStream, Source
-from xkd_cli.core.workspace import create_run, run_path
+from xkd_cli.core.workspace import create_run, run_model_dir, run_path
 
 
 def load_split(task: Task, split: str, cfg: TrainingConfig, **kw: Any) -> list[Example]:
@@ -111,7 +111,7 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
     if run is None:  # another process: the main one saves the model and finishes the record
         processes.wait()
         path = run_path(runs_root, task.name, name)
-        return {"task": task.name, "run": name, "path": str(path), "model": str(path / "model"),
+        return {"task": task.name, "run": name, "path": str(path), "model": str(run_model_dir(path)),
                 "process": processes.rank, "final_loss": result["last"].get("loss")}
     try:
         save_model(loaded, run.model_dir, state_dict=full_state)

@@ -12,7 +12,7 @@ from typing import Callable
 
 from xkd_cli.config.training import DistillConfig
 from xkd_cli.models.generate import Sampling
-from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.objectives.cross_tokenizer import CrossTokenizerObjective
 from xkd_cli.objectives.divergences import DivergenceParams
 from xkd_cli.objectives.experiential import ExperientialParams

@@ -27,7 +27,7 @@ from xkd_cli.data.batches import Batch, make_batch, pad_rows, special_ids
 from xkd_cli.data.tasks import Example
 from xkd_cli.models.chat import encode_example_prompts, encode_example_targets, stop_ids
 from xkd_cli.models.generate import Sampling, generate_ids
-from xkd_cli.models.loaded import LoadedModel
+from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.objectives.minillm import teacher_mixed_logprobs
 from xkd_cli.training.distributed import Processes
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from xkd_cli.core.jsonl import read_rows
-from xkd_cli.experiments.plots import metric_label, plot_intervals
+from xkd_cli.evaluation.plots import metric_label, plot_intervals
 from xkd_cli.experiments.report.collect import RunInfo, greedy_eval, relative
 from xkd_cli.experiments.report.figures import FIGURES_DIR, counterpart, fixed_pairs
 from xkd_cli.experiments.report.stats import paired_bootstrap

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from xkd_cli.core.workspace import RUN_RECORD, read_json
-from xkd_cli.experiments.plots import Baseline, Series, plot_curves
+from xkd_cli.evaluation.plots import Baseline, Series, plot_curves
 from xkd_cli.experiments.report.collect import RunInfo, greedy_eval, link, relative
 from xkd_cli.experiments.report.stats import mean_sd
 from xkd_cli.experiments.report.formatting import as_number, human_count, metric_text, value_text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from xkd_cli.experiments.plots import metric_label
+from xkd_cli.evaluation.plots import metric_label
 
 MISSING = "—"
 

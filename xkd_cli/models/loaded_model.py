@@ -1,4 +1,5 @@
-"""What every way of loading a model returns: the model with its tokenizer and where it came from."""
+"""What every way of loading a model returns (:class:`LoadedModel`: the model with its tokenizer and where it
+came from), and small helpers on a model: its real vocabulary size, its parameter count, its generation ids."""
 
 from __future__ import annotations
 

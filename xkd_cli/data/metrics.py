@@ -1,4 +1,5 @@
-"""Evaluation metrics, as the paper's field computes them (docs/method.md, "Evaluation").
+"""Evaluation metrics, as the paper's field computes them (docs/method.md, "Evaluation"): what a task scores
+its predictions with (``Task.metric``).
 
 Pure functions of (predictions, references). Every score is a percentage in [0, 100], like the
 paper's tables: ROUGE F-measures x 100, sacreBLEU's native 0-100 scale, accuracy x 100 and
@@ -176,10 +177,6 @@ METRICS.register("chrf", chrf)
 METRICS.register("exact", exact)
 METRICS.register("number", number)
 METRICS.register("none", no_metric)
-
-# The metrics a task of one's own may name, each with its headline key (``none``: the reference loss).
-CUSTOM_METRICS = {"rouge": "rouge2", "bleu": "bleu", "chrf": "chrf", "exact": "exact_match", "number": "accuracy",
-                  "none": "loss"}
 
 
 def score(metric: str, predictions: Sequence[str], references: Sequence[str], **kw) -> dict[str, float | str]:
