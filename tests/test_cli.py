@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import typer
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from conftest import FIXTURES, run_xkd_process
@@ -178,3 +179,31 @@ def test_process_exit_code_and_debug_traceback(runs):
     assert proc.stderr.strip().startswith("error: unknown task 'nope'") and "Traceback" not in proc.stderr
     proc = run_xkd_process("sft", "--task", "nope", "--model", "tiny-t5-small", env={"XKD_DEBUG": "1"})
     assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def built_config(xkd, monkeypatch, *args):
+    """The config a training command builds from ``args``, caught before anything runs."""
+    from xkd_cli.cli import training
+
+    seen = []
+
+    def stop(cfg, *_, **__):
+        seen.append(cfg)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(training, "_refuse_early", stop)
+    result = xkd(*args)
+    assert result.code == 0 and len(seen) == 1, result.err
+    return seen[0]
+
+
+def test_every_switch_has_a_no_form_that_overrides_the_recipe(xkd, runs, tmp_path, monkeypatch):
+    recipe = bad(tmp_path, "r.yaml", "task: synth-sum\nmodel: tiny-t5-small\nlora_r: 8\nmerge_lora: true\n")
+    assert built_config(xkd, monkeypatch, "sft", "--recipe", recipe).merge_lora is True  # no flag: the recipe's
+    assert built_config(xkd, monkeypatch, "sft", "--recipe", recipe, "--no-merge-lora").merge_lora is False
+    off = bad(tmp_path, "off.yaml", "task: synth-sum\nmodel: tiny-t5-small\ntrust_remote_code: false\n")
+    assert built_config(xkd, monkeypatch, "sft", "--recipe", off, "--trust-remote-code").trust_remote_code is True
+    help_text = xkd("distill", "--help").out
+    for flag in ("--no-merge-lora", "--no-load-in-8bit", "--no-teacher-load-in-4bit", "--no-trust-remote-code"):
+        assert flag in help_text, flag
+    assert "--no-stemmer" in xkd("eval", "--help").out and "--no-use-stemmer" not in xkd("eval", "--help").out

@@ -55,7 +55,8 @@ def _cli_type(field: dataclasses.Field, hint: Any) -> Any:
 
 def config_parameters(cls: type) -> list[inspect.Parameter]:
     """One Typer option per command-line field of ``cls``, defaulting to ``None`` ("not given"), with the field's
-    help and its default (or "per task" where a task preset sets it)."""
+    help and its default (or "per task" where a task preset sets it). An on/off field is ``--x/--no-x``, so either
+    way overrides the recipe, and neither typed keeps it."""
     hints = typing.get_type_hints(cls)
     per_task = PER_TASK.get(cls, set())
     params = []
@@ -69,11 +70,13 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
         elif default is not None:
             help_text += f" (default: {default})"
         cli_type = _cli_type(field, hints[field.name])
-        switch = {"metavar": SWITCH} if cli_type is bool else {}
-        option = typer.Option(*field.metadata["flags"], help=help_text, **switch)
-        if cli_type is bool and not field.metadata["flags"]:
-            option = typer.Option(f"--{field.name.replace('_', '-')}", help=help_text, **switch)  # no --no- twin
-        annotation = Annotated[Optional[cli_type], option]
+        flags = field.metadata["flags"] or (f"--{field.name.replace('_', '-')}",)
+        switch = {}
+        if cli_type is bool:  # --x/--no-x: a recipe's `x: true` can be turned off from the command line
+            switch = {"metavar": SWITCH}
+            if "/" not in flags[0]:
+                flags = (f"{flags[0]}/--no-{flags[0].removeprefix('--')}", *flags[1:])
+        annotation = Annotated[Optional[cli_type], typer.Option(*flags, help=help_text, **switch)]
         params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=annotation))
     return params
