@@ -61,3 +61,17 @@ def test_hash_ignores_listed_keys():
     b = TrainingConfig(task="t", seed=1, log_every=50)
     assert config_hash(a, ignore=("log_every",)) == config_hash(b, ignore=("log_every",))
     assert config_hash(a) != config_hash(b)
+
+
+def test_make_config_reads_the_recipe_once(tmp_path, monkeypatch):
+    from xkd_cli.config import core
+    from xkd_cli.config.defaults import make_config
+    from xkd_cli.config.training import SFTConfig
+
+    recipe = write(tmp_path, "task: synth-sum\nmodel: tiny-t5-large\nlr: 0.01\n")
+    reads = []
+    real_read = core.Path.read_text
+    monkeypatch.setattr(core.Path, "read_text", lambda self, *a, **k: reads.append(self) or real_read(self, *a, **k))
+    cfg = make_config(SFTConfig, {"max_steps": 3}, recipe=recipe)
+    assert reads == [recipe]
+    assert (cfg.lr, cfg.max_steps, cfg.model, cfg.batch_size) == (0.01, 3, "tiny-t5-large", 16)  # 16: synth-sum's

@@ -38,11 +38,20 @@ def option(default: Any, help: str, *, flags: tuple[str, ...] = (), cli: bool = 
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def load_recipe(path: str | Path | None, *, given_as: str = "--recipe") -> dict[str, Any]:
+class Recipe(dict):
+    """A recipe's values (keys spelled with underscores) and the file they were read from (``None``: no file)."""
+
+    def __init__(self, values: dict[str, Any] | None = None, path: str | Path | None = None) -> None:
+        super().__init__(values or {})
+        self.path = path
+
+
+def load_recipe(path: str | Path | None, *, given_as: str = "--recipe") -> Recipe:
     """Read a recipe: a YAML mapping of config keys (dashes or underscores) to values. ``given_as`` names where
     the path came from, for the not-found hint."""
     if path is None:
-        return {}
+        return Recipe()
+    given = path
     path = Path(path).expanduser()
     if not path.is_file():
         raise XKDError(f"recipe file not found: {path}. Check the path passed to {given_as}.")
@@ -55,10 +64,10 @@ def load_recipe(path: str | Path | None, *, given_as: str = "--recipe") -> dict[
     except UnicodeDecodeError as exc:
         raise XKDError(f"recipe {path} is not UTF-8 text (byte {exc.start}). Save it as UTF-8 and retry.") from None
     if data is None:
-        return {}
+        return Recipe(path=given)
     if not isinstance(data, dict):
         raise XKDError(f"recipe {path} must be a YAML mapping of option names to values, got {type(data).__name__}.")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return Recipe({str(k).replace("-", "_"): v for k, v in data.items()}, given)
 
 
 _TYPE_WORDS = {float: "number", int: "whole number", str: "string", bool: "true/false value"}
@@ -116,17 +125,18 @@ def _coerce(key: str, value: Any, hint: Any, example: Any = None) -> Any:
     return value
 
 
-def build_config(cls: type[C], *, defaults: dict[str, Any] | None = None, recipe: str | Path | None = None,
+def build_config(cls: type[C], *, defaults: dict[str, Any] | None = None, recipe: str | Path | Recipe | None = None,
                  flags: dict[str, Any] | None = None) -> C:
-    """Merge defaults → recipe → flags (flags that are ``None`` were not given) into ``cls``."""
+    """Merge defaults → recipe (a path, or a :class:`Recipe` read already) → flags (flags that are ``None`` were
+    not given) into ``cls``."""
     fields = _field_types(cls)
-    recipe_values = load_recipe(recipe)
+    recipe_values = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     unknown = [k for k in recipe_values if k not in fields]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, list(fields), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise XKDError(f"unknown key '{key}' in recipe {recipe}.{hint} Valid keys: {', '.join(fields)}.")
+        raise XKDError(f"unknown key '{key}' in recipe {recipe_values.path}.{hint} Valid keys: {', '.join(fields)}.")
     examples = {f.name: f.default for f in dataclasses.fields(cls) if isinstance(f.default, tuple)}
     merged: dict[str, Any] = {}
     for layer in (defaults or {}, recipe_values, {k: v for k, v in (flags or {}).items() if v is not None}):

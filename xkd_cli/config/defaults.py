@@ -128,9 +128,11 @@ def make_config(cls: type[C], flags: dict[str, Any], *, recipe: str | Path | Non
                 runs_root: Path | None = None) -> C:
     """A command's config: per-task defaults, then the recipe, then the flags given (``None``: not given).
     Commands that may (``cls.TASK_FROM_RUNS``) take the task from the runs directory when neither names it."""
-    given = {**load_recipe(recipe), **{k: v for k, v in flags.items() if v is not None}}
+    recipe_values = load_recipe(recipe)  # read once: its task and model pick the defaults, then it is merged
+    given = {**recipe_values, **{k: v for k, v in flags.items() if v is not None}}
     task = given.get("task")
     if not task and getattr(cls, "TASK_FROM_RUNS", False) and runs_root is not None:
         task = default_task(runs_root)
     defaults = task_defaults(cls, task, given) if task else {}
-    return build_config(cls, defaults=defaults, recipe=recipe, flags={**flags, "task": task or flags.get("task")})
+    return build_config(cls, defaults=defaults, recipe=recipe_values,
+                        flags={**flags, "task": task or flags.get("task")})
