@@ -207,3 +207,11 @@ def test_every_switch_has_a_no_form_that_overrides_the_recipe(xkd, runs, tmp_pat
     for flag in ("--no-merge-lora", "--no-load-in-8bit", "--no-teacher-load-in-4bit", "--no-trust-remote-code"):
         assert flag in help_text, flag
     assert "--no-stemmer" in xkd("eval", "--help").out and "--no-use-stemmer" not in xkd("eval", "--help").out
+
+
+def test_the_output_length_flag_has_both_spellings(xkd, runs, monkeypatch):
+    cfg = built_config(xkd, monkeypatch, "sft", "--model", "tiny-t5-small", "--task", "synth-sum", "--max-new-tokens", "9")
+    assert cfg.max_output_len == 9
+    assert "--max-output-len,--max-new-tokens" in xkd("distill", "--help").out
+    for command in ("eval", "diversity", "gen-teacher"):
+        assert "--max-new-tokens,--max-output-len" in xkd(command, "--help").out, command

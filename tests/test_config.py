@@ -75,3 +75,17 @@ def test_make_config_reads_the_recipe_once(tmp_path, monkeypatch):
     cfg = make_config(SFTConfig, {"max_steps": 3}, recipe=recipe)
     assert reads == [recipe]
     assert (cfg.lr, cfg.max_steps, cfg.model, cfg.batch_size) == (0.01, 3, "tiny-t5-large", 16)  # 16: synth-sum's
+
+
+def test_the_output_length_has_two_spellings_everywhere(tmp_path):
+    from xkd_cli.config.evaluation import EvalConfig
+    from xkd_cli.config.training import SFTConfig
+
+    recipe = write(tmp_path, "task: synth-sum\nmodel: m\nmax-output-len: 7\n")
+    assert build_config(EvalConfig, recipe=recipe).max_new_tokens == 7
+    assert build_config(EvalConfig, recipe=recipe, flags={"max_output_len": 9}).max_new_tokens == 9
+    assert build_config(SFTConfig, defaults={"max_new_tokens": 5}, recipe=write(tmp_path, "task: t\nmodel: m\n"),
+                        flags={"max_new_tokens": None}).max_output_len == 5
+    both = write(tmp_path, "task: synth-sum\nmodel: m\nmax_output_len: 7\nmax_new_tokens: 8\n")
+    with pytest.raises(XKDError, match="both 'max_output_len' and 'max_new_tokens', two spellings of one option"):
+        build_config(SFTConfig, recipe=both)

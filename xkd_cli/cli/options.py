@@ -13,6 +13,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from xkd_cli.config.core import other_spellings
 from xkd_cli.config.defaults import PER_TASK
 from xkd_cli.config.training import TASK_HELP
 
@@ -70,7 +71,8 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
         elif default is not None:
             help_text += f" (default: {default})"
         cli_type = _cli_type(field, hints[field.name])
-        flags = field.metadata["flags"] or (f"--{field.name.replace('_', '-')}",)
+        flags = (*(field.metadata["flags"] or (f"--{field.name.replace('_', '-')}",)),
+                 *(f"--{other.replace('_', '-')}" for other in other_spellings(field.name)))
         switch = {}
         if cli_type is bool:  # --x/--no-x: a recipe's `x: true` can be turned off from the command line
             switch = {"metavar": SWITCH}

@@ -70,6 +70,34 @@ def load_recipe(path: str | Path | None, *, given_as: str = "--recipe") -> Recip
     return Recipe({str(k).replace("-", "_"): v for k, v in data.items()}, given)
 
 
+# One option, two spellings: the longest target / sample in tokens is max_output_len in training and in task
+# files, max_new_tokens where a command only generates (as transformers names it). A config has one of them as
+# its field, recorded under that name in every run's config.json (so existing runs keep matching); the other
+# spelling is accepted for it on the command line, in recipes and in pipeline sections.
+SPELLINGS: tuple[tuple[str, ...], ...] = (("max_output_len", "max_new_tokens"),)
+
+
+def other_spellings(name: str) -> tuple[str, ...]:
+    """The other spellings of option ``name`` (none for most options)."""
+    for group in SPELLINGS:
+        if name in group:
+            return tuple(other for other in group if other != name)
+    return ()
+
+
+def respell(values: dict[str, Any], fields: Any, where: str) -> dict[str, Any]:
+    """``values`` with every key spelled as ``fields`` spells it (keys ``fields`` lacks stay as they are); one
+    option given in two spellings is an error."""
+    spelled: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for key, value in values.items():
+        name = key if key in fields else next((other for other in other_spellings(key) if other in fields), key)
+        if name in spelled:
+            raise XKDError(f"{where} gives both '{given_as[name]}' and '{key}', two spellings of one option: keep one.")
+        spelled[name], given_as[name] = value, key
+    return spelled
+
+
 _TYPE_WORDS = {float: "number", int: "whole number", str: "string", bool: "true/false value"}
 
 
@@ -130,16 +158,18 @@ def build_config(cls: type[C], *, defaults: dict[str, Any] | None = None, recipe
     """Merge defaults → recipe (a path, or a :class:`Recipe` read already) → flags (flags that are ``None`` were
     not given) into ``cls``."""
     fields = _field_types(cls)
-    recipe_values = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    recipe_values = respell(recipe, fields, f"recipe {recipe.path}")
     unknown = [k for k in recipe_values if k not in fields]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, list(fields), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise XKDError(f"unknown key '{key}' in recipe {recipe_values.path}.{hint} Valid keys: {', '.join(fields)}.")
+        raise XKDError(f"unknown key '{key}' in recipe {recipe.path}.{hint} Valid keys: {', '.join(fields)}.")
     examples = {f.name: f.default for f in dataclasses.fields(cls) if isinstance(f.default, tuple)}
     merged: dict[str, Any] = {}
-    for layer in (defaults or {}, recipe_values, {k: v for k, v in (flags or {}).items() if v is not None}):
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    for layer in (respell(defaults or {}, fields, "defaults"), recipe_values, respell(given, fields, "the options")):
         for key, value in layer.items():
             if key not in fields:
                 raise KeyError(f"{cls.__name__} has no field {key!r}")  # a programming error, not a user one
