@@ -89,3 +89,33 @@ def test_the_output_length_has_two_spellings_everywhere(tmp_path):
     both = write(tmp_path, "task: synth-sum\nmodel: m\nmax_output_len: 7\nmax_new_tokens: 8\n")
     with pytest.raises(XKDError, match="both 'max_output_len' and 'max_new_tokens', two spellings of one option"):
         build_config(SFTConfig, recipe=both)
+
+
+def test_a_config_declares_its_per_task_defaults(tmp_path):
+    """make_config and the help know no config class: a config names its presets (TASK_DEFAULTS) and gets them,
+    in its own spelling of the output length; a task file's lengths come first."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from xkd_cli.config.core import option
+    from xkd_cli.config.defaults import LENGTH_DEFAULTS, TaskDefaults, make_config, per_task_options
+    from xkd_cli.config.evaluation import JudgeConfig
+    from xkd_cli.config.training import DistillConfig
+
+    @dataclass(frozen=True)
+    class Probe:
+        task: str = option("", "Task.")
+        max_input_len: int = option(1, "Prompt length.")
+        max_new_tokens: int = option(1, "Output length.")
+        TASK_DEFAULTS: ClassVar[TaskDefaults] = LENGTH_DEFAULTS
+
+    assert per_task_options(Probe) == {"max_input_len", "max_new_tokens"}
+    cfg = make_config(Probe, {"task": "synth-mt"})
+    assert (cfg.max_input_len, cfg.max_new_tokens) == (48, 64)
+    task_file = tmp_path / "mine.yaml"
+    task_file.write_text("name: mine\nmax_input_len: 30\nmax_output_len: 12\n")
+    assert make_config(Probe, {"task": str(task_file)}).max_new_tokens == 12
+    assert per_task_options(DistillConfig) == {"max_steps", "batch_size", "lr", "warmup_steps", "max_input_len",
+                                               "max_output_len"}
+    assert make_config(DistillConfig, {"task": "synth-mt", "student": "tiny-t5-large"}).max_steps == 200
+    assert per_task_options(JudgeConfig) == set()

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 
 from xkd_cli.config.core import other_spellings
-from xkd_cli.config.defaults import PER_TASK
+from xkd_cli.config.defaults import per_task_options
 from xkd_cli.config.training import TASK_HELP
 
 SWITCH = ""  # the metavar of an on/off flag: it takes no value, so the help shows none (Typer would say <bool>)
@@ -59,7 +59,7 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
     help and its default (or "per task" where a task preset sets it). An on/off field is ``--x/--no-x``, so either
     way overrides the recipe, and neither typed keeps it."""
     hints = typing.get_type_hints(cls)
-    per_task = PER_TASK.get(cls, set())
+    per_task = per_task_options(cls)
     params = []
     for field in dataclasses.fields(cls):
         if not field.metadata.get("cli", False):

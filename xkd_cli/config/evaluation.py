@@ -9,6 +9,7 @@ from typing import ClassVar
 from xkd_cli.config.checks import (DEFAULT_KEY_ENV, OPENAI_BASE, check, choice, in_range, key_env_problem, task_problems,
                                    quantization_problems, url_problem)
 from xkd_cli.config.core import DTYPES, option
+from xkd_cli.config.defaults import LENGTH_DEFAULTS, TaskDefaults
 from xkd_cli.config.training import (CHAT_TEMPLATE_HELP, DATA_HELP, METRIC_HELP, MODEL_HELP, NAME_HELP, TASK_HELP,
                                      ModelLoading)
 from xkd_cli.core.errors import XKDError
@@ -40,6 +41,7 @@ class EvalConfig(ModelLoading):
     use_stemmer: bool = option(False, "Porter stemming in ROUGE.", flags=("--use-stemmer/--no-stemmer",))
 
     TASK_FROM_RUNS: ClassVar[bool] = False
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = LENGTH_DEFAULTS
 
     def __post_init__(self) -> None:
         found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
@@ -74,6 +76,7 @@ class DiversityConfig(ModelLoading):
     max_new_tokens: int = option(64, "Maximum generated tokens.")
 
     TASK_FROM_RUNS: ClassVar[bool] = True
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = LENGTH_DEFAULTS
 
     def __post_init__(self) -> None:
         found: list[str] = []
@@ -144,6 +147,7 @@ class JudgeConfig:
     timeout: float = option(60.0, "Seconds to wait for one API answer.")
 
     TASK_FROM_RUNS: ClassVar[bool] = True
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = None
 
     def __post_init__(self) -> None:
         found: list[str] = []

@@ -8,6 +8,7 @@ from typing import ClassVar
 from xkd_cli.config.checks import (DEFAULT_KEY_ENV, OPENAI_BASE, check, choice, in_range, key_env_problem, task_problems,
                                    quantization_problems, url_problem)
 from xkd_cli.config.core import DTYPES, option
+from xkd_cli.config.defaults import LENGTH_DEFAULTS, TaskDefaults
 from xkd_cli.config.training import (CHAT_TEMPLATE_HELP, DATA_HELP, METRIC_HELP, NAME_HELP, TASK_HELP,
                                      ModelLoading)
 
@@ -38,6 +39,7 @@ class GenTeacherConfig(ModelLoading):
     timeout: float = option(60.0, "Seconds to wait for one API answer.")
 
     TASK_FROM_RUNS: ClassVar[bool] = False
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = LENGTH_DEFAULTS
 
     @property
     def black_box(self) -> bool:

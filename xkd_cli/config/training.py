@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from xkd_cli.config.checks import check, choice, task_problems, hparam_problems, in_range, lora_problems, quantization_problems
 from xkd_cli.config.core import DTYPES, MIXED_PRECISION, option
+from xkd_cli.config.defaults import DISTILL_DEFAULTS, SFT_DEFAULTS, TaskDefaults
 from xkd_cli.core.registry import unknown_name_message
 from xkd_cli.core.workspace import slug
 from xkd_cli.objectives.methods import DIVERGENCE_NAMES, METHODS, REWARD_POSITIONS, Method
@@ -93,6 +94,8 @@ class TrainingConfig:
 
     # Whether a command may take the task from the runs directory when it holds runs of one task only.
     TASK_FROM_RUNS: ClassVar[bool] = False
+    # Which per-task presets fill the options not given (config.defaults): none for the shared base.
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = None
 
     def problems(self) -> list[str]:
         found: list[str] = []
@@ -121,6 +124,8 @@ class TrainingConfig:
 class SFTConfig(TrainingConfig):
     model: str = option("", MODEL_HELP, flags=("--model", "-m"))
     role: str | None = option(None, "Record the run as the task's 'teacher' or 'student' (distill picks them up).")
+
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = SFT_DEFAULTS
 
     def problems(self) -> list[str]:
         found = super().problems()
@@ -164,6 +169,7 @@ class DistillConfig(TrainingConfig):
                                          "on the shared vocabulary where both predict the same text).")
 
     TASK_FROM_RUNS: ClassVar[bool] = True
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = DISTILL_DEFAULTS
 
     def problems(self) -> list[str]:
         found = super().problems()
