@@ -215,3 +215,17 @@ def test_the_output_length_flag_has_both_spellings(xkd, runs, monkeypatch):
     assert "--max-output-len,--max-new-tokens" in xkd("distill", "--help").out
     for command in ("eval", "diversity", "gen-teacher"):
         assert "--max-new-tokens,--max-output-len" in xkd(command, "--help").out, command
+
+
+def test_help_lists_a_commands_own_options_before_the_shared_groups(xkd):
+    def order(command):
+        lines = xkd(command, "--help").out.splitlines()
+        return [line.split()[1] for line in lines if line.startswith("│ --")]
+
+    sft = order("sft")
+    loading = ["--seed", "--dtype", "--device", "--load-in-8bit"]
+    assert sft.index("--merge-lora") < sft.index("--seed") and sft[sft.index("--seed"):][:3] == loading[:3]
+    judge = order("judge")
+    assert judge.index("--parse-retries") < judge.index("--api-key-env") < judge.index("--concurrency")
+    evaluation = order("eval")
+    assert evaluation.index("--use-stemmer") < evaluation.index("--seed")

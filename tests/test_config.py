@@ -119,3 +119,26 @@ def test_a_config_declares_its_per_task_defaults(tmp_path):
                                                "max_output_len"}
     assert make_config(DistillConfig, {"task": "synth-mt", "student": "tiny-t5-large"}).max_steps == 200
     assert per_task_options(JudgeConfig) == set()
+
+
+def test_shared_option_groups_are_declared_once():
+    """How a command loads its model and how it calls an API are each one base class; no config declares one
+    of their options again, except training's --load-in-* (same option, a longer help)."""
+    import dataclasses
+
+    from xkd_cli.config.evaluation import DiversityConfig, EvalConfig, JudgeConfig
+    from xkd_cli.config.fields import ApiClient, ModelLoading
+    from xkd_cli.config.generation import GenTeacherConfig
+    from xkd_cli.config.training import DistillConfig, SFTConfig
+
+    groups = {ModelLoading: (SFTConfig, DistillConfig, EvalConfig, DiversityConfig, GenTeacherConfig),
+              ApiClient: (GenTeacherConfig, JudgeConfig)}
+    for group, users in groups.items():
+        names = {f.name for f in dataclasses.fields(group)}
+        for cls in users:
+            assert issubclass(cls, group)
+            again = {n for klass in cls.__mro__ if klass is not group
+                     for n in klass.__dict__.get("__annotations__", {})} & names
+            assert again <= {"load_in_8bit", "load_in_4bit"} and (not again or issubclass(cls, TrainingConfig)), again
+    with pytest.raises(XKDError, match="--concurrency.*--timeout"):
+        JudgeConfig(task="t", a="x", b="y", concurrency=0, timeout=0)

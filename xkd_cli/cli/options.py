@@ -15,7 +15,7 @@ import typer
 
 from xkd_cli.config.core import other_spellings
 from xkd_cli.config.defaults import per_task_options
-from xkd_cli.config.training import TASK_HELP
+from xkd_cli.config.fields import TASK_HELP
 
 SWITCH = ""  # the metavar of an on/off flag: it takes no value, so the help shows none (Typer would say <bool>)
 
@@ -84,11 +84,21 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
     return params
 
 
+def _declared_order(cls: type) -> list[str]:
+    """The names ``cls`` and its bases declare, grouped by the class that declares them: the config's own, then
+    each base's, nearest first (a command's own options before the groups it shares)."""
+    names: dict[str, None] = {}
+    for klass in cls.__mro__:
+        for name in klass.__dict__.get("__annotations__", {}):
+            names.setdefault(name)
+    return list(names)
+
+
 def config_command(cls: type, *steering: str, first: tuple[str, ...] = ("task", "name", "data")
                    ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Turn ``run(flags, **steering)`` into a Typer command whose options are ``cls``'s fields and the ``steering``
     options named: those in ``first`` (``--recipe`` after them unless placed there), then the config's own fields,
-    then those it inherits, then the other steering options."""
+    then those of each base it inherits from, nearest first, then the other steering options."""
     def decorate(run: Callable[..., None]) -> Callable[..., None]:
         fields = config_parameters(cls)
         steer = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=STEERING[name][1],
@@ -96,10 +106,8 @@ def config_command(cls: type, *steering: str, first: tuple[str, ...] = ("task", 
         order = first if "recipe" in first else (*first, "recipe")
         by_name = {p.name: p for p in fields + steer}
         lead = [by_name[name] for name in order if name in by_name]
-        own = set(cls.__dict__.get("__annotations__", {}))  # a command's own options before the shared ones
-        rest = [p for p in fields if p.name not in order]
-        params = lead + [p for p in rest if p.name in own] + [p for p in rest if p.name not in own] + \
-            [p for p in steer if p.name not in order]
+        rest = [by_name[name] for name in _declared_order(cls) if name in by_name and name not in order]
+        params = lead + rest + [p for p in steer if p.name not in order]
         names = {p.name for p in fields}
 
         @functools.wraps(run)
