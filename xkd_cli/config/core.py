@@ -39,11 +39,14 @@ def option(default: Any, help: str, *, flags: tuple[str, ...] = (), cli: bool = 
 
 
 class Recipe(dict):
-    """A recipe's values (keys spelled with underscores) and the file they were read from (``None``: no file)."""
+    """A recipe's values (keys spelled with underscores), the file they were read from (``None``: no file) and,
+    for messages, where they stand (default "recipe <path>"; a pipeline section says which)."""
 
-    def __init__(self, values: dict[str, Any] | None = None, path: str | Path | None = None) -> None:
+    def __init__(self, values: dict[str, Any] | None = None, path: str | Path | None = None,
+                 where: str | None = None) -> None:
         super().__init__(values or {})
         self.path = path
+        self.where = where or f"recipe {path}"
 
 
 def load_recipe(path: str | Path | None, *, given_as: str = "--recipe") -> Recipe:
@@ -153,19 +156,25 @@ def _coerce(key: str, value: Any, hint: Any, example: Any = None) -> Any:
     return value
 
 
+def known_values(recipe: Recipe, fields: Any) -> dict[str, Any]:
+    """The recipe's values, each key spelled as ``fields`` (the valid keys, in order) spells it; an unknown key is
+    an error that names the closest valid one."""
+    values = respell(recipe, fields, recipe.where)
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, list(fields), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise XKDError(f"unknown key '{key}' in {recipe.where}.{hint} Valid keys: {', '.join(fields)}.")
+    return values
+
+
 def build_config(cls: type[C], *, defaults: dict[str, Any] | None = None, recipe: str | Path | Recipe | None = None,
                  flags: dict[str, Any] | None = None) -> C:
     """Merge defaults → recipe (a path, or a :class:`Recipe` read already) → flags (flags that are ``None`` were
     not given) into ``cls``."""
     fields = _field_types(cls)
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    recipe_values = respell(recipe, fields, f"recipe {recipe.path}")
-    unknown = [k for k in recipe_values if k not in fields]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(key, list(fields), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise XKDError(f"unknown key '{key}' in recipe {recipe.path}.{hint} Valid keys: {', '.join(fields)}.")
+    recipe_values = known_values(recipe if isinstance(recipe, Recipe) else load_recipe(recipe), fields)
     examples = {f.name: f.default for f in dataclasses.fields(cls) if isinstance(f.default, tuple)}
     merged: dict[str, Any] = {}
     given = {k: v for k, v in (flags or {}).items() if v is not None}
