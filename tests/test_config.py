@@ -87,7 +87,7 @@ def test_the_output_length_has_two_spellings_everywhere(tmp_path):
     assert build_config(SFTConfig, defaults={"max_new_tokens": 5}, recipe=write(tmp_path, "task: t\nmodel: m\n"),
                         flags={"max_new_tokens": None}).max_output_len == 5
     both = write(tmp_path, "task: synth-sum\nmodel: m\nmax_output_len: 7\nmax_new_tokens: 8\n")
-    with pytest.raises(XKDError, match="both 'max_output_len' and 'max_new_tokens', two spellings of one option"):
+    with pytest.raises(XKDError, match="both 'max_output_len' and 'max_new_tokens' are given, two spellings of one option"):
         build_config(SFTConfig, recipe=both)
 
 

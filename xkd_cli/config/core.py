@@ -96,7 +96,8 @@ def respell(values: dict[str, Any], fields: Any, where: str) -> dict[str, Any]:
     for key, value in values.items():
         name = key if key in fields else next((other for other in other_spellings(key) if other in fields), key)
         if name in spelled:
-            raise XKDError(f"{where} gives both '{given_as[name]}' and '{key}', two spellings of one option: keep one.")
+            raise XKDError(f"{where}: both '{given_as[name]}' and '{key}' are given, two spellings of one option: "
+                           "keep one.")
         spelled[name], given_as[name] = value, key
     return spelled
 
@@ -178,7 +179,7 @@ def build_config(cls: type[C], *, defaults: dict[str, Any] | None = None, recipe
     examples = {f.name: f.default for f in dataclasses.fields(cls) if isinstance(f.default, tuple)}
     merged: dict[str, Any] = {}
     given = {k: v for k, v in (flags or {}).items() if v is not None}
-    for layer in (respell(defaults or {}, fields, "defaults"), recipe_values, respell(given, fields, "the options")):
+    for layer in (respell(defaults or {}, fields, "defaults"), recipe_values, respell(given, fields, "flags")):
         for key, value in layer.items():
             if key not in fields:
                 raise KeyError(f"{cls.__name__} has no field {key!r}")  # a programming error, not a user one

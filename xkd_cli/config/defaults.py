@@ -108,9 +108,10 @@ def task_file_lengths(task: str) -> dict[str, Any]:
 @dataclass(frozen=True)
 class TaskDefaults:
     """How a config gets its per-task defaults (its ``TASK_DEFAULTS``): ``pick(task, model)`` gives the preset,
-    where ``model`` is the value of the option named ``model`` (the model whose size picks the paper's table);
-    ``options`` are the options a preset sets, shown as "default: per task". A task file's own lengths come first.
-    Keys are spelled as the presets spell them (``max_output_len``); the config takes them in its spelling."""
+    ``model`` being the value of the option this names (sft's ``model``, distill's ``student``: the model whose
+    size picks the paper's table); ``options`` are the options a preset sets, shown as "default: per task". A task
+    file's own lengths come first. Keys are spelled as the presets spell them (``max_output_len``); the config
+    takes them in its own spelling."""
     pick: Callable[[str, str | None], dict[str, Any]]
     options: tuple[str, ...]
     model: str | None = None
