@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import typer
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from conftest import FIXTURES, run_xkd_process
@@ -178,3 +179,53 @@ def test_process_exit_code_and_debug_traceback(runs):
     assert proc.stderr.strip().startswith("error: unknown task 'nope'") and "Traceback" not in proc.stderr
     proc = run_xkd_process("sft", "--task", "nope", "--model", "tiny-t5-small", env={"XKD_DEBUG": "1"})
     assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def built_config(xkd, monkeypatch, *args):
+    """The config a training command builds from ``args``, caught before anything runs."""
+    from xkd_cli.cli import training
+
+    seen = []
+
+    def stop(cfg, *_, **__):
+        seen.append(cfg)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(training, "_refuse_early", stop)
+    result = xkd(*args)
+    assert result.code == 0 and len(seen) == 1, result.err
+    return seen[0]
+
+
+def test_every_switch_has_a_no_form_that_overrides_the_recipe(xkd, runs, tmp_path, monkeypatch):
+    recipe = bad(tmp_path, "r.yaml", "task: synth-sum\nmodel: tiny-t5-small\nlora_r: 8\nmerge_lora: true\n")
+    assert built_config(xkd, monkeypatch, "sft", "--recipe", recipe).merge_lora is True  # no flag: the recipe's
+    assert built_config(xkd, monkeypatch, "sft", "--recipe", recipe, "--no-merge-lora").merge_lora is False
+    off = bad(tmp_path, "off.yaml", "task: synth-sum\nmodel: tiny-t5-small\ntrust_remote_code: false\n")
+    assert built_config(xkd, monkeypatch, "sft", "--recipe", off, "--trust-remote-code").trust_remote_code is True
+    help_text = xkd("distill", "--help").out
+    for flag in ("--no-merge-lora", "--no-load-in-8bit", "--no-teacher-load-in-4bit", "--no-trust-remote-code"):
+        assert flag in help_text, flag
+    assert "--no-stemmer" in xkd("eval", "--help").out and "--no-use-stemmer" not in xkd("eval", "--help").out
+
+
+def test_the_output_length_flag_has_both_spellings(xkd, runs, monkeypatch):
+    cfg = built_config(xkd, monkeypatch, "sft", "--model", "tiny-t5-small", "--task", "synth-sum", "--max-new-tokens", "9")
+    assert cfg.max_output_len == 9
+    assert "--max-output-len,--max-new-tokens" in xkd("distill", "--help").out
+    for command in ("eval", "diversity", "gen-teacher"):
+        assert "--max-new-tokens,--max-output-len" in xkd(command, "--help").out, command
+
+
+def test_help_lists_a_commands_own_options_before_the_shared_groups(xkd):
+    def order(command):
+        lines = xkd(command, "--help").out.splitlines()
+        return [line.split()[1] for line in lines if line.startswith("│ --")]
+
+    sft = order("sft")
+    loading = ["--seed", "--dtype", "--device", "--load-in-8bit"]
+    assert sft.index("--merge-lora") < sft.index("--seed") and sft[sft.index("--seed"):][:3] == loading[:3]
+    judge = order("judge")
+    assert judge.index("--parse-retries") < judge.index("--api-key-env") < judge.index("--concurrency")
+    evaluation = order("eval")
+    assert evaluation.index("--use-stemmer") < evaluation.index("--seed")

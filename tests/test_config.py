@@ -61,3 +61,84 @@ def test_hash_ignores_listed_keys():
     b = TrainingConfig(task="t", seed=1, log_every=50)
     assert config_hash(a, ignore=("log_every",)) == config_hash(b, ignore=("log_every",))
     assert config_hash(a) != config_hash(b)
+
+
+def test_make_config_reads_the_recipe_once(tmp_path, monkeypatch):
+    from xkd_cli.config import core
+    from xkd_cli.config.defaults import make_config
+    from xkd_cli.config.training import SFTConfig
+
+    recipe = write(tmp_path, "task: synth-sum\nmodel: tiny-t5-large\nlr: 0.01\n")
+    reads = []
+    real_read = core.Path.read_text
+    monkeypatch.setattr(core.Path, "read_text", lambda self, *a, **k: reads.append(self) or real_read(self, *a, **k))
+    cfg = make_config(SFTConfig, {"max_steps": 3}, recipe=recipe)
+    assert reads == [recipe]
+    assert (cfg.lr, cfg.max_steps, cfg.model, cfg.batch_size) == (0.01, 3, "tiny-t5-large", 16)  # 16: synth-sum's
+
+
+def test_the_output_length_has_two_spellings_everywhere(tmp_path):
+    from xkd_cli.config.evaluation import EvalConfig
+    from xkd_cli.config.training import SFTConfig
+
+    recipe = write(tmp_path, "task: synth-sum\nmodel: m\nmax-output-len: 7\n")
+    assert build_config(EvalConfig, recipe=recipe).max_new_tokens == 7
+    assert build_config(EvalConfig, recipe=recipe, flags={"max_output_len": 9}).max_new_tokens == 9
+    assert build_config(SFTConfig, defaults={"max_new_tokens": 5}, recipe=write(tmp_path, "task: t\nmodel: m\n"),
+                        flags={"max_new_tokens": None}).max_output_len == 5
+    both = write(tmp_path, "task: synth-sum\nmodel: m\nmax_output_len: 7\nmax_new_tokens: 8\n")
+    with pytest.raises(XKDError, match="both 'max_output_len' and 'max_new_tokens' are given, two spellings of one option"):
+        build_config(SFTConfig, recipe=both)
+
+
+def test_a_config_declares_its_per_task_defaults(tmp_path):
+    """make_config and the help know no config class: a config names its presets (TASK_DEFAULTS) and gets them,
+    in its own spelling of the output length; a task file's lengths come first."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from xkd_cli.config.core import option
+    from xkd_cli.config.defaults import LENGTH_DEFAULTS, TaskDefaults, make_config, per_task_options
+    from xkd_cli.config.evaluation import JudgeConfig
+    from xkd_cli.config.training import DistillConfig
+
+    @dataclass(frozen=True)
+    class Probe:
+        task: str = option("", "Task.")
+        max_input_len: int = option(1, "Prompt length.")
+        max_new_tokens: int = option(1, "Output length.")
+        TASK_DEFAULTS: ClassVar[TaskDefaults] = LENGTH_DEFAULTS
+
+    assert per_task_options(Probe) == {"max_input_len", "max_new_tokens"}
+    cfg = make_config(Probe, {"task": "synth-mt"})
+    assert (cfg.max_input_len, cfg.max_new_tokens) == (48, 64)
+    task_file = tmp_path / "mine.yaml"
+    task_file.write_text("name: mine\nmax_input_len: 30\nmax_output_len: 12\n")
+    assert make_config(Probe, {"task": str(task_file)}).max_new_tokens == 12
+    assert per_task_options(DistillConfig) == {"max_steps", "batch_size", "lr", "warmup_steps", "max_input_len",
+                                               "max_output_len"}
+    assert make_config(DistillConfig, {"task": "synth-mt", "student": "tiny-t5-large"}).max_steps == 200
+    assert per_task_options(JudgeConfig) == set()
+
+
+def test_shared_option_groups_are_declared_once():
+    """How a command loads its model and how it calls an API are each one base class; no config declares one
+    of their options again, except training's --load-in-* (same option, a longer help)."""
+    import dataclasses
+
+    from xkd_cli.config.evaluation import DiversityConfig, EvalConfig, JudgeConfig
+    from xkd_cli.config.fields import ApiClient, ModelLoading
+    from xkd_cli.config.generation import GenTeacherConfig
+    from xkd_cli.config.training import DistillConfig, SFTConfig
+
+    groups = {ModelLoading: (SFTConfig, DistillConfig, EvalConfig, DiversityConfig, GenTeacherConfig),
+              ApiClient: (GenTeacherConfig, JudgeConfig)}
+    for group, users in groups.items():
+        names = {f.name for f in dataclasses.fields(group)}
+        for cls in users:
+            assert issubclass(cls, group)
+            again = {n for klass in cls.__mro__ if klass is not group
+                     for n in klass.__dict__.get("__annotations__", {})} & names
+            assert again <= {"load_in_8bit", "load_in_4bit"} and (not again or issubclass(cls, TrainingConfig)), again
+    with pytest.raises(XKDError, match="--concurrency.*--timeout"):
+        JudgeConfig(task="t", a="x", b="y", concurrency=0, timeout=0)

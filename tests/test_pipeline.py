@@ -173,3 +173,27 @@ def test_sweep_set_fixes_options_at_each_point(xkd, runs, tmp_path):
 def test_bad_seeds_are_refused(xkd, runs, tmp_path, text, words):
     result = xkd("pipeline", write(tmp_path, text), "--dry-run")
     assert result.code == 2 and all(w in result.err for w in words), result.err
+
+
+@pytest.mark.parametrize("text,words", [
+    ("tasks: [synth-mt]\nmethod: [gkd]\n", ["unknown key 'method' in recipe", "Did you mean 'methods'?"]),
+    ("tasks: [synth-mt]\nsweep: {param: lam, vals: [1]}\n", ["unknown key 'vals'", "section 'sweep'",
+                                                               "Did you mean 'values'?"]),
+    ("tasks: [synth-mt]\nmethods: [gkd]\neval: {limt: 2}\n", ["unknown key 'limt'", "section 'eval'",
+                                                               "Did you mean 'limit'?"]),
+    ("tasks: [synth-mt]\nmethods: [gkd]\nmethod_options: {gkd: 3}\n", ["'method_options' must map each method"]),
+    ("tasks: [synth-mt]\nmethods: [gkd]\neval: {max_output_len: 4, max_new_tokens: 5}\n", ["two spellings"]),
+])
+def test_the_recipe_is_a_config_with_did_you_mean(xkd, runs, tmp_path, text, words):
+    result = xkd("pipeline", write(tmp_path, text), "--dry-run")
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    for word in words:
+        assert word in result.err
+
+
+def test_sections_take_either_spelling_of_the_output_length(runs, tmp_path):
+    recipe = ("tasks: [synth-mt]\nmethods: [gkd]\nstudent: {max_new_tokens: 9}\ndistill: {max-new-tokens: 7}\n"
+              "eval: {max_output_len: 5}\n")
+    steps = plan(write(tmp_path, recipe), runs)
+    lengths = {(s.kind, s.name): getattr(s.config, "max_output_len", None) or s.config.max_new_tokens for s in steps}
+    assert lengths[("sft", "student")] == 9 and lengths[("distill", "gkd")] == 7 and lengths[("eval", "gkd")] == 5

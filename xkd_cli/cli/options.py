@@ -13,8 +13,9 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from xkd_cli.config.defaults import PER_TASK
-from xkd_cli.config.training import TASK_HELP
+from xkd_cli.config.core import other_spellings
+from xkd_cli.config.defaults import per_task_options
+from xkd_cli.config.fields import TASK_HELP
 
 SWITCH = ""  # the metavar of an on/off flag: it takes no value, so the help shows none (Typer would say <bool>)
 
@@ -55,9 +56,10 @@ def _cli_type(field: dataclasses.Field, hint: Any) -> Any:
 
 def config_parameters(cls: type) -> list[inspect.Parameter]:
     """One Typer option per command-line field of ``cls``, defaulting to ``None`` ("not given"), with the field's
-    help and its default (or "per task" where a task preset sets it)."""
+    help and its default (or "per task" where a task preset sets it). An on/off field is ``--x/--no-x``, so either
+    way overrides the recipe, and neither typed keeps it."""
     hints = typing.get_type_hints(cls)
-    per_task = PER_TASK.get(cls, set())
+    per_task = per_task_options(cls)
     params = []
     for field in dataclasses.fields(cls):
         if not field.metadata.get("cli", False):
@@ -69,21 +71,34 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
         elif default is not None:
             help_text += f" (default: {default})"
         cli_type = _cli_type(field, hints[field.name])
-        switch = {"metavar": SWITCH} if cli_type is bool else {}
-        option = typer.Option(*field.metadata["flags"], help=help_text, **switch)
-        if cli_type is bool and not field.metadata["flags"]:
-            option = typer.Option(f"--{field.name.replace('_', '-')}", help=help_text, **switch)  # no --no- twin
-        annotation = Annotated[Optional[cli_type], option]
+        flags = (*(field.metadata["flags"] or (f"--{field.name.replace('_', '-')}",)),
+                 *(f"--{other.replace('_', '-')}" for other in other_spellings(field.name)))
+        switch = {}
+        if cli_type is bool:  # --x/--no-x: a recipe's `x: true` can be turned off from the command line
+            switch = {"metavar": SWITCH}
+            if "/" not in flags[0]:
+                flags = (f"{flags[0]}/--no-{flags[0].removeprefix('--')}", *flags[1:])
+        annotation = Annotated[Optional[cli_type], typer.Option(*flags, help=help_text, **switch)]
         params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=annotation))
     return params
+
+
+def _declared_order(cls: type) -> list[str]:
+    """The names ``cls`` and its bases declare, grouped by the class that declares them: the config's own, then
+    each base's, nearest first (a command's own options before the groups it shares)."""
+    names: dict[str, None] = {}
+    for klass in cls.__mro__:
+        for name in klass.__dict__.get("__annotations__", {}):
+            names.setdefault(name)
+    return list(names)
 
 
 def config_command(cls: type, *steering: str, first: tuple[str, ...] = ("task", "name", "data")
                    ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Turn ``run(flags, **steering)`` into a Typer command whose options are ``cls``'s fields and the ``steering``
     options named: those in ``first`` (``--recipe`` after them unless placed there), then the config's own fields,
-    then those it inherits, then the other steering options."""
+    then those of each base it inherits from, nearest first, then the other steering options."""
     def decorate(run: Callable[..., None]) -> Callable[..., None]:
         fields = config_parameters(cls)
         steer = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=STEERING[name][1],
@@ -91,10 +106,8 @@ def config_command(cls: type, *steering: str, first: tuple[str, ...] = ("task", 
         order = first if "recipe" in first else (*first, "recipe")
         by_name = {p.name: p for p in fields + steer}
         lead = [by_name[name] for name in order if name in by_name]
-        own = set(cls.__dict__.get("__annotations__", {}))  # a command's own options before the shared ones
-        rest = [p for p in fields if p.name not in order]
-        params = lead + [p for p in rest if p.name in own] + [p for p in rest if p.name not in own] + \
-            [p for p in steer if p.name not in order]
+        rest = [by_name[name] for name in _declared_order(cls) if name in by_name and name not in order]
+        params = lead + rest + [p for p in steer if p.name not in order]
         names = {p.name for p in fields}
 
         @functools.wraps(run)

@@ -38,11 +38,23 @@ def option(default: Any, help: str, *, flags: tuple[str, ...] = (), cli: bool = 
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def load_recipe(path: str | Path | None, *, given_as: str = "--recipe") -> dict[str, Any]:
+class Recipe(dict):
+    """A recipe's values (keys spelled with underscores), the file they were read from (``None``: no file) and,
+    for messages, where they stand (default "recipe <path>"; a pipeline section says which)."""
+
+    def __init__(self, values: dict[str, Any] | None = None, path: str | Path | None = None,
+                 where: str | None = None) -> None:
+        super().__init__(values or {})
+        self.path = path
+        self.where = where or f"recipe {path}"
+
+
+def load_recipe(path: str | Path | None, *, given_as: str = "--recipe") -> Recipe:
     """Read a recipe: a YAML mapping of config keys (dashes or underscores) to values. ``given_as`` names where
     the path came from, for the not-found hint."""
     if path is None:
-        return {}
+        return Recipe()
+    given = path
     path = Path(path).expanduser()
     if not path.is_file():
         raise XKDError(f"recipe file not found: {path}. Check the path passed to {given_as}.")
@@ -55,10 +67,39 @@ def load_recipe(path: str | Path | None, *, given_as: str = "--recipe") -> dict[
     except UnicodeDecodeError as exc:
         raise XKDError(f"recipe {path} is not UTF-8 text (byte {exc.start}). Save it as UTF-8 and retry.") from None
     if data is None:
-        return {}
+        return Recipe(path=given)
     if not isinstance(data, dict):
         raise XKDError(f"recipe {path} must be a YAML mapping of option names to values, got {type(data).__name__}.")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return Recipe({str(k).replace("-", "_"): v for k, v in data.items()}, given)
+
+
+# One option, two spellings: the longest target / sample in tokens is max_output_len in training and in task
+# files, max_new_tokens where a command only generates (as transformers names it). A config has one of them as
+# its field, recorded under that name in every run's config.json (so existing runs keep matching); the other
+# spelling is accepted for it on the command line, in recipes and in pipeline sections.
+SPELLINGS: tuple[tuple[str, ...], ...] = (("max_output_len", "max_new_tokens"),)
+
+
+def other_spellings(name: str) -> tuple[str, ...]:
+    """The other spellings of option ``name`` (none for most options)."""
+    for group in SPELLINGS:
+        if name in group:
+            return tuple(other for other in group if other != name)
+    return ()
+
+
+def respell(values: dict[str, Any], fields: Any, where: str) -> dict[str, Any]:
+    """``values`` with every key spelled as ``fields`` spells it (keys ``fields`` lacks stay as they are); one
+    option given in two spellings is an error."""
+    spelled: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for key, value in values.items():
+        name = key if key in fields else next((other for other in other_spellings(key) if other in fields), key)
+        if name in spelled:
+            raise XKDError(f"{where}: both '{given_as[name]}' and '{key}' are given, two spellings of one option: "
+                           "keep one.")
+        spelled[name], given_as[name] = value, key
+    return spelled
 
 
 _TYPE_WORDS = {float: "number", int: "whole number", str: "string", bool: "true/false value"}
@@ -116,20 +157,29 @@ def _coerce(key: str, value: Any, hint: Any, example: Any = None) -> Any:
     return value
 
 
-def build_config(cls: type[C], *, defaults: dict[str, Any] | None = None, recipe: str | Path | None = None,
-                 flags: dict[str, Any] | None = None) -> C:
-    """Merge defaults → recipe → flags (flags that are ``None`` were not given) into ``cls``."""
-    fields = _field_types(cls)
-    recipe_values = load_recipe(recipe)
-    unknown = [k for k in recipe_values if k not in fields]
+def known_values(recipe: Recipe, fields: Any) -> dict[str, Any]:
+    """The recipe's values, each key spelled as ``fields`` (the valid keys, in order) spells it; an unknown key is
+    an error that names the closest valid one."""
+    values = respell(recipe, fields, recipe.where)
+    unknown = [k for k in values if k not in fields]
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, list(fields), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise XKDError(f"unknown key '{key}' in recipe {recipe}.{hint} Valid keys: {', '.join(fields)}.")
+        raise XKDError(f"unknown key '{key}' in {recipe.where}.{hint} Valid keys: {', '.join(fields)}.")
+    return values
+
+
+def build_config(cls: type[C], *, defaults: dict[str, Any] | None = None, recipe: str | Path | Recipe | None = None,
+                 flags: dict[str, Any] | None = None) -> C:
+    """Merge defaults → recipe (a path, or a :class:`Recipe` read already) → flags (flags that are ``None`` were
+    not given) into ``cls``."""
+    fields = _field_types(cls)
+    recipe_values = known_values(recipe if isinstance(recipe, Recipe) else load_recipe(recipe), fields)
     examples = {f.name: f.default for f in dataclasses.fields(cls) if isinstance(f.default, tuple)}
     merged: dict[str, Any] = {}
-    for layer in (defaults or {}, recipe_values, {k: v for k, v in (flags or {}).items() if v is not None}):
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    for layer in (respell(defaults or {}, fields, "defaults"), recipe_values, respell(given, fields, "flags")):
         for key, value in layer.items():
             if key not in fields:
                 raise KeyError(f"{cls.__name__} has no field {key!r}")  # a programming error, not a user one

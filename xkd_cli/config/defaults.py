@@ -1,20 +1,20 @@
 """Per-task defaults: the paper's Appendix C for the real tasks, CPU-sized ones for the bundled tasks, and
 :func:`make_config`, the one place a command's config is merged: defaults → YAML recipe → flags.
 
-The same numbers ship as recipes under ``recipes/`` so they can be read and copied.
+Each config says which presets it takes (its ``TASK_DEFAULTS``, a :class:`TaskDefaults` from here), so this
+module knows no config class. The same numbers ship as recipes under ``recipes/`` so they can be read and copied.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
-from xkd_cli.config.core import build_config, load_recipe
-from xkd_cli.config.evaluation import DiversityConfig, EvalConfig, JudgeConfig
-from xkd_cli.config.generation import GenTeacherConfig
-from xkd_cli.config.training import DistillConfig, SFTConfig
+from xkd_cli.config.core import build_config, load_recipe, respell
 from xkd_cli.core.workspace import default_task
 
 C = TypeVar("C")
@@ -67,10 +67,13 @@ def sft_defaults(task: str, model: str | None) -> dict[str, Any]:
     return dict(table.get(task, PAPER_SMALL.get(task, {})))
 
 
-def eval_defaults(task: str) -> dict[str, Any]:
+LENGTHS = ("max_input_len", "max_output_len")
+
+
+def length_defaults(task: str, model: str | None = None) -> dict[str, Any]:
+    """The task's prompt and output lengths, for the commands that only generate."""
     lengths = BUNDLED.get(task) or PAPER_SMALL.get(task) or {}
-    return {k: v for k, v in (("max_input_len", lengths.get("max_input_len")),
-                               ("max_new_tokens", lengths.get("max_output_len"))) if v is not None}
+    return {k: lengths[k] for k in LENGTHS if lengths.get(k) is not None}
 
 
 # Table 7 (distillation to T5-small/base): as Table 4 but GSM8K's LR is 0.001. Table 8 (to T5-large) = Table 5.
@@ -87,7 +90,7 @@ def distill_defaults(task: str, student: str | None) -> dict[str, Any]:
     return dict(PAPER_DISTILL.get(task, {}))
 
 
-def task_file_lengths(task: str, output_key: str) -> dict[str, Any]:
+def task_file_lengths(task: str) -> dict[str, Any]:
     """A task file's own max_input_len / max_output_len, as defaults (the file is checked in full later)."""
     path = Path(task).expanduser()
     if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
@@ -98,39 +101,53 @@ def task_file_lengths(task: str, output_key: str) -> dict[str, Any]:
         return {}  # loading the task reports what is wrong with the file
     if not isinstance(spec, dict):
         return {}
-    found = {"max_input_len": spec.get("max_input_len"), output_key: spec.get("max_output_len")}
+    found = {k: spec.get(k) for k in LENGTHS}
     return {k: v for k, v in found.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    """How a config gets its per-task defaults (its ``TASK_DEFAULTS``): ``pick(task, model)`` gives the preset,
+    ``model`` being the value of the option this names (sft's ``model``, distill's ``student``: the model whose
+    size picks the paper's table); ``options`` are the options a preset sets, shown as "default: per task". A task
+    file's own lengths come first. Keys are spelled as the presets spell them (``max_output_len``); the config
+    takes them in its own spelling."""
+    pick: Callable[[str, str | None], dict[str, Any]]
+    options: tuple[str, ...]
+    model: str | None = None
+
+    def __call__(self, task: str, values: dict[str, Any]) -> dict[str, Any]:
+        return task_file_lengths(task) or self.pick(task, values.get(self.model) if self.model else None)
+
+
+SFT_DEFAULTS = TaskDefaults(sft_defaults, tuple(BUNDLED["synth-sum"]), model="model")
+DISTILL_DEFAULTS = TaskDefaults(distill_defaults, tuple(BUNDLED["synth-sum"]), model="student")
+LENGTH_DEFAULTS = TaskDefaults(length_defaults, LENGTHS)
 
 
 def task_defaults(cls: type, task: str, values: dict[str, Any]) -> dict[str, Any]:
     """The per-task defaults of a command's config; ``values`` are the options given so far (recipe and flags),
-    which pick the paper's table by model size. A task file's lengths are its defaults."""
-    if cls in (SFTConfig, DistillConfig, EvalConfig, DiversityConfig, GenTeacherConfig):
-        own = task_file_lengths(task, "max_output_len" if cls in (SFTConfig, DistillConfig) else "max_new_tokens")
-        if own:
-            return own
-    if cls is SFTConfig:
-        return sft_defaults(task, values.get("model"))
-    if cls is DistillConfig:
-        return distill_defaults(task, values.get("student"))
-    if cls in (EvalConfig, DiversityConfig, GenTeacherConfig):
-        return eval_defaults(task)
-    return {}
+    which pick the paper's table by model size."""
+    preset: TaskDefaults | None = getattr(cls, "TASK_DEFAULTS", None)
+    return preset(task, values) if preset else {}
 
 
-# The options whose default depends on the task (or the model), for the command-line help.
-PER_TASK = {SFTConfig: set(BUNDLED["synth-sum"]), DistillConfig: set(BUNDLED["synth-sum"]),
-            EvalConfig: {"max_input_len", "max_new_tokens"}, DiversityConfig: {"max_input_len", "max_new_tokens"},
-            GenTeacherConfig: {"max_input_len", "max_new_tokens"}, JudgeConfig: set()}
+def per_task_options(cls: type) -> set[str]:
+    """The options of ``cls`` whose default depends on the task (or the model), for the command-line help."""
+    preset: TaskDefaults | None = getattr(cls, "TASK_DEFAULTS", None)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return set(respell(dict.fromkeys(preset.options if preset else ()), fields, f"{cls.__name__}.TASK_DEFAULTS"))
 
 
 def make_config(cls: type[C], flags: dict[str, Any], *, recipe: str | Path | None = None,
                 runs_root: Path | None = None) -> C:
     """A command's config: per-task defaults, then the recipe, then the flags given (``None``: not given).
     Commands that may (``cls.TASK_FROM_RUNS``) take the task from the runs directory when neither names it."""
-    given = {**load_recipe(recipe), **{k: v for k, v in flags.items() if v is not None}}
+    recipe_values = load_recipe(recipe)  # read once: its task and model pick the defaults, then it is merged
+    given = {**recipe_values, **{k: v for k, v in flags.items() if v is not None}}
     task = given.get("task")
     if not task and getattr(cls, "TASK_FROM_RUNS", False) and runs_root is not None:
         task = default_task(runs_root)
     defaults = task_defaults(cls, task, given) if task else {}
-    return build_config(cls, defaults=defaults, recipe=recipe, flags={**flags, "task": task or flags.get("task")})
+    return build_config(cls, defaults=defaults, recipe=recipe_values,
+                        flags={**flags, "task": task or flags.get("task")})

@@ -6,16 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from xkd_cli.config.checks import (DEFAULT_KEY_ENV, OPENAI_BASE, check, choice, in_range, key_env_problem, task_problems,
-                                   quantization_problems, url_problem)
+from xkd_cli.config.checks import OPENAI_BASE, check, choice, in_range, task_problems, quantization_problems, url_problem
 from xkd_cli.config.core import DTYPES, option
-from xkd_cli.config.training import (CHAT_TEMPLATE_HELP, DATA_HELP, METRIC_HELP, MODEL_HELP, NAME_HELP, TASK_HELP,
-                                     ModelLoading)
+from xkd_cli.config.defaults import LENGTH_DEFAULTS, TaskDefaults
+from xkd_cli.config.fields import (BATCH_SIZE, CHAT_TEMPLATE, DATA, DATA_HELP, MAX_INPUT_LEN, MAX_NEW_TOKENS, METRIC,
+                                   MODEL, NAME, SPLIT, TASK, TOP_P, ApiClient, ModelLoading)
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import check_run_name, slug
 
 SPLITS = ("train", "validation", "test")
-SPLIT_HELP = "train, validation or test (default: the task's eval split)."
 DEFAULT_TEMPERATURES = (0.1, 0.3, 0.5, 1.0)  # the paper's diversity sweep (docs/method.md, "Evaluation")
 DEFAULT_JUDGE = "gpt-4"
 JUDGE_CACHE_FILE = "judge_cache.sqlite"  # in the runs directory: one cache of answers for every judge run
@@ -23,23 +22,24 @@ JUDGE_CACHE_FILE = "judge_cache.sqlite"  # in the runs directory: one cache of a
 
 @dataclass(frozen=True)
 class EvalConfig(ModelLoading):
-    model: str = option("", MODEL_HELP, flags=("--model", "-m"))
-    task: str = option("", TASK_HELP, flags=("--task", "-t"))
-    name: str | None = option(None, NAME_HELP)
-    data: str | None = option(None, DATA_HELP)
-    metric: str | None = option(None, METRIC_HELP)
-    chat_template: str = option("auto", CHAT_TEMPLATE_HELP)
-    split: str | None = option(None, SPLIT_HELP)
+    model: str = MODEL.field()
+    task: str = TASK.field()
+    name: str | None = NAME.field()
+    data: str | None = DATA.field()
+    metric: str | None = METRIC.field()
+    chat_template: str = CHAT_TEMPLATE.field()
+    split: str | None = SPLIT.field()
     limit: int | None = option(None, "Evaluate the first N examples only.")
-    batch_size: int = option(32, "Batch size.")
-    max_input_len: int = option(512, "Maximum prompt length in tokens.")
-    max_new_tokens: int = option(64, "Maximum generated tokens.")
+    batch_size: int = BATCH_SIZE.field()
+    max_input_len: int = MAX_INPUT_LEN.field()
+    max_new_tokens: int = MAX_NEW_TOKENS.field()
     temperature: float = option(0.0, "0 = greedy; > 0 samples.")
-    top_p: float = option(1.0, "Nucleus sampling mass.")
+    top_p: float = TOP_P.field()
     num_samples: int = option(1, "Samples per input (SelfBLEU is reported when > 1).")
     use_stemmer: bool = option(False, "Porter stemming in ROUGE.", flags=("--use-stemmer/--no-stemmer",))
 
     TASK_FROM_RUNS: ClassVar[bool] = False
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = LENGTH_DEFAULTS
 
     def __post_init__(self) -> None:
         found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
@@ -59,21 +59,22 @@ class EvalConfig(ModelLoading):
 class DiversityConfig(ModelLoading):
     models: tuple[str, ...] = option((), "A model to compare; repeat for several. Run name, local path, Hugging Face "
                                          "id or built-in tiny model.", flags=("--model", "-m"), cli_type=list[str])
-    task: str = option("", TASK_HELP, flags=("--task", "-t"))
+    task: str = TASK.field()
     name: str = option("diversity", "Summary run name (a directory under <runs-dir>/<task>/).")
-    data: str | None = option(None, DATA_HELP)
-    chat_template: str = option("auto", CHAT_TEMPLATE_HELP)
+    data: str | None = DATA.field()
+    chat_template: str = CHAT_TEMPLATE.field()
     temperatures: tuple[float, ...] = option(DEFAULT_TEMPERATURES, "Sampling temperatures, comma-separated, each > 0 "
                                                                     "(the default is the paper's sweep).", cli_type=str)
     num_samples: int = option(4, "Samples per input, at least 2.")
-    top_p: float = option(1.0, "Nucleus sampling mass.")
-    split: str | None = option(None, SPLIT_HELP)
+    top_p: float = TOP_P.field()
+    split: str | None = SPLIT.field()
     limit: int | None = option(None, "Use the first N evaluation inputs only.")
-    batch_size: int = option(32, "Batch size.")
-    max_input_len: int = option(512, "Maximum prompt length in tokens.")
-    max_new_tokens: int = option(64, "Maximum generated tokens.")
+    batch_size: int = BATCH_SIZE.field()
+    max_input_len: int = MAX_INPUT_LEN.field()
+    max_new_tokens: int = MAX_NEW_TOKENS.field()
 
     TASK_FROM_RUNS: ClassVar[bool] = True
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = LENGTH_DEFAULTS
 
     def __post_init__(self) -> None:
         found: list[str] = []
@@ -122,28 +123,25 @@ class DiversityConfig(ModelLoading):
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
+class JudgeConfig(ApiClient):
     a: str = option("", "Run whose win rate is reported (e.g. seqxkd); evaluated first if it has no greedy "
                         "predictions.", flags=("--a",))
     b: str = option("", "Run it is compared with (e.g. seqkd).", flags=("--b",))
-    task: str = option("", TASK_HELP, flags=("--task", "-t"))
+    task: str = TASK.field()
     name: str | None = option(None, "Results run name (default: judge-<a>-vs-<b>).")
     data: str | None = option(None, DATA_HELP + " Used only when a run has to be evaluated first.")
-    split: str | None = option(None, SPLIT_HELP)
+    split: str | None = SPLIT.field()
     limit: int | None = option(None, "Judge the first N inputs both runs answered.")
     judge_model: str = option(DEFAULT_JUDGE, "Judge model at the endpoint.", flags=("--judge-model", "--api-model"))
     base_url: str | None = option(None, f"OpenAI-compatible endpoint (default: {OPENAI_BASE}).",
                                   flags=("--base-url", "--api-base"))
-    api_key_env: str = option(DEFAULT_KEY_ENV, "Environment variable holding the API key.")
     template: str | None = option(None, "Judge prompt template file (default: the built-in one of the task's family).")
     temperature: float = option(0.0, "Judge sampling temperature.")
     max_tokens: int = option(256, "Maximum tokens of a judge reply.")
     parse_retries: int = option(2, "Re-asks after a reply without exactly one verdict marker.")
-    concurrency: int = option(8, "Parallel API requests.")
-    max_retries: int = option(6, "Retries of a request on 429 / 5xx / timeout.")
-    timeout: float = option(60.0, "Seconds to wait for one API answer.")
 
     TASK_FROM_RUNS: ClassVar[bool] = True
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = None
 
     def __post_init__(self) -> None:
         found: list[str] = []
@@ -156,12 +154,10 @@ class JudgeConfig:
         if not self.judge_model:
             found.append("--judge-model must not be empty (e.g. gpt-4, or the model a vLLM/Ollama server serves)")
         choice(found, "split", self.split, SPLITS)
-        found += [p for p in (key_env_problem(self.api_key_env), url_problem(self.base_url, "--base-url")) if p]
-        for name in ("limit", "max_tokens", "concurrency"):
+        found += [p for p in (url_problem(self.base_url, "--base-url"),) if p] + self.client_problems()
+        for name in ("limit", "max_tokens"):
             in_range(found, name, getattr(self, name), 1)
         in_range(found, "parse_retries", self.parse_retries, 0)
-        in_range(found, "max_retries", self.max_retries, 0)
-        in_range(found, "timeout", self.timeout, 0, lo_open=True)
         in_range(found, "temperature", self.temperature, 0)
         check(found)
 

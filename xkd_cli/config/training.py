@@ -9,6 +9,9 @@ from typing import Any, ClassVar
 from xkd_cli.config.checks import check, choice, task_problems, in_range, lora_problems, quantization_problems
 from xkd_cli.core.hparams import hparam_problems
 from xkd_cli.config.core import DTYPES, MIXED_PRECISION, option
+from xkd_cli.config.defaults import DISTILL_DEFAULTS, SFT_DEFAULTS, TaskDefaults
+from xkd_cli.config.fields import (CHAT_TEMPLATE, DATA, LOAD_4BIT_HELP, LOAD_8BIT_HELP, MAX_INPUT_LEN, METRIC, MODEL,
+                                   NAME, TASK, TRAIN_FRACTION, ModelLoading)
 from xkd_cli.core.registry import unknown_name_message
 from xkd_cli.core.workspace import slug
 from xkd_cli.config.methods import (BETA_DIVERGENCES, DIVERGENCE_NAMES, METHOD_OPTIONS, METHODS, REWARD_POSITIONS, Method,
@@ -18,47 +21,21 @@ ROLES = ("teacher", "student")
 CROSS_TOKENIZER_MODES = ("off", "uld", "shared")
 TEACHER_CACHE_MODES = ("off", "full", "topk")
 
-TASK_HELP = "Task: xsum, wmt, gsm8k, synth-sum, synth-mt, synth-gsm, or a task file (.yaml) of your own data."
-METRIC_HELP = ("Metric when --data is a bare prompt-completion/messages file and --task is left out: "
-               "rouge, bleu, chrf, exact, number, none.")
-CHAT_TEMPLATE_HELP = ("Prompt format of decoder-only models: auto (the tokenizer's chat template when it has one), "
-                      "none (the raw prompt), or a .jinja template file. T5 never uses one.")
-NAME_HELP = "Run name (a directory under <runs-dir>/<task>/)."
-DATA_HELP = "Local data file or directory in the task's Hugging Face schema (JSONL/JSON/CSV/Parquet)."
-MODEL_HELP = "Run name, local path, Hugging Face id (t5-small … t5-xl aliases) or built-in tiny model."
-DTYPE_HELP = "Model dtype: float32, bfloat16, float16, auto."
-DEVICE_HELP = "auto, cpu, cuda or cuda:N."
-REMOTE_CODE_HELP = "Run Python code shipped with a model (auto_map) to load it. Off by default: review that code first."
-LOAD_8BIT_HELP = "Load the model quantized to 8 bits (bitsandbytes)"
-LOAD_4BIT_HELP = "Load the model quantized to 4 bits (bitsandbytes NF4)"
-
-
 
 def _one_of(names) -> str:
     """"a, b or c": the choices in a help text, from the table that defines them."""
     names = list(names)
     return f"{', '.join(names[:-1])} or {names[-1]}"
 
-@dataclass(frozen=True)
-class ModelLoading:
-    """How a command that only runs its model (eval, diversity, gen-teacher) loads it: declared here once, listed
-    last in their --help."""
-    seed: int = option(42, "Random seed.")
-    dtype: str = option("float32", DTYPE_HELP)
-    device: str = option("auto", DEVICE_HELP)
-    load_in_8bit: bool = option(False, LOAD_8BIT_HELP + ".")
-    load_in_4bit: bool = option(False, LOAD_4BIT_HELP + ".")
-    trust_remote_code: bool = option(False, REMOTE_CODE_HELP)
-
 
 @dataclass(frozen=True)
-class TrainingConfig:
-    """Options every training command shares (sft, and distill on top of it)."""
-    task: str = option("", TASK_HELP, flags=("--task", "-t"))
-    name: str | None = option(None, NAME_HELP)
-    data: str | None = option(None, DATA_HELP)
-    metric: str | None = option(None, METRIC_HELP)
-    chat_template: str = option("auto", CHAT_TEMPLATE_HELP)
+class TrainingConfig(ModelLoading):
+    """Options every training command shares (sft, and distill on top of it), besides how it loads its model."""
+    task: str = TASK.field()
+    name: str | None = NAME.field()
+    data: str | None = DATA.field()
+    metric: str | None = METRIC.field()
+    chat_template: str = CHAT_TEMPLATE.field()
     max_steps: int = option(1000, "Optimizer steps.")
     batch_size: int = option(8, "Batch size (per process).")
     grad_accum: int = option(1, "Micro-batches per optimizer step.")
@@ -66,21 +43,15 @@ class TrainingConfig:
     warmup_steps: int = option(0, "Linear warm-up steps, then linear decay.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
     max_grad_norm: float = option(1.0, "Gradient clipping by global norm (0 = off).")
-    max_input_len: int = option(512, "Maximum prompt length in tokens.")
+    max_input_len: int = MAX_INPUT_LEN.field()
     max_output_len: int = option(64, "Maximum target / sample length in tokens.")
-    seed: int = option(42, "Random seed.")
-    train_fraction: float = option(1.0, "Keep the first fraction of the training set.")
+    train_fraction: float = TRAIN_FRACTION.field()
     eval_every: int = option(0, "Evaluate every N steps (0 = never).")
     eval_limit: int = option(64, "Examples per in-training evaluation.")
     log_every: int = option(10, "Write a log line every N steps.")
     dropout: float | None = option(None, "Override the model's dropout rate.")
     save_every: int = option(0, "Write a checkpoint every N steps (0 = off; SIGTERM/SIGINT always write one).")
     keep_last: int = option(2, "Complete checkpoints to keep.")
-    dtype: str = option("float32", DTYPE_HELP)
-    mixed_precision: str = option("no", "Autocast the forward passes to bf16 or fp16 (fp16 with loss scaling); "
-                                        "weights, optimizer and losses stay float32: no, bf16, fp16.")
-    device: str = option("auto", DEVICE_HELP)
-    trust_remote_code: bool = option(False, REMOTE_CODE_HELP)
     # LoRA / QLoRA of the trained model: r = 0 trains every weight.
     lora_r: int = option(0, "LoRA rank: train rank-R adapters instead of all weights (0 = off).")
     lora_alpha: float = option(16.0, "LoRA scaling α (update scale α/r).")
@@ -92,9 +63,14 @@ class TrainingConfig:
     # --load-in-* quantize the command's own model (sft's --model, distill's --student).
     load_in_8bit: bool = option(False, LOAD_8BIT_HELP + "; training needs --lora-r.")
     load_in_4bit: bool = option(False, LOAD_4BIT_HELP + "; training needs --lora-r (QLoRA).")
+    # How the weights compute, next to how they load (ModelLoading, listed after these in --help).
+    mixed_precision: str = option("no", "Autocast the forward passes to bf16 or fp16 (fp16 with loss scaling); "
+                                        "weights, optimizer and losses stay float32: no, bf16, fp16.")
 
     # Whether a command may take the task from the runs directory when it holds runs of one task only.
     TASK_FROM_RUNS: ClassVar[bool] = False
+    # Which per-task presets fill the options not given (config.defaults): none for the shared base.
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = None
 
     def problems(self) -> list[str]:
         found: list[str] = []
@@ -121,8 +97,10 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class SFTConfig(TrainingConfig):
-    model: str = option("", MODEL_HELP, flags=("--model", "-m"))
+    model: str = MODEL.field()
     role: str | None = option(None, "Record the run as the task's 'teacher' or 'student' (distill picks them up).")
+
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = SFT_DEFAULTS
 
     def problems(self) -> list[str]:
         found = super().problems()
@@ -188,7 +166,7 @@ class DistillConfig(TrainingConfig):
     gamma: float | None = option(None, "TD discount γ." + _method_default("gamma"))
     tau: float | None = option(None, "τ′ of the Q-value decoder, Eq. 28." + _method_default("tau"))
     alpha: float | None = option(None, "On-policy (student sample) probability α." + _method_default("alpha"))
-    beta: float | None = option(None, "β of the generalized JSD / β-mix." + _method_default("beta"))
+    beta: float | None = option(None, "β of the generalized JSD / β-mix (--divergence jsd or mix)." + _method_default("beta"))
     divergence: str | None = option(None, f"{_one_of(DIVERGENCE_NAMES)} (default: fkl for skd/sxkd, jsd for "
                                                  "gkd/gxkd).")
     temperature: float | None = option(None, "Student sampling temperature." + _method_default("temperature"))
@@ -210,6 +188,7 @@ class DistillConfig(TrainingConfig):
                                          "on the shared vocabulary where both predict the same text).")
 
     TASK_FROM_RUNS: ClassVar[bool] = True
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = DISTILL_DEFAULTS
 
     def __post_init__(self) -> None:
         if self.method in METHODS:
