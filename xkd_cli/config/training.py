@@ -166,7 +166,8 @@ class DistillConfig(TrainingConfig):
     gamma: float | None = option(None, "TD discount γ." + _method_default("gamma"))
     tau: float | None = option(None, "τ′ of the Q-value decoder, Eq. 28." + _method_default("tau"))
     alpha: float | None = option(None, "On-policy (student sample) probability α." + _method_default("alpha"))
-    beta: float | None = option(None, "β of the generalized JSD / β-mix (--divergence jsd or mix)." + _method_default("beta"))
+    beta: float | None = option(None, "β of the generalized JSD / β-mix (--divergence jsd or mix)."
+                                + _method_default("beta"))
     divergence: str | None = option(None, f"{_one_of(DIVERGENCE_NAMES)} (default: fkl for skd/sxkd, jsd for "
                                                  "gkd/gxkd).")
     temperature: float | None = option(None, "Student sampling temperature." + _method_default("temperature"))
