@@ -119,14 +119,14 @@ def test_f_ex_from_the_head_matches_the_reference(position):
 
 
 def test_save_load_round_trip(tmp_path):
-    head = RewardHead(5, position="next", log_sigma_bound=3.0)
+    head = RewardHead(5, reward_position="next", log_sigma_bound=3.0)
     with torch.no_grad():
         head.proj.weight.normal_()
         head.proj.bias.normal_()
     path = tmp_path / "reward_head.safetensors"
     head.save(path)
     loaded = RewardHead.load(path)
-    assert (loaded.hidden_size, loaded.position, loaded.log_sigma_bound) == (5, "next", 3.0)
+    assert (loaded.hidden_size, loaded.reward_position, loaded.log_sigma_bound) == (5, "next", 3.0)
     for a, b in zip(head.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
     hidden = torch.randn(2, 3, 5)

@@ -10,8 +10,8 @@ transformer through the hidden states.
 * log σ is clamped to [-5, 5] with ``torch.clamp``, whose gradient is the identity inside the range
   (in particular at the init value 0).
 * Computed in float32 whatever the backbone dtype (keep the head's parameters in float32).
-* ``position="next"`` (default) reads h_{t+1}, the state after the action, which is what Eq. 14/20
-  condition q_φ on (x, y_{1:t+1}); ``position="current"`` (an ablation) reads h_t, the state whose
+* ``reward_position="next"`` (default) reads h_{t+1}, the state after the action, which is what Eq. 14/20
+  condition q_φ on (x, y_{1:t+1}); ``reward_position="current"`` (an ablation) reads h_t, the state whose
   logits predict y_t; docs/method.md compares the two.  For ``"next"`` the last position
   has no successor and reads a zero vector (so μ and log σ there are the biases); that position can
   never carry a TD term, since m_td[b, T-1] does not exist and the last valid token of any row has
@@ -42,14 +42,15 @@ _FORMAT = "xkd-reward-head-v1"
 
 
 class RewardHead(nn.Module):
-    def __init__(self, hidden_size: int, position: str = "next", log_sigma_bound: float = LOG_SIGMA_BOUND):
+    def __init__(self, hidden_size: int, reward_position: str = "next", log_sigma_bound: float = LOG_SIGMA_BOUND):
         super().__init__()
-        if position not in REWARD_POSITIONS:
-            raise XKDError(f"unknown reward head position {position!r}; use one of: {', '.join(REWARD_POSITIONS)}.")
+        if reward_position not in REWARD_POSITIONS:
+            raise XKDError(f"unknown reward head position {reward_position!r}; use one of: "
+                           f"{', '.join(REWARD_POSITIONS)}.")
         if hidden_size < 1:
             raise ValueError(f"hidden_size must be positive, got {hidden_size}")
         self.hidden_size = hidden_size
-        self.position = position
+        self.reward_position = reward_position
         self.log_sigma_bound = float(log_sigma_bound)
         self.proj = nn.Linear(hidden_size, 2, dtype=torch.float32)  # h -> (μ, log σ)
         nn.init.zeros_(self.proj.weight)
@@ -58,7 +59,7 @@ class RewardHead(nn.Module):
     def forward(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
         """``hidden`` B x T x H -> (μ, log σ), each B x T float32."""
         h = hidden.float()  # B x T x H
-        if self.position == "next":
+        if self.reward_position == "next":
             h = torch.cat([h[:, 1:], torch.zeros_like(h[:, :1])], dim=1)  # h_{t+1}; zeros after the last
         with torch.autocast(device_type=h.device.type, enabled=False):  # float32 even under --mixed-precision
             out = F.linear(h, self.proj.weight.float(), self.proj.bias.float())  # B x T x 2
@@ -66,7 +67,8 @@ class RewardHead(nn.Module):
         return mu, log_sigma.clamp(-self.log_sigma_bound, self.log_sigma_bound)
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.hidden_size}, position={self.position!r}, log_sigma_bound={self.log_sigma_bound}"
+        return (f"hidden_size={self.hidden_size}, reward_position={self.reward_position!r}, "
+                f"log_sigma_bound={self.log_sigma_bound}")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the head's weights and configuration to one safetensors file."""
@@ -74,7 +76,7 @@ class RewardHead(nn.Module):
         metadata = {
             "format": _FORMAT,
             "hidden_size": str(self.hidden_size),
-            "position": self.position,
+            "position": self.reward_position,  # the file format's key, kept so saved heads still load
             "log_sigma_bound": repr(self.log_sigma_bound),
         }
         save_file(tensors, os.fspath(path), metadata=metadata)

@@ -124,7 +124,7 @@ class KDObjective:
         self.head = None
         if experiential is not None:
             hidden_size = student.model.get_output_embeddings().in_features  # the run moves it to the device
-            self.head = RewardHead(hidden_size, position=experiential.reward_position)
+            self.head = RewardHead(hidden_size, reward_position=experiential.reward_position)
         self.teacher_forwards = 0
         self._stats: dict[str, torch.Tensor] = {}  # F_ex statistics summed over this step's micro-batches
         self._td_tokens: torch.Tensor | int = 0
