@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 from xkd_cli.core.errors import XKDError
 
-# The losses' named choices: the functions behind them live in objectives/divergences.py (DIVERGENCES) and
-# objectives/reward.py (the reward head).
+# The losses' named choices: the functions behind them live in objectives/divergences.py (DIVERGENCES),
+# objectives/reward.py (the reward head) and objectives/ava.py (a response's reward).
 DIVERGENCE_NAMES = ("jsd", "fkl", "rkl", "mix", "tvd")
 BETA_DIVERGENCES = ("jsd", "mix")  # the divergences β weights; fkl, rkl and tvd ignore it
 REWARD_POSITIONS = ("current", "next")
+RESPONSE_REWARDS = ("last", "sum")  # AVA: a response's reward is the μ of its last counted position, or Σ μ
 
 
 def in_range(problems: list[str], name: str, value: float | None, lo: float | None = None, hi: float | None = None,
@@ -52,6 +53,9 @@ HPARAMS: dict[str, Range] = {
     "clip": Range(0, 1, hi_open=True, note="the PPO clip range; MiniLLM: 0.2", option=False),
     "discount": Range(0, 1, note="the return discount; MiniLLM: 0.95", option=False),
     "chunk_size": Range(1, integer=True, option=False),
+    "ava_beta": Range(0, note="AVA's weight beta of the likelihood beta*Q; paper: 1.0; 0 drops the likelihood",
+                      option=False),
+    "dpo_beta": Range(0, lo_open=True, note="DPO's beta, the strength of the reference; TRL: 0.1", option=False),
 }
 
 

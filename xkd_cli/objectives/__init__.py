@@ -6,6 +6,7 @@
 - ``experiential`` X-KD's F_ex: Q-values (Eq. 28), TD errors (Eq. 16), Gaussian terms (Eq. 20)
 - ``reward``       the reward encoder q_φ (a linear Gaussian head)
 - ``minillm``      the MiniLLM baseline's rewards, advantages, mixed sampling and PPO clip
+- ``ava``          AVA-d, AVA-p (with F_c), a response's reward; the Bradley–Terry and DPO baselines
 - ``objectives``   what the training loop calls per batch: NLL, KD (+ F_ex), MiniLLM
 - ``reference``    the same math on plain full tensors, the tests' oracle
 """

@@ -19,6 +19,8 @@ stats)`` (F_ex, Eq. 20; ``.mean(denominator=None)``, ``.summary()``)
 ``kd_experiential_sum(term, student_logits, labels, mu, log_sigma, ...)``
                                                 the KD term and F_ex in one pass (the X-variants):
                                                 one gradient buffer for both, same values bit for bit
+``experiential_from_q(q, labels, mu, log_sigma, ...)``
+                                                F_ex from ``B x T`` Q-values already computed (AVA reuses them)
 ``summarize_stats(stats, tokens)``              means / stds of the experiential statistics
 """
 
@@ -142,16 +144,30 @@ def kd_experiential_sum(
     student rows are read once and a single ``B x T x V`` gradient is written (apart, the two gradients
     meet in a second full-size buffer: ``bench/loss_memory.py``)."""
     check_hparams(lam=lam, gamma=gamma, tau=tau)
+    check_reward_shapes(labels, mu, log_sigma)
+    terms = [q_term(tau)] if term is None else [term, q_term(tau)]
+    columns, idx = term_columns(terms, student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size)
+    kd = None if term is None else TokenSum(columns[0].sum(), valid_mask(labels).sum())
+    q = scatter_positions(columns[-1], idx, labels.shape)  # B x T, 0 at ignored positions (never read: m_td)
+    return kd, experiential_from_q(q, labels, mu, log_sigma, lam=lam, gamma=gamma)
+
+
+def check_reward_shapes(labels: Tensor, mu: Tensor, log_sigma: Tensor) -> None:
+    """``mu`` and ``log_sigma`` (the reward head's outputs) must have the labels' ``B x T`` shape."""
     if mu.shape != labels.shape or log_sigma.shape != labels.shape:
         raise ValueError(
             f"mu {tuple(mu.shape)} and log_sigma {tuple(log_sigma.shape)} must have the labels' shape {tuple(labels.shape)}"
         )
-    terms = [q_term(tau)] if term is None else [term, q_term(tau)]
-    columns, idx = term_columns(terms, student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size)
-    kd = None if term is None else TokenSum(columns[0].sum(), valid_mask(labels).sum())
-    q_values = columns[-1]
-    q = scatter_positions(q_values, idx, labels.shape)  # B x T, 0 at ignored positions (never read: m_td)
 
+
+def experiential_from_q(q: Tensor, labels: Tensor, mu: Tensor, log_sigma: Tensor, *, lam: float = 0.001,
+                        gamma: float = 1.0) -> ExperientialParts:
+    """F_ex (Eq. 16, 20) from Q-values already computed: ``q`` is ``B x T`` float32 (Eq. 28's Q at every
+    counted position, anything at ignored ones: only the TD pairs of ``m_td`` are read), ``mu`` /
+    ``log_sigma`` the reward head's ``B x T`` outputs.  The V-wide part (Q) stays with the caller's one
+    chunked pass; AVA (:mod:`.ava`) reuses the same Q for its likelihood term."""
+    check_hparams(lam=lam, gamma=gamma)
+    check_reward_shapes(labels, mu, log_sigma)
     m_td = td_mask(labels)  # B x (T-1)
     delta = q[:, :-1] - gamma * q[:, 1:]  # B x (T-1), Eq. 16; gradients flow through both Q terms
     mu = mu[:, :-1].float()  # B x (T-1)
@@ -174,4 +190,4 @@ def kd_experiential_sum(
             "mu": masked_sum(mu), "mu_sq": masked_sum(mu * mu),
             "sigma": masked_sum(sigma), "sigma_sq": masked_sum(sigma * sigma),
         }
-    return kd, ExperientialParts(total=masked_sum(per_position), tokens=m_td.sum(), stats=stats)
+    return ExperientialParts(total=masked_sum(per_position), tokens=m_td.sum(), stats=stats)

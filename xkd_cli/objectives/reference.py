@@ -1,7 +1,7 @@
 """The paper's loss math, written once and plainly: full tensors, no chunking, no vocabulary slicing and
 no ``-inf`` guards beyond what the definitions need.  Read it beside docs/method.md (equation numbers
 are the paper's).  The tests use it as the oracle for the chunked engine (:mod:`.engine`,
-:mod:`.divergences`, :mod:`.experiential`), which must agree with it up to float rounding.
+:mod:`.divergences`, :mod:`.experiential`, :mod:`.ava`), which must agree with it up to float rounding.
 
 ``p_s`` / ``p_t`` are the student's / teacher's probability rows (softmax of the logits), ``... x V``;
 the divergences return one value per row.  ``labels`` are ``B x T`` token ids, ``IGNORE`` where a
@@ -144,3 +144,69 @@ def experiential_objective(p: Tensor, labels: Tensor, mu: Tensor, log_sigma: Ten
     mu, log_sigma = mu[:, :-1], log_sigma[:, :-1]
     per_pair = gaussian_kl_to_standard_normal(mu, log_sigma) - lam * gaussian_log_likelihood(delta, mu, log_sigma)
     return per_pair[td_mask(labels)].sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# AVA and its baselines (Cai et al., AAAI 2025; docs/method.md, "AVA").  Objectives are maximised.
+# ---------------------------------------------------------------------------------------------
+
+
+def log_sigmoid(x: Tensor) -> Tensor:
+    """log σ(x) = −log(1 + e^{−x}) (plainly: it overflows to −inf below about x = −700 in float64)."""
+    return -torch.log1p(torch.exp(-x))
+
+
+def ava_d_objective(p: Tensor, labels: Tensor, mu: Tensor, log_sigma: Tensor, *, beta: float, lam: float,
+                    gamma: float = 1.0, tau: float = 1.0) -> Tensor:
+    """F_d (AVA Eq. 13) summed over a batch of demonstrations: β·Σ_t Q(y_{1:t}, y_{t+1}) over the counted
+    positions plus Σ_td [−d_t + λ·log q_φ(δ_t)] over the TD pairs, the latter being −F_ex of X-KD
+    (:func:`experiential_objective`).  β·Q is the paper's β·log softmax(α·π), without the normaliser of
+    softmax(β·Q)."""
+    q = q_values(p, labels, tau)  # B x T
+    return beta * q[labels != IGNORE].sum() - experiential_objective(p, labels, mu, log_sigma, lam=lam, gamma=gamma,
+                                                                     tau=tau)
+
+
+def response_reward(mu: Tensor, labels: Tensor, how: str = "last") -> Tensor:
+    """One reward per row: ``last``, μ at the row's last counted position; ``sum``, Σ μ over its counted
+    positions; 0 for a row with none.  Written as a loop over rows."""
+    rewards = []
+    for mu_row, y_row in zip(mu, labels):
+        counted = [t for t in range(len(y_row)) if int(y_row[t]) != IGNORE]
+        if not counted:
+            rewards.append(mu_row.new_zeros(()))
+        elif how == "last":
+            rewards.append(mu_row[counted[-1]])
+        else:
+            rewards.append(sum(mu_row[t] for t in counted))
+    return torch.stack(rewards)
+
+
+def ava_p_objective(chosen: tuple[Tensor, Tensor, Tensor, Tensor], rejected: tuple[Tensor, Tensor, Tensor, Tensor],
+                    *, beta: float, lam: float, gamma: float = 1.0, tau: float = 1.0,
+                    reward: str = "last") -> tuple[Tensor, Tensor]:
+    """(F_p, F_c) summed over a batch of preference pairs (AVA Eq. 17, 18); ``chosen`` and ``rejected`` are
+    each ``(p, labels, mu, log_sigma)`` with row i of both forming pair i.  F_p = β·Σ_t Q(y⁺) − β·Σ_t Q(y⁻) +
+    Σ over both sides of Σ_td [−d_t + λ·log q_φ(δ_t)]; F_c = Σ_pairs log σ(r(y⁺) − r(y⁻)) with
+    r = :func:`response_reward` (the paper prints σ without the log)."""
+    def likelihood(p: Tensor, labels: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
+        return beta * q_values(p, labels, tau)[labels != IGNORE].sum()
+
+    def minus_f_ex(p: Tensor, labels: Tensor, mu: Tensor, log_sigma: Tensor) -> Tensor:
+        return experiential_objective(p, labels, mu, log_sigma, lam=lam, gamma=gamma, tau=tau)
+
+    f_p = likelihood(*chosen) - likelihood(*rejected) - minus_f_ex(*chosen) - minus_f_ex(*rejected)
+    margins = response_reward(chosen[2], chosen[1], reward) - response_reward(rejected[2], rejected[1], reward)
+    return f_p, log_sigmoid(margins).sum()
+
+
+def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
+    """−log σ(r⁺ − r⁻) per pair: the Bradley–Terry reward model's loss (TRL ``RewardTrainer``)."""
+    return -log_sigmoid(chosen - rejected)
+
+
+def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen: Tensor, ref_rejected: Tensor,
+             beta: float = 0.1) -> Tensor:
+    """DPO's sigmoid loss per pair (Rafailov et al., Eq. 7) from summed response log-probabilities:
+    −log σ(β·[log π(y⁺)/π_ref(y⁺) − log π(y⁻)/π_ref(y⁻)])."""
+    return -log_sigmoid(beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)))
