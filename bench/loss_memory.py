@@ -140,9 +140,9 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     if spec.get("chunk_elements"):
-        from xkd_cli.objectives import engine
+        from xkd_cli.objectives import chunked
 
-        engine.CHUNK_ELEMENTS = spec["chunk_elements"]  # read at every call: the chunk-size trade-off
+        chunked.CHUNK_ELEMENTS = spec["chunk_elements"]  # read at every call: the chunk-size trade-off
     device = spec["device"]
     fn = loss_fn(spec["impl"])
     fn(*inputs(2, 8, 64, device)).backward()  # warm-up: first-call costs are not the loss's
@@ -186,7 +186,7 @@ def run_worker(spec: dict, timeout: int) -> dict:
 
 
 def _default_chunk_elements() -> int:
-    from xkd_cli.objectives.engine import CHUNK_ELEMENTS
+    from xkd_cli.objectives.chunked import CHUNK_ELEMENTS
 
     return CHUNK_ELEMENTS
 
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chunk-elements", type=int, default=None,
-                        help="xkd's chunk size in float32 entries per N x V intermediate (default engine.CHUNK_ELEMENTS)")
+                        help="xkd's chunk size in float32 entries per N x V intermediate (default chunked.CHUNK_ELEMENTS)")
     parser.add_argument("--timeout", type=int, default=1200)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -27,7 +27,7 @@ from xkd_cli.objectives.ava import (
     response_reward,
     sequence_logprob,
 )
-from xkd_cli.objectives.engine import kd_sum, token_logprobs
+from xkd_cli.objectives.chunked import kd_sum, token_logprobs
 from xkd_cli.objectives.experiential import ExperientialParams, experiential_sum, q_term
 
 

@@ -26,7 +26,7 @@ from xkd_cli.objectives.alignment import (
 )
 from xkd_cli.objectives.cross_tokenizer import CrossTokenizerObjective, shared_vocab_term, uld_distance, uld_term
 from xkd_cli.objectives.divergences import DivergenceParams, divergence_term
-from xkd_cli.objectives.engine import kd_sum
+from xkd_cli.objectives.chunked import kd_sum
 from xkd_cli.objectives.experiential import kd_experiential_sum
 from xkd_cli.objectives.steps import KDObjective
 from xkd_cli.training.distill import run_distill

@@ -1,4 +1,4 @@
-"""Tests for the loss engine (xkd_cli.objectives.engine, .divergences, .experiential, .minillm):
+"""Tests for the loss engine (xkd_cli.objectives.chunked, .divergences, .experiential, .minillm):
 hand-computed values, properties, equivalences, gradients.
 
 References are computed independently of the code under test: by hand, by plain NumPy float64 loops
@@ -15,7 +15,7 @@ import torch
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.batches import IGNORE
-from xkd_cli.objectives import engine, reference
+from xkd_cli.objectives import chunked, reference
 from xkd_cli.objectives.divergences import _R_BOUND, _log_mix_ratio  # private: the guarded path, spelled out
 from xkd_cli.objectives.divergences import (
     DIVERGENCES,
@@ -24,7 +24,7 @@ from xkd_cli.objectives.divergences import (
     teacher_topk,
     topk_divergence_term,
 )
-from xkd_cli.objectives.engine import kd_sum, nll_sum, nll_term, td_mask, token_logprobs, valid_mask
+from xkd_cli.objectives.chunked import kd_sum, nll_sum, nll_term, td_mask, token_logprobs, valid_mask
 from xkd_cli.objectives.experiential import experiential_sum, kd_experiential_sum, summarize_stats
 from xkd_cli.core.hparams import check_hparams, hparam_problems
 from xkd_cli.core.hparams import DIVERGENCE_NAMES
@@ -247,9 +247,9 @@ def test_default_chunking_follows_the_vocabulary(monkeypatch):
     s, t, labels = rand_batch(v=11)
     ref = divergence_sum("jsd", s, t, labels, chunk_size=10**6).total
     calls = []
-    monkeypatch.setattr(engine, "CHUNK_ELEMENTS", 22)  # 22 // V = 2 rows per chunk
-    rows = engine._RowPlan.rows
-    monkeypatch.setattr(engine._RowPlan, "rows", lambda plan, i, xs: calls.append(len(plan.chunks[i][0])) or rows(plan, i, xs))
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 22)  # 22 // V = 2 rows per chunk
+    rows = chunked._RowPlan.rows
+    monkeypatch.setattr(chunked._RowPlan, "rows", lambda plan, i, xs: calls.append(len(plan.chunks[i][0])) or rows(plan, i, xs))
     out = divergence_sum("jsd", s, t, labels).total  # forward: one call per chunk
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     assert calls and max(calls) == 2 and sum(calls) == int(valid_mask(labels).sum())

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.hparams import RESPONSE_REWARDS, check_hparams
-from xkd_cli.objectives.engine import TokenSum, scatter_positions, td_mask, term_columns, token_logprobs, valid_mask
+from xkd_cli.objectives.chunked import TokenSum, scatter_positions, td_mask, term_columns, token_logprobs, valid_mask
 from xkd_cli.objectives.experiential import (
     ExperientialParams,
     ExperientialParts,

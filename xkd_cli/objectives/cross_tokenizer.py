@@ -37,7 +37,7 @@ from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.models.tokenizers import tokenizers_match
 from xkd_cli.objectives.alignment import AlignedTeacher, Retokenizer, TokenMap
 from xkd_cli.objectives.divergences import DIVERGENCES, DivergenceParams, bucket_logprobs, logprob_buckets
-from xkd_cli.objectives.engine import KDTerm
+from xkd_cli.objectives.chunked import KDTerm
 from xkd_cli.objectives.experiential import ExperientialParams
 from xkd_cli.objectives.steps import KDObjective, teacher_logits
 

@@ -59,7 +59,7 @@ from torch import Tensor
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.hparams import DIVERGENCE_NAMES, check_hparams
 from xkd_cli.core.registry import Registry
-from xkd_cli.objectives.engine import KDTerm, TokenSum, kd_sum
+from xkd_cli.objectives.chunked import KDTerm, TokenSum, kd_sum
 
 NEG_INF = float("-inf")
 

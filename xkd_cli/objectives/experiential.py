@@ -9,11 +9,11 @@ With λ = 0 and the head at its zero init (μ = 0, log σ = 0) the value and eve
 are exactly 0, so adding it leaves the baseline's gradients bit for bit unchanged.
 
 μ and log σ come from the reward head (:class:`xkd_cli.objectives.reward.RewardHead`); Q's V-wide
-part runs on the chunked engine (:mod:`xkd_cli.objectives.engine`), the rest on ``B x T`` tensors.
+part runs on the chunked engine (:mod:`xkd_cli.objectives.chunked`), the rest on ``B x T`` tensors.
 
 Public API
 ----------
-``q_term(tau)``                                 Eq. 28's Q as a :class:`~xkd_cli.objectives.engine.KDTerm`
+``q_term(tau)``                                 Eq. 28's Q as a :class:`~xkd_cli.objectives.chunked.KDTerm`
 ``experiential_sum(student_logits, labels, mu, log_sigma, ...)`` -> ``ExperientialParts(total, tokens,
 stats)`` (F_ex, Eq. 20; ``.mean(denominator=None)``, ``.summary()``)
 ``kd_experiential_sum(term, student_logits, labels, mu, log_sigma, ...)``
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.hparams import REWARD_POSITIONS, check_hparams
-from xkd_cli.objectives.engine import KDTerm, TokenSum, scatter_positions, td_mask, term_columns, valid_mask
+from xkd_cli.objectives.chunked import KDTerm, TokenSum, scatter_positions, td_mask, term_columns, valid_mask
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -139,7 +139,7 @@ def kd_experiential_sum(
     chunk_size: int | None = None,
 ) -> tuple[TokenSum | None, ExperientialParts]:
     """The X-variants' two losses in one chunked pass: Σ of the KD ``term`` (as
-    :func:`~xkd_cli.objectives.engine.kd_sum`; None when ``term`` is None) and F_ex (as
+    :func:`~xkd_cli.objectives.chunked.kd_sum`; None when ``term`` is None) and F_ex (as
     :func:`experiential_sum`), the same values and gradients as computing them apart, but each chunk's
     student rows are read once and a single ``B x T x V`` gradient is written (apart, the two gradients
     meet in a second full-size buffer: ``bench/loss_memory.py``)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from xkd_cli.objectives.engine import TokenSum, valid_mask
+from xkd_cli.objectives.chunked import TokenSum, valid_mask
 from xkd_cli.core.hparams import check_hparams
 
 

@@ -1,6 +1,6 @@
 """The paper's loss math, written once and plainly: full tensors, no chunking, no vocabulary slicing and
 no ``-inf`` guards beyond what the definitions need.  Read it beside docs/method.md (equation numbers
-are the paper's).  The tests use it as the oracle for the chunked engine (:mod:`.engine`,
+are the paper's).  The tests use it as the oracle for the chunked engine (:mod:`.chunked`,
 :mod:`.divergences`, :mod:`.experiential`, :mod:`.ava`), which must agree with it up to float rounding.
 
 ``p_s`` / ``p_t`` are the student's / teacher's probability rows (softmax of the logits), ``... x V``;

@@ -9,7 +9,7 @@ loss terms as sums over positions with the name of their normaliser (``xkd_cli.t
 
 Every objective has the same interface (:class:`Objective`), so the run lifecycle needs to know none of them.
 Each receives the few hyperparameters it reads as small frozen objects (:class:`ExperientialParams`,
-:class:`DivergenceParams`, :class:`MiniLLMParams`). The math itself lives in :mod:`.engine`,
+:class:`DivergenceParams`, :class:`MiniLLMParams`). The math itself lives in :mod:`.chunked`,
 :mod:`.divergences`, :mod:`.experiential` and :mod:`.minillm` (docs/method.md).
 """
 
@@ -26,7 +26,7 @@ from xkd_cli.data.batches import Batch
 from xkd_cli.models.forward import forward
 from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.objectives.divergences import DivergenceParams, divergence_sum, divergence_term, topk_divergence_term
-from xkd_cli.objectives.engine import KDTerm, kd_sum, nll_sum, nll_term, td_mask, token_logprobs, valid_mask
+from xkd_cli.objectives.chunked import KDTerm, kd_sum, nll_sum, nll_term, td_mask, token_logprobs, valid_mask
 from xkd_cli.objectives.experiential import ExperientialParams, kd_experiential_sum, summarize_stats
 from xkd_cli.objectives.minillm import (
     MiniLLMParams,

@@ -1,4 +1,4 @@
-"""The chunked engine every token loss runs on: per-position row functions evaluated over the counted
+"""The chunked evaluation every token loss runs on: per-position row functions evaluated over the counted
 positions of ``B x T x V`` logits, in float32 chunks, with a gradient for the logits.
 
 Conventions (docs/method.md, "Notation")
