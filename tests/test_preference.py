@@ -1,0 +1,180 @@
+"""Preference data: TRL's preference format in all three shapes, `format: auto` telling it from the other formats,
+and every bad row as one line naming file, row and fix."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES
+from xkd_cli.core.errors import XKDError
+from xkd_cli.data.formats import detect_format, parse_preference
+from xkd_cli.data.taskfile import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFS = FIXTURES / "preference"
+
+
+def write(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def msgs(*turns: tuple[str, str]) -> list[dict]:
+    return [{"role": role, "content": content} for role, content in turns]
+
+
+def task_file(tmp_path: Path, **spec) -> Path:
+    path = tmp_path / "prefs.yaml"
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path
+
+
+# -- the three shapes ---------------------------------------------------------------------------------------
+
+def test_explicit_prompt_as_strings():
+    task = get_task(str(PREFS / "explicit.jsonl"))
+    first, second = task.load_pairs("train")
+    assert (first.id, first.example.prompt, first.chosen, first.rejected) == \
+        ("0", "What is the capital of France?", "Paris.", "Lyon.")
+    assert first.example.messages == (("user", "What is the capital of France?"),)
+    assert first.meta == {"source": "hand-written"}  # the columns besides prompt, chosen and rejected
+    assert (second.chosen, second.rejected) == ("mice", "mouses")
+    # One target wanted (sft, distillation, eval): the chosen response, the same prompt.
+    assert [(e.prompt, e.reference, e.messages) for e in task.load("train")] == \
+        [(p.example.prompt, p.chosen, p.example.messages) for p in (first, second)]
+
+
+def test_explicit_prompt_as_message_lists_with_the_task_system_message(tmp_path):
+    task = get_task(str(task_file(tmp_path, data=str(PREFS / "conversational.jsonl"), system="Default system.")))
+    first, second = task.load_pairs("validation")
+    assert first.example.messages == (("system", "Be brief."), ("user", "2+2?"))
+    assert (first.example.prompt, first.chosen, first.rejected) == ("2+2?", "4", "22")
+    assert second.example.messages == (("system", "Default system."), ("user", "Say hi to Ann."))
+    assert (second.chosen, second.rejected, second.meta) == ("Hi Ann!", "Hi Bo!", {})
+
+
+def test_implicit_prompt_is_the_shared_opening_turns():
+    task = get_task(str(PREFS / "implicit.jsonl"))
+    first, second = task.load_pairs("test")
+    assert first.example.messages == (("user", "Capital of France?"), ("assistant", "Paris"), ("user", "And of Italy?"))
+    assert first.example.prompt == "Capital of France?\n\nParis\n\nAnd of Italy?"
+    assert (first.chosen, first.rejected) == ("Rome", "Milan")
+    assert second.example.messages == (("user", "Opposite of hot?"),)
+    assert (second.chosen, second.rejected) == ("cold", "warm")
+
+
+def test_train_fraction_and_limit_apply_to_pairs():
+    task = get_task(str(PREFS / "explicit.jsonl"))
+    assert [p.chosen for p in task.load_pairs("train", train_fraction=0.5)] == ["Paris."]
+    assert [p.chosen for p in task.load_pairs("test", limit=1)] == ["Paris."]
+
+
+# -- format: auto, and the formats that hold no pairs ------------------------------------------------------
+
+def test_format_auto_recognises_preference_rows_and_leaves_the_others_as_they_were():
+    assert detect_format({"prompt": "p", "chosen": "a", "rejected": "b"}, "w") == "preference"
+    assert detect_format({"chosen": [], "rejected": []}, "w") == "preference"
+    assert detect_format({"prompt": "p", "chosen": "a"}, "w") == "preference"  # then: no 'rejected' column
+    assert detect_format({"messages": [], "chosen": "a"}, "w") == "messages"
+    assert detect_format({"prompt": "p", "completion": "c", "rejected": "r"}, "w") == "prompt-completion"
+    with pytest.raises(XKDError, match=r"^w: neither a 'messages' column nor 'prompt' and 'completion' columns nor "
+                                       r"'chosen' and 'rejected' columns \(columns found: text\)"):
+        detect_format({"text": "t"}, "w")
+
+
+def test_format_preference_in_a_task_file_and_formats_without_pairs(tmp_path):
+    data = str(PREFS / "explicit.jsonl")
+    task = get_task(str(task_file(tmp_path, name="prefs", data=data, format="preference", metric="exact")))
+    assert task.preference and [p.rejected for p in task.load_pairs("train")] == ["Lyon.", "mouses"]
+    assert [e.reference for e in task.load("train")] == ["Paris.", "mice"]
+    messages = get_task(str(task_file(tmp_path, data=data, format="messages")))
+    with pytest.raises(XKDError, match=r"task prefs \(.*prefs.yaml\) has 'format: messages', which holds no preference "
+                                       r"pairs; give it rows with prompt, chosen and rejected"):
+        messages.load_pairs("train")
+    completions = write(tmp_path / "hi.jsonl", [{"prompt": "Say hi.", "completion": "Hi!"}])
+    with pytest.raises(XKDError, match=r"hi.jsonl, row 1: no 'chosen' column; write each preference row"):
+        get_task(str(completions)).load_pairs("train")
+    with pytest.raises(XKDError, match=r"^task synth-sum has no preference pairs: use a task file whose rows are in "
+                                       r"TRL's preference format"):
+        get_task("synth-sum").load_pairs("validation")
+
+
+# -- bad rows: one line naming the file, the row and the fix ------------------------------------------------
+
+CONV_A = msgs(("user", "Hi?"), ("assistant", "Hello."))
+CONV_B = msgs(("user", "Hi?"), ("assistant", "Go away."))
+PAIR_ROW = '{"prompt": ..., "chosen": ..., "rejected": ...}'
+SAME = "'chosen' and 'rejected' are the same response; a preference pair needs two different responses: " \
+       "fix or drop that row"
+BAD_PAIRS = [
+    ({"prompt": "p", "chosen": "a"},
+     f"no 'rejected' column; write each preference row as {PAIR_ROW}, or as "
+     '{"chosen": [...], "rejected": [...]} conversations that share their opening turns'),
+    ({"prompt": "p", "rejected": "b"}, "no 'chosen' column; write each preference row as"),
+    ({"prompt": "p", "chosen": "same", "rejected": "same"}, SAME),
+    ({"prompt": "p", "chosen": "same", "rejected": " same\n"}, SAME),
+    ({"chosen": CONV_A, "rejected": CONV_A}, SAME),
+    ({"prompt": "p", "chosen": "a", "rejected": "  "},
+     "the 'rejected' response is empty; give every row a non-empty 'rejected' response (or drop the row)"),
+    ({"prompt": "p", "chosen": msgs(("assistant", "")), "rejected": "b"},
+     "the 'chosen' response is empty; give every row a non-empty 'chosen' response (or drop the row)"),
+    ({"chosen": CONV_A, "rejected": msgs(("user", "Hi?"), ("assistant", " "))},
+     "the 'rejected' response is empty"),
+    ({"chosen": CONV_A, "rejected": msgs(("user", "Yo?"), ("assistant", "Hm."))},
+     "'chosen' and 'rejected' share no opening turn, so they have no common prompt; start both conversations with "
+     "the same prompt turns, or add a 'prompt' column"),
+    ({"chosen": CONV_A + msgs(("user", "More?")), "rejected": CONV_B},
+     "the last message of 'chosen' is a user turn, not an assistant turn; end both conversations with the assistant "
+     "reply"),
+    ({"chosen": msgs(("user", "Hi?"), ("assistant", "Hello."), ("user", "Name?"), ("assistant", "Bo.")),
+      "rejected": msgs(("user", "Hi?"), ("assistant", "Hey."), ("user", "Name?"), ("assistant", "Al."))},
+     "'chosen' and 'rejected' differ before their last turn (they share 1 opening turns); after the shared prompt "
+     "turns each must hold only its assistant reply"),
+    ({"chosen": CONV_A, "rejected": CONV_A + msgs(("user", "And?"), ("assistant", "Bye."))},
+     "'chosen' and 'rejected' differ before their last turn (they share 2 opening turns)"),
+    ({"chosen": "Hello.", "rejected": "Go away."},
+     "no 'prompt' column and 'chosen' is text; add a 'prompt' column, or write 'chosen' and 'rejected' as "
+     "conversations (message lists) that share their opening turns"),
+    ({"prompt": "p", "chosen": 4, "rejected": "b"},
+     "column 'chosen' must be text or a list of {\"role\": ..., \"content\": ...} messages, got int; fix that row"),
+    ({"prompt": 7, "chosen": "a", "rejected": "b"},
+     "column 'prompt' must be a non-empty list of {\"role\": ..., \"content\": ...} messages, got int; fix that row"),
+    ({"prompt": "p", "chosen": "a", "rejected": msgs(("assistant", "x"), ("assistant", "y"))},
+     "column 'rejected' holds 2 messages; with a 'prompt' column each response is one assistant message: move the "
+     "earlier turns into 'prompt'"),
+    ({"prompt": "p", "chosen": msgs(("user", "a")), "rejected": "b"},
+     "the 'chosen' message is a user turn, not an assistant turn; write the reply as "
+     "[{\"role\": \"assistant\", \"content\": ...}]"),
+    ({"prompt": "p", "chosen": [{"role": "assistant"}], "rejected": "b"},
+     "message 1 of 'chosen' must be {\"role\": one of system, user, assistant, \"content\": text}"),
+    ({"chosen": CONV_A, "rejected": None}, "column 'rejected' must be a non-empty list of"),
+]
+
+
+@pytest.mark.parametrize("row, message", BAD_PAIRS, ids=[str(i) for i in range(len(BAD_PAIRS))])
+def test_bad_pairs_are_one_line_naming_file_and_row(tmp_path, row, message):
+    data = write(tmp_path / "train.jsonl", [{"prompt": "ok", "chosen": "a", "rejected": "b"}, row])
+    with pytest.raises(XKDError) as info:
+        get_task(str(data)).load_pairs("train")
+    text = str(info.value)
+    assert text.startswith(f"{data}, row 2: {message}") and "\n" not in text, text
+    with pytest.raises(XKDError) as info:  # the same row stops the commands that read one target per row
+        get_task(str(data)).load("train")
+    assert str(info.value) == text
+
+
+@pytest.mark.parametrize("index", [0, 2, 8, 13])
+def test_bad_pairs_through_the_command_line(xkd, runs, tmp_path, index):
+    row, message = BAD_PAIRS[index]
+    data = write(tmp_path / "prefs.jsonl", [row])
+    result = xkd("sft", "--model", "tiny-gpt-small", "--data", data, "--max-steps", "1")
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert f"{data}, row 1: {message}" in result.err
+    assert not runs.exists()
+
+
+def test_parse_preference_alone():
+    pair = parse_preference({"prompt": msgs(("user", "q")), "chosen": "a", "rejected": msgs(("assistant", "b"))},
+                            "w", system="S")
+    assert (pair.messages, pair.text, pair.chosen, pair.rejected) == ((("system", "S"), ("user", "q")), "q", "a", "b")
