@@ -1,15 +1,27 @@
 """Preference data: TRL's preference format in all three shapes, `format: auto` telling it from the other formats,
-and every bad row as one line naming file, row and fix."""
+every bad row as one line naming file, row and fix, and the bundled synth-sum-pref task (deterministic, each kind
+of damage present, recorded and of its kind)."""
 
+import hashlib
 import json
+import os
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from conftest import FIXTURES
+from xkd_cli.config.fields import TASK_HELP
 from xkd_cli.core.errors import XKDError
+from xkd_cli.data import synth
 from xkd_cli.data.formats import detect_format, parse_preference
+from xkd_cli.data.synth.preference import DAMAGES, damage
 from xkd_cli.data.taskfile import get_task
+from xkd_cli.data.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFS = FIXTURES / "preference"
@@ -95,8 +107,8 @@ def test_format_preference_in_a_task_file_and_formats_without_pairs(tmp_path):
     completions = write(tmp_path / "hi.jsonl", [{"prompt": "Say hi.", "completion": "Hi!"}])
     with pytest.raises(XKDError, match=r"hi.jsonl, row 1: no 'chosen' column; write each preference row"):
         get_task(str(completions)).load_pairs("train")
-    with pytest.raises(XKDError, match=r"^task synth-sum has no preference pairs: use a task file whose rows are in "
-                                       r"TRL's preference format"):
+    with pytest.raises(XKDError, match=r"^task synth-sum has no preference pairs: use a preference task such as "
+                                       r"synth-sum-pref"):
         get_task("synth-sum").load_pairs("validation")
 
 
@@ -178,3 +190,112 @@ def test_parse_preference_alone():
     pair = parse_preference({"prompt": msgs(("user", "q")), "chosen": "a", "rejected": msgs(("assistant", "b"))},
                             "w", system="S")
     assert (pair.messages, pair.text, pair.chosen, pair.rejected) == ((("system", "S"), ("user", "q")), "q", "a", "b")
+
+
+# -- the bundled synth-sum-pref ----------------------------------------------------------------------------
+
+def pref_digest() -> str:
+    rows = {split: synth.rows("synth-sum-pref", split) for split in synth.SPLITS}
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def test_synth_sum_pref_is_registered_and_listed():
+    assert "synth-sum-pref" in TASKS.names() and "synth-sum-pref" in TASK_HELP
+    assert all(name in TASK_HELP for name in TASKS.names())
+    assert "synth-sum-pref" in synth.ALL_TASK_NAMES and "synth-sum-pref" not in synth.TASK_NAMES  # not tokenizer text
+
+
+def test_synth_sum_pref_is_deterministic_in_a_fresh_process():
+    rows = synth.rows("synth-sum-pref", "test")
+    rows[0]["chosen"] = "mutated"
+    assert synth.rows("synth-sum-pref", "test")[0]["chosen"] != "mutated"  # fresh copies
+    code = "import sys; sys.path[:0] = sys.argv[1:]; from test_preference import pref_digest; print(pref_digest())"
+    env = dict(os.environ, PYTHONHASHSEED="4321")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "tests"), str(ROOT)], env=env, capture_output=True,
+                         text=True, check=True, cwd=ROOT).stdout.strip()
+    assert out == pref_digest()
+
+
+def test_synth_sum_pref_first_rows_are_pinned():
+    first = synth.rows("synth-sum-pref", "validation")[:3]
+    assert [(r["damage"], r["rejected"]) for r in first] == [
+        ("wrong-entity", "Eight people have been treated in hospital after a blaze at a school in Dundee."),
+        ("repeated-clause", "A warehouse in Bangor was badly damaged by fire, leaving eight people needing treatment, "
+                            "leaving eight people needing treatment."),
+        ("dropped-fact", "630 teachers will strike for 5 days over pay."),
+    ]
+
+
+def _one_word_swapped(chosen: str, rejected: str, document: str) -> bool:
+    """One word differs, and what came in (a name, a number) is nowhere in the document."""
+    a, b = chosen.split(), rejected.split()
+    changed = [(x, y) for x, y in zip(a, b) if x != y]
+    if len(a) != len(b) or len(changed) != 1:
+        return False
+    old, new = changed[0]
+    if any(c.isdigit() for c in new):
+        added = set(re.findall(r"\d+", new)) - set(re.findall(r"\d+", old))
+        return len(added) == 1 and added.pop() not in re.findall(r"\d+", document)
+    return not re.search(rf"\b{re.sub(r'[^A-Za-z]', '', new)}\b", document, re.IGNORECASE)
+
+
+def _repeated(chosen: str, rejected: str) -> bool:
+    k = len(rejected) - len(chosen)
+    return k > 0 and any(rejected[i:i + k] == rejected[i + k:i + 2 * k] and rejected[:i] + rejected[i + k:] == chosen
+                         for i in range(len(chosen)))
+
+
+def _dropped(chosen: str, rejected: str) -> bool:
+    k = len(chosen) - len(rejected)
+    spans = [chosen[i:i + k] for i in range(len(rejected) + 1)
+             if (chosen[:i] + chosen[i + k:]).lower() == rejected.lower()]
+    fact = r"[A-Z\d]|\b(two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)\b"  # a name or a number
+    return k > 0 and any(re.search(fact, span) for span in spans)
+
+
+@pytest.mark.parametrize("split", synth.SPLITS)
+def test_synth_sum_pref_rows_are_synth_sum_with_a_damaged_rejected_summary(split):
+    rows, sums = synth.rows("synth-sum-pref", split), synth.rows("synth-sum", split)
+    assert [(r["id"], r["prompt"], r["chosen"]) for r in rows] == [(r["id"], r["document"], r["summary"]) for r in sums]
+    counts = Counter(r["damage"] for r in rows)
+    assert set(counts) == set(DAMAGES) and max(counts.values()) - min(counts.values()) <= 1  # each kind, taking turns
+    check = {"wrong-entity": lambda r: _one_word_swapped(r["chosen"], r["rejected"], r["prompt"]),
+             "repeated-clause": lambda r: _repeated(r["chosen"], r["rejected"]),
+             "dropped-fact": lambda r: _dropped(r["chosen"], r["rejected"])}
+    for r in rows:
+        assert r["chosen"] != r["rejected"] and r["rejected"].endswith("."), r
+        assert check[r["damage"]](r), r
+
+
+def test_synth_sum_pref_through_the_task():
+    task = get_task("synth-sum-pref")
+    pairs = task.load_pairs("validation", limit=6)
+    assert [p.meta["damage"] for p in pairs] == list(DAMAGES) * 2
+    sums = get_task("synth-sum").load("validation", limit=6)
+    assert [p.example for p in pairs] == sums == task.load("validation", limit=6)  # eval scores the chosen summary
+    assert task.score([p.chosen for p in pairs], [p.chosen for p in pairs])["rouge2"] == pytest.approx(100.0)
+    assert task.score([p.rejected for p in pairs], [p.chosen for p in pairs])["rouge2"] < 100.0
+
+
+def test_synth_sum_pref_reads_a_data_path_in_trl_format(tmp_path):
+    data = write(tmp_path / "validation.jsonl", [{"prompt": "A long text.", "chosen": "Short.", "rejected": "Long.",
+                                                  "id": "x1", "damage": "hand-made"}])
+    (pair,) = get_task("synth-sum-pref").load_pairs("validation", data=tmp_path)
+    assert (pair.id, pair.example.prompt, pair.example.source, pair.chosen, pair.rejected, pair.meta) == \
+        ("x1", "summarize: A long text.", "A long text.", "Short.", "Long.", {"id": "x1", "damage": "hand-made"})
+
+
+def test_damage_never_returns_the_summary_and_refuses_unknown_kinds():
+    summary = "Eight people have been treated in hospital after a blaze at a school in Cardiff."
+    for kind in DAMAGES:
+        assert damage(summary, "A document about Cardiff.", kind, random.Random(0)) not in (None, summary)
+    assert damage("No facts here.", "", "dropped-fact", random.Random(0)) is None
+    with pytest.raises(ValueError, match="unknown damage 'typo'"):
+        damage(summary, "", "typo", random.Random(0))
+
+
+def test_eval_runs_on_synth_sum_pref(xkd, runs):
+    result = xkd("eval", "--task", "synth-sum-pref", "--model", "tiny-t5-small", "--limit", "2",
+                 "--max-new-tokens", "4", "--json")
+    assert result.code == 0, result.err
+    assert result.json()["headline"] == "rouge2"

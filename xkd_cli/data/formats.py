@@ -221,5 +221,5 @@ def parse_preference(row: dict, where: str, *, system: str | None = None) -> Pre
 
 
 def extra_columns(row: dict) -> dict[str, Any]:
-    """A preference row's columns besides prompt, chosen and rejected (e.g. ``id``, a score)."""
+    """A preference row's columns besides prompt, chosen and rejected (synth-sum-pref: ``damage``, ``id``)."""
     return {key: value for key, value in row.items() if key not in PAIR_COLUMNS}

@@ -12,9 +12,9 @@ Row schemas (the real datasets' own column names):
   object as text (flat ``en``/``de`` columns are accepted in every format). Ids are row indices.
 - math (``gsm8k``, ``synth-gsm``): ``question`` and ``answer`` (ending ``#### N``). Ids are row
   indices.
-- preference pairs: TRL's preference format (:func:`xkd_cli.data.formats.parse_preference`),
-  ``prompt`` (the source), ``chosen``, ``rejected``, optionally ``id``; other columns are kept as the pair's
-  ``meta``. ``Task.load_pairs`` gives :class:`PreferencePair` s; ``Task.load`` gives the chosen
+- preference pairs (``synth-sum-pref``): TRL's preference format (:func:`xkd_cli.data.formats.parse_preference`),
+  ``prompt`` (the source), ``chosen``, ``rejected``, optionally ``id``; other columns (``damage``) are kept as
+  the pair's ``meta``. ``Task.load_pairs`` gives :class:`PreferencePair` s; ``Task.load`` gives the chosen
   responses as the references, so sft, distillation and evaluation run on a preference task unchanged.
 
 Where rows come from (``Task.load(split, data=...)``):
@@ -403,8 +403,8 @@ class Task:
 
     def _pairs(self, rows: list[dict], origin: str) -> list[PreferencePair]:
         if not self.preference:
-            raise XKDError(f"task {self.name} has no preference pairs: use a task file whose rows are in TRL's "
-                           "preference format (prompt, chosen, rejected)")
+            raise XKDError(f"task {self.name} has no preference pairs: use a preference task such as synth-sum-pref, "
+                           "or a task file whose rows are in TRL's preference format (prompt, chosen, rejected)")
         pairs, first_row_of_id = [], {}
         for index, row, where in numbered_rows(rows, origin):
             turns = formats.parse_preference(row, where)
@@ -451,6 +451,9 @@ for _task in (
          description="bundled offline English->German translation (BLEU)"),
     Task("synth-gsm", hf_id=None, hf_config=None, bundled=True, make_prompt=qa_prompt, **_GSM,
          description="bundled offline arithmetic word problems, zero-shot (accuracy)"),
+    Task("synth-sum-pref", hf_id=None, hf_config=None, bundled=True, preference=True, **_SUM,
+         description="bundled offline preference pairs: synth-sum's reference summary over a damaged one "
+                     "(ROUGE-2 of generations against the chosen summary)"),
 ):
     TASKS.register(_task.name, _task)
 
