@@ -1,6 +1,6 @@
 """Preference data: TRL's preference format in all three shapes, `format: auto` telling it from the other formats,
-every bad row as one line naming file, row and fix, and the bundled synth-sum-pref task (deterministic, each kind
-of damage present, recorded and of its kind)."""
+every bad row as one line naming file, row and fix, the pairs encoded with and without a chat template, and the
+bundled synth-sum-pref task (deterministic, each kind of damage present, recorded and of its kind)."""
 
 import hashlib
 import json
@@ -18,10 +18,13 @@ from conftest import FIXTURES
 from xkd_cli.config.fields import TASK_HELP
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data import synth
+from xkd_cli.data.batches import IGNORE, make_pair_batch, special_ids
 from xkd_cli.data.formats import detect_format, parse_preference
 from xkd_cli.data.synth.preference import DAMAGES, damage
 from xkd_cli.data.taskfile import get_task
-from xkd_cli.data.tasks import TASKS
+from xkd_cli.data.tasks import TASKS, Example, PreferencePair
+from xkd_cli.models.chat import encode_example_pairs, encode_example_prompts, encode_example_targets, use_chat_template
+from xkd_cli.models.zoo import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFS = FIXTURES / "preference"
@@ -190,6 +193,55 @@ def test_parse_preference_alone():
     pair = parse_preference({"prompt": msgs(("user", "q")), "chosen": "a", "rejected": msgs(("assistant", "b"))},
                             "w", system="S")
     assert (pair.messages, pair.text, pair.chosen, pair.rejected) == ((("system", "S"), ("user", "q")), "q", "a", "b")
+
+
+# -- encoding: one prompt, two targets ---------------------------------------------------------------------
+
+PAIR = PreferencePair(Example("0", "Plural of cat?", "cats", "Plural of cat?",
+                              (("system", "Be brief."), ("user", "Plural of cat?"))), "cat", {"damage": "x"})
+
+
+@pytest.fixture(scope="module")
+def chat_model():
+    return use_chat_template(build_tiny_model("tiny-chat-small"), "auto")
+
+
+def test_pairs_encode_with_the_chat_template_as_the_whole_conversation(chat_model):
+    tok = chat_model.tokenizer
+    encoded = encode_example_pairs(chat_model, [PAIR], max_input_len=256, max_output_len=16)
+    assert encoded.prompts == encode_example_prompts(chat_model, [PAIR.example], max_len=256)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert encoded.chosen == [tok("cats", add_special_tokens=False)["input_ids"] + [end]]
+    assert encoded.rejected == [tok("cat", add_special_tokens=False)["input_ids"] + [end]]
+    for response, target in (("cats", encoded.chosen[0]), ("cat", encoded.rejected[0])):
+        conversation = [{"role": r, "content": c} for r, c in PAIR.example.messages + (("assistant", response),)]
+        rendered = tok.apply_chat_template(conversation, tokenize=False)
+        assert tok.decode(encoded.prompts[0] + target) == rendered[:rendered.rindex("<|im_end|>") + len("<|im_end|>")]
+
+
+def test_pairs_encode_raw_without_a_template():
+    raw = use_chat_template(build_tiny_model("tiny-chat-small"), "none")
+    encoded = encode_example_pairs(raw, [PAIR, PAIR], max_input_len=256, max_output_len=2)
+    tok = raw.tokenizer
+    assert tok.decode(encoded.prompts[0]) == "Plural of cat?\n"  # the raw prompt, no system message
+    assert encoded.chosen == encode_example_targets(raw, ["cats", "cats"], max_len=2)
+    assert all(ids[-1] == tok.eos_token_id and len(ids) <= 2 for ids in encoded.chosen + encoded.rejected)
+
+
+@pytest.mark.parametrize("model", ["tiny-chat-small", "tiny-t5-small"])
+def test_a_pair_batch_holds_both_sides_after_the_same_prompts(model):
+    loaded = use_chat_template(build_tiny_model(model), "auto")
+    other = PreferencePair(Example("1", "Plural of mouse?", "mice", "Plural of mouse?"), "mouses")
+    encoded = encode_example_pairs(loaded, [PAIR, other], max_input_len=64, max_output_len=16)
+    pad, _, start = special_ids(loaded.tokenizer, loaded.model.config)
+    batch = make_pair_batch(encoded.prompts, encoded.chosen, encoded.rejected, pad_id=pad, decoder_start_id=start,
+                            is_encoder_decoder=loaded.is_encoder_decoder, ids=["0", "1"])
+    assert batch.ids == ["0", "1", "0", "1"] and batch.labels.shape[0] == 4
+    labels = [row[row != IGNORE].tolist() for row in batch.labels]
+    assert labels == encoded.chosen + encoded.rejected
+    inputs = batch.inputs["input_ids"]
+    width = inputs.shape[1] - (batch.keep or 0) + 1 if not loaded.is_encoder_decoder else inputs.shape[1]
+    assert inputs[:2, :width].tolist() == inputs[2:, :width].tolist()  # rows i and B+i read the same prompt
 
 
 # -- the bundled synth-sum-pref ----------------------------------------------------------------------------
