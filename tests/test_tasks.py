@@ -71,18 +71,19 @@ GSM_ROWS = read_jsonl(FIXTURES / "gsm8k" / "train.jsonl")
 # ---------------------------------------------------------------- registry
 
 def test_registered_tasks_and_their_metrics():
-    assert TASKS.names() == ["xsum", "wmt", "gsm8k", "synth-sum", "synth-mt", "synth-gsm"]
-    expected = {  # name: (family, metric, headline, eval split, bundled)
-        "xsum": ("sum", "rouge", "rouge2", "validation", False),
-        "wmt": ("mt", "bleu", "bleu", "validation", False),
-        "gsm8k": ("gsm", "accuracy", "accuracy", "test", False),
-        "synth-sum": ("sum", "rouge", "rouge2", "validation", True),
-        "synth-mt": ("mt", "bleu", "bleu", "validation", True),
-        "synth-gsm": ("gsm", "accuracy", "accuracy", "test", True),
+    assert TASKS.names() == ["xsum", "wmt", "gsm8k", "synth-sum", "synth-mt", "synth-gsm", "synth-sum-pref"]
+    expected = {  # name: (family, metric, headline, eval split, bundled, preference)
+        "xsum": ("sum", "rouge", "rouge2", "validation", False, False),
+        "wmt": ("mt", "bleu", "bleu", "validation", False, False),
+        "gsm8k": ("gsm", "accuracy", "accuracy", "test", False, False),
+        "synth-sum": ("sum", "rouge", "rouge2", "validation", True, False),
+        "synth-mt": ("mt", "bleu", "bleu", "validation", True, False),
+        "synth-gsm": ("gsm", "accuracy", "accuracy", "test", True, False),
+        "synth-sum-pref": ("sum", "rouge", "rouge2", "validation", True, True),
     }
     for name, fields in expected.items():
         t = get_task(name)
-        assert (t.family, t.metric, t.headline, t.eval_split, t.bundled) == fields
+        assert (t.family, t.metric, t.headline, t.eval_split, t.bundled, t.preference) == fields
     assert get_task("wmt").train_cap == WMT_TRAIN_PAIRS == 10_000
     assert (get_task("gsm8k").hf_id, get_task("gsm8k").hf_config) == ("openai/gsm8k", "main")
 

@@ -40,7 +40,7 @@ def task_problems(found: list[str], task: str, data: str | None, metric: str | N
     from_data = bool(data) and Path(data).suffix.lower() in DATA_FILE_SUFFIXES
     if not task and not from_data:
         found.append("--task is required (a built-in task, a task file, or leave it out and pass --data FILE.jsonl "
-                     "in prompt-completion or messages format)")
+                     "in prompt-completion, messages or preference format)")
     if metric is not None and (task or not from_data):
         found.append("--metric applies to a bare --data file without --task; put 'metric:' in the task file instead")
     choice(found, "metric", metric, tuple(CUSTOM_METRICS))

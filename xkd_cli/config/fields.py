@@ -13,8 +13,9 @@ from typing import Any
 from xkd_cli.config.checks import DEFAULT_KEY_ENV, in_range, key_env_problem
 from xkd_cli.config.core import option
 
-TASK_HELP = "Task: xsum, wmt, gsm8k, synth-sum, synth-mt, synth-gsm, or a task file (.yaml) of your own data."
-METRIC_HELP = ("Metric when --data is a bare prompt-completion/messages file and --task is left out: "
+TASK_HELP = ("Task: xsum, wmt, gsm8k, synth-sum, synth-mt, synth-gsm, synth-sum-pref (preference pairs), or a task "
+             "file (.yaml) of your own data.")
+METRIC_HELP = ("Metric when --data is a bare prompt-completion/messages/preference file and --task is left out: "
                "rouge, bleu, chrf, exact, number, none.")
 CHAT_TEMPLATE_HELP = ("Prompt format of decoder-only models: auto (the tokenizer's chat template when it has one), "
                       "none (the raw prompt), or a .jinja template file. T5 never uses one.")

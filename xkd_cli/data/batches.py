@@ -112,3 +112,12 @@ def make_batch(prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     return Batch({"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids},
                  labels, list(ids), keep=width)
+
+
+def make_pair_batch(prompts: Sequence[Sequence[int]], chosen: Sequence[Sequence[int]],
+                    rejected: Sequence[Sequence[int]], *, is_encoder_decoder: bool, pad_id: int, decoder_start_id: int,
+                    ids: Sequence[str] = ()) -> Batch:
+    """Both sides of B preference pairs in one batch of 2B rows, so one forward serves both (TRL's
+    ``concatenated_forward``): rows ``:B`` are prompt + chosen, rows ``B:`` the same prompts + rejected."""
+    return make_batch(list(prompts) * 2, list(chosen) + list(rejected), is_encoder_decoder=is_encoder_decoder,
+                      pad_id=pad_id, decoder_start_id=decoder_start_id, ids=list(ids) * 2)

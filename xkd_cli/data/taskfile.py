@@ -5,7 +5,7 @@ A task file's keys (only ``data`` is required)::
     name: debian-synopsis           # runs go to runs/<name>/ (default: the file's name)
     data: ./pkgs                    # a file, a directory with train/validation/test files, or a hub id
     config: null                    # hub config name
-    format: auto                    # auto | prompt-completion | messages | fields
+    format: auto                    # auto | prompt-completion | messages | preference | fields
     prompt: "Summarise: {document}" # fields only
     target: "{summary}"             # fields only
     system: null                    # optional system message for chat models
@@ -14,7 +14,9 @@ A task file's keys (only ``data`` is required)::
     max_input_len: 512
     max_output_len: 64
 
-A relative ``data`` path is relative to the task file. ``--data`` on a command overrides it.
+Rows in TRL's preference format (``prompt``, ``chosen``, ``rejected``) make a preference task: ``load_pairs``
+gives its pairs, and ``load`` the chosen responses as targets. A relative ``data`` path is relative to the task
+file. ``--data`` on a command overrides it.
 :func:`get_task` resolves every ``--task`` value: a built-in name, a ``.yaml``/``.yml`` file, or a data
 file (``.jsonl``/``.json``/``.csv``/``.parquet``) in a TRL format, named after the file.
 """
@@ -31,7 +33,8 @@ from xkd_cli.config.checks import CUSTOM_METRICS
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import slug
 from xkd_cli.data import formats
-from xkd_cli.data.tasks import FILE_FORMATS, SPLITS, TASKS, Example, Task, split_file, read_rows
+from xkd_cli.data.tasks import (FILE_FORMATS, SPLITS, TASKS, Example, PreferencePair, Task, numbered_rows,
+                                 split_file, read_rows)
 
 KEYS = ("name", "data", "config", "format", "prompt", "target", "system", "metric", "eval_split",
         "max_input_len", "max_output_len")
@@ -61,14 +64,22 @@ class FileTask(Task):
 
     def _examples(self, rows: list[dict], origin: str) -> list[Example]:
         examples = []
-        for index, row in enumerate(rows):
-            where = f"{origin}, row {index + 1}"
-            if not isinstance(row, dict):
-                raise XKDError(f"{where}: expected a row object with named columns, got {type(row).__name__}")
+        for index, row, where in numbered_rows(rows, origin):
             turns = formats.parse_row(row, self.format, where, prompt=self.prompt_template,
                                       target=self.target_template, system=self.system)
             examples.append(Example(str(index), turns.text, turns.target, turns.text, turns.messages))
         return examples
+
+    def _pairs(self, rows: list[dict], origin: str) -> list[PreferencePair]:
+        if self.format not in ("auto", "preference"):
+            raise XKDError(f"task {self.name} ({self.origin}) has 'format: {self.format}', which holds no preference "
+                           "pairs; give it rows with prompt, chosen and rejected and 'format: preference' (or auto)")
+        pairs = []
+        for index, row, where in numbered_rows(rows, origin):
+            turns = formats.parse_preference(row, where, system=self.system)
+            example = Example(str(index), turns.text, turns.chosen, turns.text, turns.messages)
+            pairs.append(PreferencePair(example, turns.rejected, formats.extra_columns(row)))
+        return pairs
 
 
 def _plain_text(text: str) -> str:
@@ -127,6 +138,7 @@ def task_from_mapping(spec: Any, *, where: str, base: Path | None = None, defaul
     return FileTask(name=name, family="custom", metric=metric, headline=CUSTOM_METRICS[metric],
                     eval_split=spec.get("eval_split", "validation"), hf_id=hub, hf_config=spec.get("config"),
                     bundled=False, make_prompt=_plain_text, description=f"own data ({where})", data=data,
+                    preference=spec.get("format") == "preference",
                     format=spec.get("format", "auto"), prompt_template=spec.get("prompt"),
                     target_template=spec.get("target"), system=spec.get("system"),
                     max_input_len=spec.get("max_input_len"), max_output_len=spec.get("max_output_len"), origin=where)
@@ -143,7 +155,7 @@ def load_task_file(path: Path) -> FileTask:
 
 
 def task_from_data(path: Path, metric: str | None = None) -> FileTask:
-    """The quick path: a prompt-completion or messages file used as a task, named after the file."""
+    """The quick path: a prompt-completion, messages or preference file used as a task, named after the file."""
     return task_from_mapping({"data": str(path), "metric": metric or "rouge"}, where=str(path),
                              default_name=slug(path.stem))
 

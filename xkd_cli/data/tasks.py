@@ -12,6 +12,10 @@ Row schemas (the real datasets' own column names):
   object as text (flat ``en``/``de`` columns are accepted in every format). Ids are row indices.
 - math (``gsm8k``, ``synth-gsm``): ``question`` and ``answer`` (ending ``#### N``). Ids are row
   indices.
+- preference pairs (``synth-sum-pref``): TRL's preference format (:func:`xkd_cli.data.formats.parse_preference`),
+  ``prompt`` (the source), ``chosen``, ``rejected``, optionally ``id``; other columns (``damage``) are kept as
+  the pair's ``meta``. ``Task.load_pairs`` gives :class:`PreferencePair` s; ``Task.load`` gives the chosen
+  responses as the references, so sft, distillation and evaluation run on a preference task unchanged.
 
 Where rows come from (``Task.load(split, data=...)``):
 
@@ -30,10 +34,10 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from xkd_cli.config.evaluation import SPLITS
-from xkd_cli.data import metrics, synth
+from xkd_cli.data import formats, metrics, synth
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.hub import hub_unreachable
 from xkd_cli.core.registry import Registry
@@ -51,6 +55,22 @@ class Example:
     # Chat prompt turns as (role, content) pairs, system first, when the data has them (one's own data,
     # xkd_cli.data.taskfile); None: a chat model sees ``prompt`` as one user turn.
     messages: tuple[tuple[str, str], ...] | None = None
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt with a chosen and a rejected response (``Task.load_pairs``)."""
+    example: Example  # the prompt (id, prompt, source, messages) with the chosen response as its reference
+    rejected: str     # never the same text as the chosen response
+    meta: dict[str, Any] = field(default_factory=dict, hash=False)  # the row's other columns, e.g. damage
+
+    @property
+    def id(self) -> str:
+        return self.example.id
+
+    @property
+    def chosen(self) -> str:
+        return self.example.reference
 
 
 # ----------------------------------------------------------------------------------------
@@ -294,13 +314,26 @@ class Task:
     train_cap: int | None = None  # keep only the first N training rows (WMT: 10k pairs)
     description: str = ""
 
+    # Rows are preference pairs (TRL's prompt/chosen/rejected) and load_pairs serves them: declared by a bundled
+    # preference task or a task file's 'format: preference' (with 'format: auto', load_pairs reads the rows to tell).
+    preference: bool = False
+
     def load(self, split: str, data: str | Path | None = None, train_fraction: float = 1.0,
              limit: int | None = None) -> list[Example]:
-        """Examples of one split, in data order.
+        """Examples of one split, in data order (a preference task's: the prompts with their chosen responses).
 
         ``train_fraction`` keeps the first ``ceil(F * n)`` (at least 1) rows of the *train* split;
         ``limit`` then keeps the first N rows of any split. Only kept rows are parsed.
         """
+        return self._examples(*self._kept_rows(split, data, train_fraction, limit))
+
+    def load_pairs(self, split: str, data: str | Path | None = None, train_fraction: float = 1.0,
+                   limit: int | None = None) -> list[PreferencePair]:
+        """Preference pairs of one split, in data order; ``train_fraction`` and ``limit`` as in :meth:`load`."""
+        return self._pairs(*self._kept_rows(split, data, train_fraction, limit))
+
+    def _kept_rows(self, split: str, data: str | Path | None, train_fraction: float,
+                   limit: int | None) -> tuple[list[dict], str]:
         if split not in SPLITS:
             raise XKDError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
         if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) \
@@ -319,7 +352,7 @@ class Task:
             rows = rows[: max(1, math.ceil(train_fraction * len(rows)))]
         if limit is not None:
             rows = rows[:limit]
-        return self._examples(rows, origin)
+        return rows, origin
 
     @property
     def keep_prompt_end(self) -> bool:
@@ -358,19 +391,44 @@ class Task:
                            "train/validation/test files in the same schema") from None
 
     def _examples(self, rows: list[dict], origin: str) -> list[Example]:
+        if self.preference:
+            return [pair.example for pair in self._pairs(rows, origin)]
         parse = _PARSERS[self.family]
         examples, first_row_of_id = [], {}
-        for index, row in enumerate(rows):
-            where = f"{origin}, row {index + 1}"
-            if not isinstance(row, dict):
-                raise XKDError(f"{where}: expected a row object with named columns, got {type(row).__name__}")
+        for index, row, where in numbered_rows(rows, origin):
             ex_id, source, reference = parse(row, index, where)
-            if ex_id in first_row_of_id:
-                raise XKDError(f"{where}: duplicate id {ex_id!r} (also row {first_row_of_id[ex_id] + 1}); "
-                               "ids must be unique within a split")
-            first_row_of_id[ex_id] = index
+            _check_unique(ex_id, index, first_row_of_id, where)
             examples.append(Example(ex_id, self.make_prompt(source), reference, source))
         return examples
+
+    def _pairs(self, rows: list[dict], origin: str) -> list[PreferencePair]:
+        if not self.preference:
+            raise XKDError(f"task {self.name} has no preference pairs: use a preference task such as synth-sum-pref, "
+                           "or a task file whose rows are in TRL's preference format (prompt, chosen, rejected)")
+        pairs, first_row_of_id = [], {}
+        for index, row, where in numbered_rows(rows, origin):
+            turns = formats.parse_preference(row, where)
+            ex_id = _row_id(row, index, where)
+            _check_unique(ex_id, index, first_row_of_id, where)
+            example = Example(ex_id, self.make_prompt(turns.text), turns.chosen, turns.text)
+            pairs.append(PreferencePair(example, turns.rejected, formats.extra_columns(row)))
+        return pairs
+
+
+def numbered_rows(rows: list[dict], origin: str) -> Iterator[tuple[int, dict, str]]:
+    """(index, row, "ORIGIN, row N") of every row, refusing one that is not an object with named columns."""
+    for index, row in enumerate(rows):
+        where = f"{origin}, row {index + 1}"
+        if not isinstance(row, dict):
+            raise XKDError(f"{where}: expected a row object with named columns, got {type(row).__name__}")
+        yield index, row, where
+
+
+def _check_unique(ex_id: str, index: int, first_row_of_id: dict[str, int], where: str) -> None:
+    if ex_id in first_row_of_id:
+        raise XKDError(f"{where}: duplicate id {ex_id!r} (also row {first_row_of_id[ex_id] + 1}); "
+                       "ids must be unique within a split")
+    first_row_of_id[ex_id] = index
 
 
 _SUM = dict(family="sum", metric="rouge", headline="rouge2", eval_split="validation",
@@ -393,6 +451,9 @@ for _task in (
          description="bundled offline English->German translation (BLEU)"),
     Task("synth-gsm", hf_id=None, hf_config=None, bundled=True, make_prompt=qa_prompt, **_GSM,
          description="bundled offline arithmetic word problems, zero-shot (accuracy)"),
+    Task("synth-sum-pref", hf_id=None, hf_config=None, bundled=True, preference=True, **_SUM,
+         description="bundled offline preference pairs: synth-sum's reference summary over a damaged one "
+                     "(ROUGE-2 of generations against the chosen summary)"),
 ):
     TASKS.register(_task.name, _task)
 

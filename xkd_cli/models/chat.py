@@ -8,6 +8,9 @@ use one. A rendered prompt is truncated from the left, so the generation prompt 
 With a template, targets end with the template's end-of-turn token (SmolLM2's ``<|im_end|>``) instead of
 eos, so the loss teaches the model to close its turn; generation stops at that token or at eos. The
 model's ``LoadedModel.chat`` holds the choice, so every command encodes through the functions here.
+
+A preference pair encodes as one prompt and two targets (:func:`encode_example_pairs`): the chosen and the
+rejected response each end like any target, and both follow the same prompt tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Sequence
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.batches import encode_prompts, encode_targets
-from xkd_cli.data.tasks import Example
+from xkd_cli.data.tasks import Example, PreferencePair
 from xkd_cli.models.loaded_model import LoadedModel
 
 _MARKER = "XKD-END-OF-ANSWER"
@@ -107,6 +110,24 @@ def encode_example_targets(loaded: LoadedModel, references: Sequence[str], *, ma
     """Target ids: the completion, then eos (raw prompts) or the end-of-turn token (chat)."""
     end = loaded.chat.end_of_turn if loaded.chat is not None else None
     return encode_targets(loaded.tokenizer, references, max_len=max_len, end=end)
+
+
+@dataclass(frozen=True)
+class EncodedPairs:
+    """Token ids of preference pairs: one prompt per pair, shared by its two targets."""
+    prompts: list[list[int]]
+    chosen: list[list[int]]
+    rejected: list[list[int]]
+
+
+def encode_example_pairs(loaded: LoadedModel, pairs: Sequence[PreferencePair], *, max_input_len: int,
+                         max_output_len: int, keep_end: bool = False) -> EncodedPairs:
+    """Prompt ids (as :func:`encode_example_prompts`) and the chosen and rejected target ids (as
+    :func:`encode_example_targets`) of ``pairs``: prompt + chosen and prompt + rejected are the two sequences."""
+    prompts = encode_example_prompts(loaded, [p.example for p in pairs], max_len=max_input_len, keep_end=keep_end)
+    chosen = encode_example_targets(loaded, [p.chosen for p in pairs], max_len=max_output_len)
+    rejected = encode_example_targets(loaded, [p.rejected for p in pairs], max_len=max_output_len)
+    return EncodedPairs(prompts, chosen, rejected)
 
 
 def stop_ids(loaded: LoadedModel) -> tuple[int, ...]:

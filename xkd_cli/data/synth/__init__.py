@@ -1,4 +1,4 @@
-"""Deterministic generators for the three bundled offline tasks: synth-sum, synth-mt, synth-gsm.
+"""Deterministic generators for the bundled offline tasks: synth-sum, synth-mt, synth-gsm and synth-sum-pref.
 
 Why they exist: the real datasets (XSum, WMT14, GSM8K) need a download and hours of GPU time.
 These tasks let the whole pipeline (SFT, teacher generation, distillation, evaluation) run
@@ -10,6 +10,8 @@ offline on a CPU in minutes while still rewarding model capacity and training:
   morphology and word order.
 - ``synth-gsm`` (:mod:`.word_problems`): grade-school word problems with 2-4 arithmetic operations and a
   worked solution in GSM8K's style.
+- ``synth-sum-pref`` (:mod:`.preference`): synth-sum's rows as preference pairs, the reference summary over a
+  damaged copy (a wrong entity, a repeated clause or a dropped fact, recorded per row).
 
 Every task is generated from a fixed seed with :class:`random.Random` (whose integer-seeded
 ``random``/``randrange``/``choice``/``shuffle`` are stable across Python versions), never from
@@ -18,8 +20,8 @@ source text and dealt out validation, test, train (evaluation splits first, so t
 training split never changes the evaluation sets); the splits are therefore disjoint.
 
 :func:`rows` returns rows in the schema of the real counterpart (``document/summary/id``;
-``translation{en,de}``; ``question/answer``), so :mod:`xkd_cli.data.tasks` parses synthetic and real
-data with the same code.
+``translation{en,de}``; ``question/answer``; TRL's ``prompt/chosen/rejected``), so
+:mod:`xkd_cli.data.tasks` parses synthetic and real data with the same code.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Callable
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.synth.common import Row
+from xkd_cli.data.synth.preference import preference_rows
 from xkd_cli.data.synth.summarization import make_sum
 from xkd_cli.data.synth.translation import make_mt
 from xkd_cli.data.synth.word_problems import make_gsm
@@ -46,7 +49,12 @@ _GENERATORS: dict[str, tuple[int, Callable[[random.Random], tuple[str, Row]]]] =
     "synth-mt": (SEED + 2, make_mt),
     "synth-gsm": (SEED + 3, make_gsm),
 }
-TASK_NAMES = tuple(_GENERATORS)
+# Tasks made from another bundled task's rows: name -> (that task, how one split's rows become this task's)
+_DERIVED: dict[str, tuple[str, Callable[[tuple[Row, ...]], list[Row]]]] = {
+    "synth-sum-pref": ("synth-sum", preference_rows),
+}
+TASK_NAMES = tuple(_GENERATORS)  # the generated tasks: the bundled tokenizer is trained on their text
+ALL_TASK_NAMES = TASK_NAMES + tuple(_DERIVED)  # derived rows reuse that text: they add nothing for the tokenizer
 
 
 @lru_cache(maxsize=None)
@@ -77,15 +85,23 @@ def _generate(task_name: str) -> dict[str, tuple[Row, ...]]:
     return splits
 
 
+@lru_cache(maxsize=None)
+def _derive(task_name: str, split: str) -> tuple[Row, ...]:
+    source, derive = _DERIVED[task_name]
+    return tuple(derive(_generate(source)[split]))
+
+
 def rows(task_name: str, split: str) -> list[Row]:
     """The rows of one split of a bundled task, in the schema of its real counterpart.
 
     synth-sum -> {"document", "summary", "id"} (XSum); synth-mt -> {"translation": {"de", "en"}}
-    (WMT14); synth-gsm -> {"question", "answer"} (GSM8K). Generated once per process and cached;
-    each call returns fresh copies, so callers may modify them.
+    (WMT14); synth-gsm -> {"question", "answer"} (GSM8K); synth-sum-pref -> {"prompt", "chosen", "rejected",
+    "damage", "id"} (TRL's preference format). Generated once per process and cached; each call returns
+    fresh copies, so callers may modify them.
     """
-    if task_name not in _GENERATORS:
-        raise XKDError(f"{task_name!r} is not a bundled synthetic task: use one of {', '.join(TASK_NAMES)}")
+    if task_name not in ALL_TASK_NAMES:
+        raise XKDError(f"{task_name!r} is not a bundled synthetic task: use one of {', '.join(ALL_TASK_NAMES)}")
     if split not in SPLIT_SIZES:
         raise XKDError(f"unknown split {split!r} for {task_name}: use one of {', '.join(SPLITS)}")
-    return copy.deepcopy(list(_generate(task_name)[split]))
+    made = _derive(task_name, split) if task_name in _DERIVED else _generate(task_name)[split]
+    return copy.deepcopy(list(made))
