@@ -11,12 +11,15 @@ import pytest
 import typer
 
 from xkd_cli.cli.app import app
+from xkd_cli.config.defaults import make_config
+from xkd_cli.config.training import DistillConfig, SFTConfig
 from xkd_cli.experiments.pipeline import plan
 from xkd_cli.models.loading import HUB_ALIASES, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = typer.main.get_command(app).commands
 MODEL_FLAGS = ("--model", "-m", "--teacher", "--student", "--a", "--b")
+TRAINING_CONFIGS = {"sft": SFTConfig, "distill": DistillConfig}
 
 
 def _split(line: str) -> list[list[str]]:
@@ -88,7 +91,14 @@ def test_examples_are_collected():
 def test_example_parses_and_its_references_resolve(where, argv):
     assert argv[0] in COMMANDS, f"{where}: unknown command {argv[0]}"
     command = COMMANDS[argv[0]]
-    command.make_context(argv[0], list(argv[1:]))  # an unknown flag or a badly typed value raises here
+    context = command.make_context(argv[0], list(argv[1:]))  # an unknown flag or a badly typed value raises here
+    if argv[0] in TRAINING_CONFIGS:  # the options make a valid config (e.g. none the method does not read)
+        cls = TRAINING_CONFIGS[argv[0]]
+        flags = {k: v for k, v in context.params.items() if k in cls.__dataclass_fields__}
+        recipe = context.params.get("recipe")
+        if flags.get("task") is None and recipe is None:
+            flags["task"] = "synth-sum"  # the examples that take it from the runs directory
+        make_config(cls, flags, recipe=ROOT / recipe if recipe else None)
     for recipe in _flag_values(argv, ("--recipe", "--config_file")) + \
             ([argv[1]] if argv[0] == "pipeline" and len(argv) > 1 else []):
         assert (ROOT / recipe).is_file(), f"{where}: `xkd {' '.join(argv)}` names a missing recipe {recipe}"
