@@ -1,18 +1,20 @@
-"""Distillation: every method is a data source composed with an objective, on the one training loop.
+"""Distillation: every method is a data source composed with an objective, on the one training loop; the method
+table (``xkd_cli.config.methods``) names both, ``xkd_cli.training.methods`` builds them.
 
-| method  | data                                   | loss                          |
-|---------|----------------------------------------|-------------------------------|
-| seqkd   | teacher samples (gen-teacher)          | NLL                           |
-| seqxkd  | teacher samples                        | NLL + F_ex (Algorithm 2)      |
-| skd     | ground truth                           | divergence (fkl)              |
-| sxkd    | ground truth                           | divergence + F_ex (Eq. 22)    |
-| gkd     | ground truth / student samples (α)     | divergence (jsd β)            |
-| gxkd    | ground truth / student samples (α)     | divergence + F_ex (Alg. 1)    |
-| minillm | teacher-mixed student samples          | PPO reverse-KL policy gradient + single-step reverse KL |
+| method  | source                                   | objective: loss                                        |
+|---------|------------------------------------------|--------------------------------------------------------|
+| seqkd   | teacher samples (gen-teacher)            | kd: NLL                                                |
+| seqxkd  | teacher samples                          | kd: NLL + F_ex (Algorithm 2)                           |
+| skd     | ground truth                             | kd: divergence (fkl)                                   |
+| sxkd    | ground truth                             | kd: divergence + F_ex (Eq. 22)                         |
+| gkd     | α-mix: ground truth / student samples    | kd: divergence (jsd β)                                 |
+| gxkd    | α-mix: ground truth / student samples    | kd: divergence + F_ex (Alg. 1)                         |
+| minillm | teacher-mixed student samples            | minillm: PPO reverse-KL policy gradient + reverse KL   |
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from xkd_cli.core.workspace import Run, find_runs
 from xkd_cli.data.taskfile import task_of
 from xkd_cli.data.tasks import Example
 from xkd_cli.models.chat import check_same_prompts, use_chat_template
+from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.models.loading import load_model
 from xkd_cli.models.lora import load_trained_model, lora_record
 from xkd_cli.models.tokenizers import check_same_tokenizer, tokenizers_match
@@ -44,26 +47,33 @@ def default_model_run(root: Path, task: str, role: str, flag: str) -> str:
     return found[-1].name
 
 
-def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
-                resume: bool = False) -> dict[str, Any]:
-    method = cfg.spec
-    task = task_of(cfg)
-    name = cfg.run_name()
-    resume_from = find_resume(runs_root, task.name, name, kind="distill", cfg=cfg, overwrite=overwrite, resume=resume)
-    student_ref = cfg.student or default_model_run(runs_root, task.name, "student", "--student")
+@dataclass
+class Models:
+    """The student to train and the teacher to read (None for the sequence-level methods), with the names they
+    were given by and the vocabulary the losses compare over."""
 
-    teacher_data = None
-    if method.source == "teacher-samples":
-        teacher_data = load_teacher_data(cfg.teacher_data, task=task.name, runs_root=runs_root)
+    student: LoadedModel
+    teacher: LoadedModel | None
+    student_ref: str
+    teacher_ref: str | None
+    vocab_size: int
+    same_tokenizer: bool
+
+
+def load_models(cfg: DistillConfig, runs_root: Path, task: str) -> Models:
+    """Load the student (trainable: LoRA, quantisation as configured) and, where the method reads one, the
+    teacher; check that one batch layout and one vocabulary serve both unless --cross-tokenizer says otherwise."""
+    method = cfg.spec
+    student_ref = cfg.student or default_model_run(runs_root, task, "student", "--student")
     teacher_ref = None  # sequence-level methods need only the teacher's text (black-box teachers too)
     if method.needs_teacher_model:
-        teacher_ref = cfg.teacher or default_model_run(runs_root, task.name, "teacher", "--teacher")
+        teacher_ref = cfg.teacher or default_model_run(runs_root, task, "teacher", "--teacher")
 
-    student = use_chat_template(load_trained_model(student_ref, cfg, task=task.name, runs_dir=runs_root),
+    student = use_chat_template(load_trained_model(student_ref, cfg, task=task, runs_dir=runs_root),
                                 cfg.chat_template)
     teacher = None
     if teacher_ref is not None:
-        teacher = load_model(teacher_ref, task=task.name, runs_dir=runs_root, dtype=cfg.teacher_dtype or cfg.dtype,
+        teacher = load_model(teacher_ref, task=task, runs_dir=runs_root, dtype=cfg.teacher_dtype or cfg.dtype,
                              device=str(resolve_device(cfg.teacher_device or cfg.device)), for_training=False,
                              quantization=quantization_of(cfg.teacher_load_in_8bit, cfg.teacher_load_in_4bit),
                              trust_remote_code=cfg.trust_remote_code)
@@ -81,7 +91,22 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
                            "needs both of the same kind; pick e.g. tiny-t5-large with tiny-t5-small, or pass "
                            "--cross-tokenizer uld")
     else:
-        vocab_size = len(student.tokenizer)
+        vocab_size, same_tokenizer = len(student.tokenizer), False
+    return Models(student, teacher, student_ref, teacher_ref, vocab_size, same_tokenizer)
+
+
+def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
+                resume: bool = False) -> dict[str, Any]:
+    method = cfg.spec
+    task = task_of(cfg)
+    name = cfg.run_name()
+    resume_from = find_resume(runs_root, task.name, name, kind="distill", cfg=cfg, overwrite=overwrite, resume=resume)
+    teacher_data = None  # read first: a missing gen-teacher run is refused before any model loads
+    if method.source == "teacher-samples":
+        teacher_data = load_teacher_data(cfg.teacher_data, task=task.name, runs_root=runs_root)
+    models = load_models(cfg, runs_root, task.name)
+    student, teacher, vocab_size = models.student, models.teacher, models.vocab_size
+    student_ref, teacher_ref = models.student_ref, models.teacher_ref
     if teacher_data is not None:
         examples = [Example(f"{r['id']}#{r['sample']}", r["prompt"], r["response"], r.get("source", ""),
                             tuple(map(tuple, r["messages"])) if r.get("messages") else None)
@@ -108,7 +133,7 @@ def run_distill(cfg: DistillConfig, *, runs_root: Path, overwrite: bool = False,
         alignment = dict(teacher_vocab=len(teacher.tokenizer), prompt_text=prompts.get,
                          prompt_ids=lambda batch: [data.prompts[rows[i]] for i in batch.ids],
                          max_input_len=cfg.max_input_len, keep_end=task.keep_prompt_end,
-                         same_layout=same_tokenizer and teacher.is_encoder_decoder == student.is_encoder_decoder)
+                         same_layout=models.same_tokenizer and teacher.is_encoder_decoder == student.is_encoder_decoder)
     source, objective = build(Setup(cfg, student, teacher, data, vocab_size, cache=cache, cross_tokenizer=alignment))
 
     record = {"method": method.name, "paper_name": method.paper_name, "student": student_ref, "teacher": teacher_ref,
