@@ -18,7 +18,6 @@ model and its head are loaded (a reward-model run plugs in there); :func:`score_
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,6 +39,7 @@ from xkd_cli.models.forward import forward
 from xkd_cli.models.generate import Sampling, generate_batched
 from xkd_cli.models.loaded_model import LoadedModel, model_vocab_size
 from xkd_cli.models.loading import load_model
+from xkd_cli.objectives.ava import response_reward
 from xkd_cli.objectives.chunked import scatter_positions, term_columns, valid_mask
 from xkd_cli.objectives.experiential import q_term
 from xkd_cli.objectives.reward import RewardHead
@@ -78,7 +78,8 @@ def load_scorer(files: ScorerFiles, *, runs_root: Path, dtype: str = "float32", 
 def score_tokens(scorer: Scorer, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], *,
                  gamma: float = 1.0, tau: float = 1.0, batch_size: int = 32) -> list[dict[str, list]]:
     """Per response (``targets[i]`` after ``prompts[i]``), one value per token: ``mu``, ``sigma``, ``q`` and
-    ``delta`` (None at the last token), as lists of floats (see the module docstring)."""
+    ``delta`` (None at the last token), as lists of floats (see the module docstring); and the response's reward
+    as AVA reads it, ``reward_last`` (μ at its last token) and ``reward_sum`` (Σ_t μ_t)."""
     loaded = scorer.loaded
     pad, _, start = special_ids(loaded.tokenizer, loaded.model.config)
     device = next(loaded.model.parameters()).device
@@ -97,10 +98,13 @@ def score_tokens(scorer: Scorer, prompts: Sequence[Sequence[int]], targets: Sequ
         q = scatter_positions(q_values, idx, batch.labels.shape)  # B x T, Eq. 28 at the response's tokens
         delta = q[:, :-1] - gamma * q[:, 1:]  # B x (T-1), Eq. 16; read only where a next token exists
         sigma = log_sigma.exp()
+        # AVA's reward of a whole response (Eq. 18, 19): μ at its last token, which F_c compares, and Σ_t μ_t
+        last, total = (response_reward(mu, batch.labels, how=how).tolist() for how in ("last", "sum"))
         for b, row in enumerate(rows):
             n = len(row)
             found.append({"mu": mu[b, :n].tolist(), "sigma": sigma[b, :n].tolist(), "q": q[b, :n].tolist(),
-                          "delta": delta[b, :n - 1].tolist() + [None]})
+                          "delta": delta[b, :n - 1].tolist() + [None], "reward_last": last[b],
+                          "reward_sum": total[b]})
     return found
 
 
@@ -153,9 +157,8 @@ def _example_record(example: Example, ids: list[int], values: dict[str, list], t
               for t, token_id in enumerate(ids)]
     return {"id": example.id, "prompt": example.prompt,
             "response": tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False),
-            "truncated": truncated,
-            # AVA's reward of a whole response: μ at its last token (what F_c compares), and Σ_t μ_t
-            "reward_last": values["mu"][-1], "reward_sum": math.fsum(values["mu"]), "tokens": tokens}
+            "truncated": truncated, "reward_last": values["reward_last"], "reward_sum": values["reward_sum"],
+            "tokens": tokens}
 
 
 def run_reward_view(cfg: RewardViewConfig, files: ScorerFiles, *, runs_root: Path) -> dict[str, Any]:
