@@ -101,8 +101,9 @@ def test_terminal_view_and_default_place(xkd, trained):
     assert "μ" in result.out and "δ" in result.out and "S-XKD" in result.out
     assert sorted(p.name for p in (run / "reward").iterdir()) == ["reward-1.png", "reward-2.png", "reward.html",
                                                                  "reward.json"]
+    (run / "reward" / "reward-notes.png").write_bytes(b"not ours")
     view(xkd, trained, "sxkd", "--task", "synth-mt", "--limit", "1")  # a smaller view leaves no stale figure
-    assert sorted(p.name for p in (run / "reward").glob("*.png")) == ["reward-1.png"]
+    assert sorted(p.name for p in (run / "reward").glob("*.png")) == ["reward-1.png", "reward-notes.png"]
 
 
 def test_a_given_prompt_and_response(xkd, trained, tmp_path):
@@ -138,6 +139,7 @@ def _fake_run(root, name, kind, method=None):
     (["skd", "--response", "Hund"], "--response needs --prompt"),
     (["skd", "--prompt", "hi"], "--prompt needs --response TEXT, or --generate"),
     ([], "RUN is required"),
+    (["skd", "--out", "{runs}/synth-mt/skd/run.json"], "is a file: pass a directory"),
 ])
 def test_refused_before_torch(tmp_path, args, words):
     runs = tmp_path / "runs"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from xkd_cli.config.checks import check, choice, in_range, quantization_problems
@@ -58,6 +59,8 @@ class RewardViewConfig(ModelLoading):
                 found.append("--data and --split choose the task's examples; they do not apply with --prompt")
         if self.response is not None and not self.response.strip():
             found.append("--response is empty: give the text to score")
+        if self.out is not None and Path(self.out).expanduser().is_file():
+            found.append(f"--out {self.out} is a file: pass a directory (it is made if missing)")
         choice(found, "split", self.split, SPLITS)
         choice(found, "dtype", self.dtype, DTYPES)
         for name in ("limit", "batch_size", "max_input_len", "max_output_len"):

@@ -18,6 +18,7 @@ model and its head are loaded (a reward-model run plugs in there); :func:`score_
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,7 +46,7 @@ from xkd_cli.objectives.experiential import q_term
 from xkd_cli.objectives.reward import RewardHead
 
 OUTPUT_DIR = "reward"  # inside the run, unless --out says otherwise
-FIGURE_GLOB = "reward-*.png"
+FIGURE = re.compile(r"reward-\d+\.png")  # reward-<k>.png, as write_figures names them
 WHOLE = 1 << 30  # a length limit that cuts nothing
 
 
@@ -185,7 +186,7 @@ def run_reward_view(cfg: RewardViewConfig, files: ScorerFiles, *, runs_root: Pat
         targets = encode_example_targets(scorer.loaded, references, max_len=max_out)
         lengths = [len(ids) for ids in tok(references, add_special_tokens=False)["input_ids"]]
         truncated = [n + 1 > max_out for n in lengths]  # the end token is added after the text
-    gamma, tau = float(trained.get("gamma", 1.0)), float(trained.get("tau", 1.0))
+    gamma, tau = (1.0 if trained.get(k) is None else float(trained[k]) for k in ("gamma", "tau"))  # the run's γ, τ′
     values = score_tokens(scorer, prompts, targets, gamma=gamma, tau=tau, batch_size=cfg.batch_size)
     special = set(tok.all_special_ids)
     records = [_example_record(e, list(ids), v, tok, cut, special)
@@ -206,8 +207,9 @@ def write_views(result: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Write the page, the figures and ``reward.json`` (the result with the files' paths) into ``out_dir``;
     figures an earlier view left there are removed first, so every PNG belongs to this view."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob(FIGURE_GLOB):
-        old.unlink()
+    for old in out_dir.glob("reward-*.png"):
+        if FIGURE.fullmatch(old.name):
+            old.unlink()
     files = {"json": str(out_dir / "reward.json"), "html": str(write_page(result, out_dir / "reward.html")),
              "png": [str(p) for p in write_figures(result, out_dir)]}
     result = {**result, "files": files}
