@@ -1,5 +1,5 @@
 """The ``xkd`` command: one Typer app whose subcommands are thin layers over the engine (``xkd_cli.cli.training``,
-``.teacher``, ``.evaluation``, ``.experiments``); their options are generated from the job configs."""
+``.teacher``, ``.evaluation``, ``.reward``, ``.experiments``); their options are generated from the job configs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from xkd_cli import __version__
-from xkd_cli.cli import evaluation, experiments, teacher, training
+from xkd_cli.cli import evaluation, experiments, reward, teacher, training
 from xkd_cli.cli.options import SWITCH
 from xkd_cli.core.errors import Interrupted, StopRequested, XKDError, debug_enabled
 from xkd_cli.core.workspace import stop_note
@@ -64,6 +64,7 @@ app.command(cls=Command, epilog=experiments.PIPELINE_EPILOG)(experiments.pipelin
 app.command(cls=Command, name="gen-teacher", epilog=teacher.EPILOG)(teacher.gen_teacher)
 app.command(cls=Command, epilog=evaluation.DIVERSITY_EPILOG)(evaluation.diversity)
 app.command(cls=Command, epilog=evaluation.JUDGE_EPILOG)(evaluation.judge)
+app.command(cls=Command, epilog=reward.EPILOG)(reward.reward)
 app.command(cls=Command, name="report", epilog=experiments.REPORT_EPILOG)(experiments.report)
 
 

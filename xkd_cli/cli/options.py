@@ -55,9 +55,9 @@ def _cli_type(field: dataclasses.Field, hint: Any) -> Any:
 
 
 def config_parameters(cls: type) -> list[inspect.Parameter]:
-    """One Typer option per command-line field of ``cls``, defaulting to ``None`` ("not given"), with the field's
-    help and its default (or "per task" where a task preset sets it). An on/off field is ``--x/--no-x``, so either
-    way overrides the recipe, and neither typed keeps it."""
+    """One Typer option per command-line field of ``cls`` (an argument for a field marked so), defaulting to
+    ``None`` ("not given"), with the field's help and its default (or "per task" where a task preset sets it). An
+    on/off field is ``--x/--no-x``, so either way overrides the recipe, and neither typed keeps it."""
     hints = typing.get_type_hints(cls)
     per_task = per_task_options(cls)
     params = []
@@ -71,6 +71,11 @@ def config_parameters(cls: type) -> list[inspect.Parameter]:
         elif default is not None:
             help_text += f" (default: {default})"
         cli_type = _cli_type(field, hints[field.name])
+        if field.metadata.get("argument"):
+            argument = typer.Argument(help=help_text, metavar=field.name.upper(), show_default=False)
+            params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[Optional[cli_type], argument]))
+            continue
         flags = (*(field.metadata["flags"] or (f"--{field.name.replace('_', '-')}",)),
                  *(f"--{other.replace('_', '-')}" for other in other_spellings(field.name)))
         switch = {}

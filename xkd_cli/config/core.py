@@ -29,12 +29,14 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
-def option(default: Any, help: str, *, flags: tuple[str, ...] = (), cli: bool = True, cli_type: Any = None) -> Any:
+def option(default: Any, help: str, *, flags: tuple[str, ...] = (), cli: bool = True, cli_type: Any = None,
+           argument: bool = False) -> Any:
     """A config field that is also a command-line option (``--name`` from the field name unless ``flags``
     names the option), with its help text. ``cli=False`` keeps a field out of the command line (recipes
     only); ``cli_type`` is the type the command line parses when it differs from the field's (a tuple
-    field typed as one comma-separated string)."""
-    metadata = {"help": help, "flags": flags, "cli": cli, "cli_type": cli_type}
+    field typed as one comma-separated string); ``argument=True`` makes it a positional argument (``xkd
+    reward RUN``), optional on the command line so a recipe may give it."""
+    metadata = {"help": help, "flags": flags, "cli": cli, "cli_type": cli_type, "argument": argument}
     return dataclasses.field(default=default, metadata=metadata)
 
 

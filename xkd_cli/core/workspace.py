@@ -27,6 +27,7 @@ from xkd_cli.core.errors import XKDError
 RUNS_ENV = "XKD_RUNS_DIR"
 RUN_RECORD = "run.json"
 MODEL_DIR = "model"  # a training run's model, loadable by plain transformers
+REWARD_HEAD_FILE = "reward_head.safetensors"  # an X-KD run's reward head, beside its model (not part of it)
 CONTINUES = ("gen-teacher", "diversity", "judge")  # kinds whose re-run continues where a stopped one ended
 _created: list["Run"] = []  # the runs this process made, for the note a Ctrl-C prints
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")

@@ -22,6 +22,7 @@ import torch
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.timing import PHASES
+from xkd_cli.core.workspace import REWARD_HEAD_FILE
 from xkd_cli.data.batches import Batch
 from xkd_cli.models.forward import forward
 from xkd_cli.models.loaded_model import LoadedModel
@@ -37,8 +38,6 @@ from xkd_cli.objectives.minillm import (
 )
 from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.objectives.teacher_cache import TeacherCache, TopKTeacher
-
-REWARD_HEAD_FILE = "reward_head.safetensors"
 
 
 class Objective(Protocol):

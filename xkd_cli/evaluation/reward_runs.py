@@ -1,0 +1,83 @@
+"""Where a model with a reward head lives, found from what the user typed without loading anything, so a run that
+has no reward head is refused before torch is imported.
+
+A scorer is a directory holding a language model (``model/``, as every training run saves it) and a Gaussian
+reward head beside it (``reward_head.safetensors``, :class:`xkd_cli.objectives.reward.RewardHead`), with the
+run's ``run.json`` and ``config.json``. Today that is an X-KD distillation (sxkd, gxkd, seqxkd: the head F_ex
+trains); an AVA reward model is the same pair of files, so a reward-model run plugs in as it is
+(:func:`locate_scorer` asks for the files, not for the method).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xkd_cli.core.errors import XKDError
+from xkd_cli.core.workspace import (REWARD_HEAD_FILE, RUN_RECORD, default_task, is_run, open_run, read_json,
+                                    read_record, run_model_dir)
+
+X_METHODS = ("sxkd", "gxkd", "seqxkd")  # the distillation methods that train a reward head (F_ex)
+
+
+@dataclass(frozen=True)
+class ScorerFiles:
+    """A model and its reward head on disk, with what their run recorded (``config``: its config.json)."""
+    name: str
+    task: str | None
+    path: Path
+    record: dict[str, Any] = field(repr=False)
+    config: dict[str, Any] = field(repr=False)
+
+    @property
+    def model_dir(self) -> Path:
+        return run_model_dir(self.path)
+
+    @property
+    def head(self) -> Path:
+        return self.path / REWARD_HEAD_FILE
+
+    @property
+    def method(self) -> str:
+        return self.record.get("method") or self.config.get("method") or self.record.get("kind") or "?"
+
+    def describe(self) -> dict[str, Any]:
+        """What a view's header says about the scorer (the method's own hyperparameters, as the run recorded)."""
+        settings = {k: self.config.get(k) for k in ("lam", "gamma", "tau", "reward_position") if k in self.config}
+        return {"run": self.name, "task": self.task, "path": str(self.path), "kind": self.record.get("kind"),
+                "method": self.method, "paper_name": self.record.get("paper_name") or self.method, **settings}
+
+
+def _path_like(ref: str) -> bool:
+    return "/" in ref or ref.startswith((".", "~"))
+
+
+def locate_scorer(ref: str, *, task: str | None, runs_root: Path) -> ScorerFiles:
+    """The run ``ref`` names (a run name of ``task``, by default the workspace's only task, or the path of a run
+    directory), checked to hold a model and a reward head; otherwise one line naming the run and what to pass."""
+    if _path_like(ref):
+        path = Path(ref).expanduser()
+        if not path.is_dir():
+            raise XKDError(f"no run directory {ref!r}: check the path, or pass a run's name (with --task)")
+        if not is_run(path):
+            raise XKDError(f"{path} is not an xkd run (no {RUN_RECORD}): pass an sxkd, gxkd or seqxkd run directory")
+        name = path.name
+    else:
+        run = open_run(runs_root, task or default_task(runs_root), ref)
+        path, name = run.path, run.name
+    record = read_record(path / RUN_RECORD)
+    config = read_json(path / "config.json") if (path / "config.json").is_file() else {}
+    found = ScorerFiles(name, task or record.get("task"), path, record, config)
+    if not found.head.is_file():
+        kind = found.method if record.get("kind") == "distill" else record.get("kind") or "unknown"
+        raise XKDError(f"run {name!r} ({path}) is {_article(kind)} {kind} run and has no reward head "
+                       f"({REWARD_HEAD_FILE}): pass an sxkd, gxkd or seqxkd run, whose distillation trains one")
+    if not found.model_dir.is_dir():
+        raise XKDError(f"run {name!r} ({path}) has a reward head but no model/ beside it (an unfinished run?): "
+                       "finish it with the same command and --resume, or pass another run")
+    return found
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" or word.startswith(("sft", "sxkd", "skd")) else "a"
