@@ -83,7 +83,7 @@ def test_sft_then_eval_end_to_end(xkd, runs):
 def test_table_output_for_people(xkd, runs):
     result = xkd("sft", "--model", "tiny-gpt-small", "--task", "synth-mt", *TINY)
     assert result.code == 0, result.err
-    assert "final loss" in result.out and "sft-tiny-gpt-small" in result.out
+    assert "loss (mean of last" in result.out and "sft-tiny-gpt-small" in result.out
     result = xkd("eval", "--model", "sft-tiny-gpt-small", "--task", "synth-mt", *EVAL)
     assert result.code == 0, result.err
     assert "bleu" in result.out and "signature" in result.out

@@ -218,6 +218,9 @@ def test_a_run_killed_twice_resumes_bit_identically(tmp_path, reference, command
     assert [r["step"] for r in info["resumes"]] == [resumed_from, resumed_from], note
     assert_bit_identical(trained_weights(run), reference(command), note)
     # Rotation kept the last two complete checkpoints and removed what the kills left behind.
+    # The reported loss averages the last 10 steps across the resume: the checkpoint carried the steps before it.
+    assert (info["loss_mean"], info["loss_mean_steps"]) == \
+        (record(reference.root / TASK / command)["loss_mean"], 10), note
     assert checkpoint_entries(run) == ["step-00000012", "step-00000015"]
     if command == "fp16":  # the loss scaler goes on from the checkpoint (its growth counter counts every step)
         final = "checkpoints/step-00000015/state.json"

@@ -89,9 +89,14 @@ def _launch_processes(processes: int | None, cfg: TrainingConfig) -> None:
     raise typer.Exit(relaunch(processes, argv))
 
 
+def loss_label(steps: int | None) -> str:
+    """The run table's name for ``loss_mean``: what it averages."""
+    return "loss (last step)" if steps == 1 else f"loss (mean of last {steps} steps)"
+
+
 def render_training(result: dict) -> None:
     rows = [("run", result["path"]), ("model", result["model"]), ("steps", result["steps"]),
-            ("final loss", result["final_loss"]), ("tokens/s", result["tokens_per_s"]),
+            (loss_label(result["loss_mean_steps"]), result["loss_mean"]), ("tokens/s", result["tokens_per_s"]),
             ("time (s)", result["train_seconds"])]
     if result.get("final_eval"):
         rows += [(f"eval {k}", v) for k, v in result["final_eval"].items() if k != "step"]

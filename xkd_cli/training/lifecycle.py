@@ -45,6 +45,13 @@ def _how_to_redo(run_dir: Path) -> str:
     return f"Free disk space, then run the same command again: it resumes from checkpoint step {latest.step}."
 
 
+def _losses(result: dict[str, Any]) -> dict[str, Any]:
+    """The run's loss for its record and result: ``loss_mean``, the mean over the last ``loss_mean_steps`` steps
+    (the number to read); ``final_loss``, the last step's alone (noisy, kept for what reads it)."""
+    return {"final_loss": result["last"].get("loss"), "loss_mean": result["loss_mean"],
+            "loss_mean_steps": result["loss_mean_steps"]}
+
+
 def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: bool, loaded: LoadedModel,
                  task: Task, train_set: EncodedSet, eval_examples: Sequence[Example], source: Source,
                  objective: Objective, record: dict[str, Any] | None = None, name: str,
@@ -112,7 +119,7 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
         processes.wait()
         path = run_path(runs_root, task.name, name)
         return {"task": task.name, "run": name, "path": str(path), "model": str(run_model_dir(path)),
-                "process": processes.rank, "final_loss": result["last"].get("loss")}
+                "process": processes.rank, **_losses(result)}
     try:
         save_model(loaded, run.model_dir, state_dict=full_state)
         if cfg.merge_lora:  # a plain transformers copy with the adapter folded in, beside the adapter
@@ -128,13 +135,12 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
         processes.wait()
         raise XKDError(error) from None
     final_eval = result["evals"][-1] if result["evals"] else None
-    run.finish(started, train_seconds=round(result["train_seconds"], 3), final_loss=result["last"].get("loss"),
-               final_eval=final_eval)
+    run.finish(started, train_seconds=round(result["train_seconds"], 3), **_losses(result), final_eval=final_eval)
     run.log(f"{kind} finished in {result['train_seconds']:.1f}s")
     checkpoints.release()
     processes.wait()
     return {"task": task.name, "run": name, "path": str(run.path), "model": str(run.model_dir), **saved,
-            "steps": cfg.max_steps, "final_loss": result["last"].get("loss"),
+            "steps": cfg.max_steps, **_losses(result),
             "train_seconds": round(result["train_seconds"], 2),
             "tokens_per_s": round(result["last"].get("tokens_per_s", 0.0), 1),
             "final_eval": final_eval, "evals": result["evals"]}

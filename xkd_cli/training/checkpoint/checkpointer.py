@@ -45,6 +45,7 @@ class LoopState:
     elapsed_s: float = 0.0
     evals: list[dict] = field(default_factory=list)
 
+    recent_losses: list[float] = field(default_factory=list)  # behind the reported mean loss (older: none)
 
 # -- the trained parts' files ----------------------------------------------------------------------------------
 
@@ -297,7 +298,7 @@ class Checkpointer:
             "config": to_dict(self.cfg), "config_hash": config_hash(self.cfg),
             "training_hash": training_hash(self.cfg), "resume_free_keys": list(RESUME_FREE_KEYS),
             "loop": {"step": loop.step, "tokens_seen": loop.tokens_seen, "elapsed_s": loop.elapsed_s,
-                     "evals": loop.evals},
+                     "evals": loop.evals, "recent_losses": loop.recent_losses},
             "scheduler": scheduler.state_dict(),
             **({"scaler": scaler.state_dict()} if scaler is not None else {}),
             "objects": {name: obj.state_dict() for name, obj in self.objects.items()},
