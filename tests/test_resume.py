@@ -213,6 +213,7 @@ def test_a_run_killed_twice_resumes_bit_identically(tmp_path, reference, command
 
     code, text = Job([*args, "--resume"]).finish()
     assert code == 0, text
+    assert f"resuming {TASK}/run from checkpoint step {resumed_from} of 16" in text.splitlines(), text
     info = record(run)
     assert info["status"] == "completed"
     assert [r["step"] for r in info["resumes"]] == [resumed_from, resumed_from], note
@@ -283,6 +284,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_bit_identically(interrup
 
     code, text = Job(argv("sft", runs)).finish()  # the same command again (its --save-every 3 may differ)
     assert code == 0, text
+    assert f"resuming {TASK}/run from checkpoint step {stopped} of 16" in text.splitlines(), text
     assert record(run)["status"] == "completed" and record(run)["resumes"][0]["step"] == stopped
     assert_bit_identical(trained_weights(run), reference("sft"), note)
 
@@ -357,8 +359,10 @@ def test_the_optimizer_file_is_never_unpickled(interrupted, tmp_path, xkd):
 
     result = xkd(*argv("sft", runs))
     assert result.code == 2
-    assert result.err.startswith(f"error: cannot load the optimizer state from {checkpoint / 'optimizer.pt'} "
-                                 "(UnpicklingError")
+    resuming, error = result.err.strip().splitlines()
+    assert resuming == f"resuming {TASK}/run from checkpoint step {logged_step(run)} of 16"
+    assert error.startswith(f"error: cannot load the optimizer state from {checkpoint / 'optimizer.pt'} "
+                            "(UnpicklingError")
     assert not witness.exists()
 
 

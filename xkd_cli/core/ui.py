@@ -16,6 +16,11 @@ console = Console(stderr=True)  # progress, notes, errors
 out = Console()  # results
 
 
+def note(text: str) -> None:
+    """One line on stderr as written: never wrapped (a path in it stays whole), no rich markup (``[`` in a path)."""
+    console.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
 def progress() -> Progress:
     """A progress bar with count, elapsed time and ETA; ``task.fields['info']`` shows live numbers."""
     return Progress(

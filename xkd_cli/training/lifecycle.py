@@ -17,6 +17,7 @@ from xkd_cli.config.core import to_dict
 from xkd_cli.config.training import TrainingConfig
 from xkd_cli.core.errors import StopRequested, XKDError
 from xkd_cli.core.runtime import resolve_device, seed_everything
+from xkd_cli.core.ui import note
 from xkd_cli.evaluation.evaluate import quick_eval
 from xkd_cli.models.lora import MERGED_DIR, export_merged
 from xkd_cli.models.loaded_model import LoadedModel, count_parameters
@@ -86,9 +87,11 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
     processes.wait()
     started = time.time()
     where = f"{device}" + (f" × {processes.count} processes" if processes.count > 1 else "")
-    if run is not None:
-        run.log(f"{kind} started: {len(train_set)} training examples on {where}" if resume_from is None else
-                f"{kind} resumed from checkpoint step {resume_from.step} on {where}")
+    if run is not None and resume_from is None:
+        run.log(f"{kind} started: {len(train_set)} training examples on {where}")
+    elif run is not None:
+        run.log(f"{kind} resumed from checkpoint step {resume_from.step} on {where}")
+        note(f"resuming {task.name}/{name} from checkpoint step {resume_from.step} of {cfg.max_steps}")
     seed_everything(cfg.seed)
     schedule = Schedule(max_steps=cfg.max_steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
                         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, log_every=cfg.log_every,
