@@ -100,4 +100,4 @@ def render_training(result: dict) -> None:
     if result.get("final_eval"):
         rows += [(f"eval {k}", v) for k, v in result["final_eval"].items() if k != "step"]
     out.print(table(f"{result['task']} · {result['run']}", ["", "value"], rows))
-    paths(run=result["path"], model=result["model"])
+    paths(run=result["path"], model=result["model"], checkpoints=result.get("checkpoints"))

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 
 from xkd_cli.training.checkpoint.checkpointer import Checkpointer, TrainingInterrupted
-from xkd_cli.training.checkpoint.resume import Checkpoint, latest_checkpoint, reopen_run
+from xkd_cli.training.checkpoint.resume import Checkpoint, checkpoint_dir, latest_checkpoint, reopen_run
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.training import TrainingConfig
 from xkd_cli.core.errors import StopRequested, XKDError
@@ -140,10 +140,17 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
     final_eval = result["evals"][-1] if result["evals"] else None
     run.finish(started, train_seconds=round(result["train_seconds"], 3), **_losses(result), final_eval=final_eval)
     run.log(f"{kind} finished in {result['train_seconds']:.1f}s")
+    deleted = checkpoints.finished()
+    if deleted is not None:
+        message = (f"deleted the checkpoints of the finished run ({deleted / 1e6:.1f} MB; --keep-last N keeps them); "
+                   f"the model is {run.model_dir}")
+        run.log(message)
+        note(message)
     checkpoints.release()
     processes.wait()
+    kept = checkpoint_dir(run.path)
     return {"task": task.name, "run": name, "path": str(run.path), "model": str(run.model_dir), **saved,
-            "steps": cfg.max_steps, **_losses(result),
+            "checkpoints": str(kept) if kept.is_dir() else None, "steps": cfg.max_steps, **_losses(result),
             "train_seconds": round(result["train_seconds"], 2),
             "tokens_per_s": round(result["last"].get("tokens_per_s", 0.0), 1),
             "final_eval": final_eval, "evals": result["evals"]}
