@@ -83,10 +83,34 @@ def test_sft_then_eval_end_to_end(xkd, runs):
 def test_table_output_for_people(xkd, runs):
     result = xkd("sft", "--model", "tiny-gpt-small", "--task", "synth-mt", *TINY)
     assert result.code == 0, result.err
-    assert "final loss" in result.out and "sft-tiny-gpt-small" in result.out
+    assert "loss (mean of last" in result.out and "sft-tiny-gpt-small" in result.out
     result = xkd("eval", "--model", "sft-tiny-gpt-small", "--task", "synth-mt", *EVAL)
     assert result.code == 0, result.err
     assert "bleu" in result.out and "signature" in result.out
+
+
+def test_paths_are_never_wrapped_piped_at_80_columns(tmp_path):
+    """Piped, rich lays its output out for 80 columns: the tables fit them, and every path the commands print
+    stays whole on one line (a long runs directory makes each one longer than 80 characters), so it can be
+    copied and parsed."""
+    runs = tmp_path / "a-runs-directory-whose-name-alone-is-longer-than-half-a-line-of-80-columns" / "runs"
+    env = {"XKD_RUNS_DIR": str(runs), "COLUMNS": "80"}
+    sft = run_xkd_process("sft", "--model", "tiny-t5-small", "--task", "synth-mt", "--max-steps", "2",
+                          "--batch-size", "4", "--max-input-len", "48", "--max-output-len", "12", env=env)
+    assert sft.returncode == 0, sft.stderr
+    evaluation = run_xkd_process("eval", "--model", "sft-tiny-t5-small", "--task", "synth-mt", "--limit", "4",
+                                 "--max-new-tokens", "6", env=env)
+    assert evaluation.returncode == 0, evaluation.stderr
+    run = runs / "synth-mt" / "sft-tiny-t5-small"
+    assert f"run: {run}" in sft.stdout.splitlines() and f"model: {run / 'model'}" in sft.stdout.splitlines()
+    predictions = run / "eval" / "validation-greedy" / "predictions.jsonl"
+    assert f"predictions: {predictions}" in evaluation.stdout.splitlines()
+    for result in (sft, evaluation):
+        lines = (result.stdout + result.stderr).splitlines()
+        cut = [line for line in lines if "a-runs-directory" in line and str(runs) not in line]
+        assert not cut, result.stdout
+        table = [line for line in result.stdout.splitlines() if str(runs) not in line]
+        assert max(len(line) for line in table) <= 80, result.stdout
 
 
 @pytest.mark.parametrize("task,data", [("xsum", "xsum"), ("wmt", "wmt"), ("gsm8k", "gsm8k")])

@@ -99,6 +99,12 @@ def test_pipeline_runs_then_resumes(xkd, runs, tmp_path, monkeypatch):
     refused = xkd("pipeline", changed)
     assert refused.code == 2 and "max_steps" in refused.err and "--overwrite" in refused.err
     assert model.stat().st_mtime_ns == before
+    # Checkpoint settings change no model: a recipe that differs only in them finds its runs done.
+    kept = write(tmp_path, RECIPE.replace("distill: {max_steps: 2,", "distill: {max_steps: 2, save_every: 1, keep_last: 3,"),
+                 "kept.yaml")
+    planned = xkd("pipeline", kept, "--dry-run", "--json")
+    assert planned.code == 0, planned.err
+    assert {s["state"] for s in planned.json()["steps"] if s["kind"] == "distill"} == {"done"}
 
 
 SEEDED = """

@@ -213,10 +213,14 @@ def test_a_run_killed_twice_resumes_bit_identically(tmp_path, reference, command
 
     code, text = Job([*args, "--resume"]).finish()
     assert code == 0, text
+    assert f"resuming {TASK}/run from checkpoint step {resumed_from} of 16" in text.splitlines(), text
     info = record(run)
     assert info["status"] == "completed"
     assert [r["step"] for r in info["resumes"]] == [resumed_from, resumed_from], note
     assert_bit_identical(trained_weights(run), reference(command), note)
+    # The reported loss averages the last 10 steps across the resume: the checkpoint carried the steps before it.
+    assert (info["loss_mean"], info["loss_mean_steps"]) == \
+        (record(reference.root / TASK / command)["loss_mean"], 10), note
     # Rotation kept the last two complete checkpoints and removed what the kills left behind.
     assert checkpoint_entries(run) == ["step-00000012", "step-00000015"]
     if command == "fp16":  # the loss scaler goes on from the checkpoint (its growth counter counts every step)
@@ -280,8 +284,39 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes_bit_identically(interrup
 
     code, text = Job(argv("sft", runs)).finish()  # the same command again (its --save-every 3 may differ)
     assert code == 0, text
+    assert f"resuming {TASK}/run from checkpoint step {stopped} of 16" in text.splitlines(), text
     assert record(run)["status"] == "completed" and record(run)["resumes"][0]["step"] == stopped
     assert_bit_identical(trained_weights(run), reference("sft"), note)
+    assert complete_steps(run) == [12, 15]  # --save-every asked for checkpoints: the finished run keeps them
+    assert f"checkpoints: {run / 'checkpoints'}" in text.splitlines()
+
+
+def test_a_finished_run_deletes_its_checkpoints_unless_asked_to_keep_them(interrupted, reference, tmp_path, xkd):
+    """The interrupted command run again (default checkpoint settings) resumes, says so, and deletes the signal's
+    checkpoint once the model is saved, saying where the model is; re-running it then is refused as before.
+    --keep-last N keeps them."""
+    runs, run = copy_run(interrupted, tmp_path)
+    stopped = logged_step(run)
+    code, text = Job([*argv("sft", runs), "--save-every", "0"]).finish()  # exactly the interrupted command
+    assert code == 0, text
+    lines = text.splitlines()
+    assert f"resuming {TASK}/run from checkpoint step {stopped} of 16" in lines, text
+    assert not (run / "checkpoints").exists()
+    assert any(line.startswith("deleted the checkpoints of the finished run (") and
+               line.endswith(f"--keep-last N keeps them); the model is {run / 'model'}") for line in lines), text
+    assert f"model: {run / 'model'}" in lines and not any(line.startswith("checkpoints:") for line in lines)
+    assert_bit_identical(trained_weights(run), reference("sft"), interrupted["note"])
+
+    result = xkd(*argv("sft", runs), "--save-every", "0")  # a finished run: refused as before, untouched
+    assert result.code == 2 and "already exists" in result.err and "--overwrite" in result.err
+    result = xkd(*argv("sft", runs), "--save-every", "0", "--resume")
+    assert result.code == 2 and "has already finished: nothing to resume" in result.err
+
+    runs, run = copy_run(interrupted, tmp_path / "kept")
+    code, text = Job([*argv("sft", runs), "--save-every", "0", "--keep-last", "1"]).finish()
+    assert code == 0, text
+    assert complete_steps(run) == [stopped]  # asked for: kept
+    assert not any(line.startswith("deleted the checkpoints") for line in text.splitlines())
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint(interrupted, reference, tmp_path):
@@ -354,8 +389,10 @@ def test_the_optimizer_file_is_never_unpickled(interrupted, tmp_path, xkd):
 
     result = xkd(*argv("sft", runs))
     assert result.code == 2
-    assert result.err.startswith(f"error: cannot load the optimizer state from {checkpoint / 'optimizer.pt'} "
-                                 "(UnpicklingError")
+    resuming, error = result.err.strip().splitlines()
+    assert resuming == f"resuming {TASK}/run from checkpoint step {logged_step(run)} of 16"
+    assert error.startswith(f"error: cannot load the optimizer state from {checkpoint / 'optimizer.pt'} "
+                            "(UnpicklingError")
     assert not witness.exists()
 
 

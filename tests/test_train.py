@@ -1,5 +1,6 @@
-"""The training loop: per-token normalisation over the optimizer step, determinism."""
+"""The training loop: per-token normalisation over the optimizer step, determinism, the reported loss."""
 
+import json
 
 import pytest
 import torch
@@ -96,3 +97,46 @@ def test_mixed_precision_autocasts_the_forward_and_keeps_float32_weights(mode, d
     g_mixed = torch.cat([(start[k] - mixed[k]).flatten() for k in full])
     assert (g_mixed - g_full).norm() / g_full.norm() < 0.05  # the same gradient up to half-precision rounding
     assert not torch.equal(g_mixed, g_full)  # the autocast did change the arithmetic
+
+
+class ScriptedLoss:
+    """An objective whose step losses are given in advance (one micro-batch a step, one token): step k's loss is
+    ``losses[k - 1]``, whatever the weights."""
+
+    def __init__(self, losses, param):
+        self.losses, self.param = iter(losses), param
+
+    def counts(self, batch):
+        return {"tokens": 1}
+
+    def terms(self, batch):
+        return {"nll": (self.param.sum() * 0 + next(self.losses), "tokens")}
+
+    def modules(self):
+        return {}
+
+
+class NoBatch:
+    def to(self, device):
+        return self
+
+
+@pytest.mark.parametrize("log_every, window", [(1, 10), (4, 10), (12, 12), (20, 13)])
+def test_the_reported_loss_is_the_mean_of_the_last_logging_window(tmp_path, log_every, window):
+    """The run's loss is the mean over its last max(log_every, 10) steps (all of them when it has fewer), not the
+    last step's loss: a noisy last step (every third step is 10× the others here, like a gkd step that drew the
+    other data source) moves it by a tenth, not tenfold."""
+    # float32 holds these exactly (the loss is a float32 tensor): step 12 is a noisy one, step 13 is not
+    losses = [3.75 if k % 3 == 0 else 0.25 + k / 64 for k in range(1, 14)]
+    model = torch.nn.Linear(1, 1)
+    log = tmp_path / "train_log.jsonl"
+    result = train(model=model, objective=ScriptedLoss(losses, model.weight), draw=NoBatch,
+                   schedule=Schedule(max_steps=len(losses), lr=0.1, log_every=log_every),
+                   params=model.parameters(), device=torch.device("cpu"), log_path=log)
+    assert result["loss_mean_steps"] == window
+    assert result["loss_mean"] == pytest.approx(sum(losses[-window:]) / window, rel=1e-12)
+    assert result["last"]["loss"] == losses[-1]  # final_loss keeps meaning the last step's loss
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert logged[-1]["loss_mean"] == result["loss_mean"]  # the last log line carries the same number
+    if log_every == 1:  # every step is logged: the reported loss is the mean of the last ten logged losses
+        assert result["loss_mean"] == pytest.approx(sum(line["loss"] for line in logged[-10:]) / 10, rel=1e-12)

@@ -8,7 +8,7 @@ from typing import Any
 from xkd_cli.cli.options import config_command
 from xkd_cli.config.defaults import make_config
 from xkd_cli.config.evaluation import JUDGE_CACHE_FILE, DiversityConfig, EvalConfig, JudgeConfig
-from xkd_cli.core.ui import emit, out, table
+from xkd_cli.core.ui import emit, out, paths, table
 from xkd_cli.core.workspace import runs_root
 
 STEERING = ("recipe", "runs_dir", "overwrite", "json")
@@ -47,7 +47,7 @@ def render_eval(result: dict) -> None:
     for key, value in metrics.items():
         if key.endswith("signature"):
             out.print(f"{key}: {value}")
-    out.print(f"predictions: {result['predictions']}")
+    paths(predictions=result["predictions"])
 
 
 @config_command(DiversityConfig, *STEERING, first=("models", "task", "name", "data"))
@@ -103,4 +103,4 @@ def render_judge(result: dict[str, Any]) -> None:
                              f"{result['cached']} cached answers)"),
             ("time (s)", result["seconds"])]
     out.print(table(f"{result['task']} · judge · {result['a']} vs {result['b']} · {result['split']}", ["", "value"], rows))
-    out.print(f"verdicts: {result['verdicts']}")
+    paths(verdicts=result["verdicts"])

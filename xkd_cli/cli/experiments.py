@@ -93,7 +93,8 @@ def render_report(report: dict[str, Any]) -> None:
         out.print(f"figure ({fig['paper_figure']}): {out_dir / fig['png']} (and .svg)")
     for div in report["diversity"]:
         if div["png_path"]:
-                   out.print(f"diversity figure: {Path(report['runs_dir']) / div['png_path']}")
+            out.print(f"diversity figure: {Path(report['runs_dir']) / div['png_path']}")
     for m in report["missing"]:
-        console.print(f"[yellow]not in the report:[/] {m['where']} ({m['task']}/{m['run']}): {m['reason']} — {m['fix']}")
+        console.print(f"[yellow]not in the report:[/] {m['where']} ({m['task']}/{m['run']}): {m['reason']} — "
+                      f"{m['fix']}", soft_wrap=True)  # one line: its path and command stay whole
     out.print(f"report: {report['files']['md']} (and report.json, table1.csv, judge.csv, sweeps.csv, differences.csv)")

@@ -8,7 +8,7 @@ from typing import Any
 from xkd_cli.cli.options import config_command
 from xkd_cli.config.defaults import make_config
 from xkd_cli.config.generation import GenTeacherConfig
-from xkd_cli.core.ui import emit, out, table
+from xkd_cli.core.ui import emit, out, paths, table
 from xkd_cli.core.workspace import runs_root
 
 EPILOG = ("Examples:\n\n  xkd gen-teacher --task synth-sum --num-samples 2\n\n"
@@ -29,7 +29,7 @@ def gen_teacher(flags: dict[str, Any], *, recipe, runs_dir, overwrite, json) -> 
 
 def render_gen_teacher(result: dict[str, Any]) -> None:
     d = result["decoding"]
-    rows = [("run", result["path"]), ("mode", result["mode"]), ("teacher", result["teacher"]),
+    rows = [("mode", result["mode"]), ("teacher", result["teacher"]),
             ("prompts", result["prompts"]), ("samples per prompt", result["num_samples"]), ("rows", result["rows"]),
             ("new rows", result["new_rows"]),
             ("decoding", f"temperature {d['temperature']:g}, top-p {d['top_p']:g}, max {d['max_new_tokens']} tokens")]
@@ -37,4 +37,4 @@ def render_gen_teacher(result: dict[str, Any]) -> None:
         rows += [("API requests", result["requests"]), ("retries", result["retries"])]
     rows.append(("time (s)", result["seconds"]))
     out.print(table(f"{result['task']} · gen-teacher · {result['run']}", ["", "value"], rows))
-    out.print(f"samples: {result['samples']}")
+    paths(run=result["path"], samples=result["samples"])

@@ -12,7 +12,7 @@ import typer
 from xkd_cli.cli.options import config_command
 from xkd_cli.config.defaults import make_config
 from xkd_cli.config.training import DistillConfig, SFTConfig, TrainingConfig
-from xkd_cli.core.ui import emit, out, table
+from xkd_cli.core.ui import emit, out, paths, table
 from xkd_cli.core.workspace import runs_root
 from xkd_cli.data.tasks import split_file
 from xkd_cli.training.checkpoint.resume import find_resume
@@ -89,10 +89,15 @@ def _launch_processes(processes: int | None, cfg: TrainingConfig) -> None:
     raise typer.Exit(relaunch(processes, argv))
 
 
+def loss_label(steps: int | None) -> str:
+    """The run table's name for ``loss_mean``: what it averages."""
+    return "loss (last step)" if steps == 1 else f"loss (mean of last {steps} steps)"
+
+
 def render_training(result: dict) -> None:
-    rows = [("run", result["path"]), ("model", result["model"]), ("steps", result["steps"]),
-            ("final loss", result["final_loss"]), ("tokens/s", result["tokens_per_s"]),
-            ("time (s)", result["train_seconds"])]
+    rows = [("steps", result["steps"]), (loss_label(result["loss_mean_steps"]), result["loss_mean"]),
+            ("tokens/s", result["tokens_per_s"]), ("time (s)", result["train_seconds"])]
     if result.get("final_eval"):
         rows += [(f"eval {k}", v) for k, v in result["final_eval"].items() if k != "step"]
     out.print(table(f"{result['task']} · {result['run']}", ["", "value"], rows))
+    paths(run=result["path"], model=result["model"], checkpoints=result.get("checkpoints"))

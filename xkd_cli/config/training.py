@@ -48,10 +48,13 @@ class TrainingConfig(ModelLoading):
     train_fraction: float = TRAIN_FRACTION.field()
     eval_every: int = option(0, "Evaluate every N steps (0 = never).")
     eval_limit: int = option(64, "Examples per in-training evaluation.")
-    log_every: int = option(10, "Write a log line every N steps.")
+    log_every: int = option(10, "Write a log line every N steps; the run's reported loss is the mean of its last "
+                                "max(N, 10) steps.")
     dropout: float | None = option(None, "Override the model's dropout rate.")
     save_every: int = option(0, "Write a checkpoint every N steps (0 = off; SIGTERM/SIGINT always write one).")
-    keep_last: int = option(2, "Complete checkpoints to keep.")
+    keep_last: int | None = option(None, "Complete checkpoints to keep (default 2 while the run trains). A run that "
+                                         "finishes deletes its checkpoints unless --keep-last or --save-every is "
+                                         "given: then it keeps the newest N (2 with --save-every alone).")
     # LoRA / QLoRA of the trained model: r = 0 trains every weight.
     lora_r: int = option(0, "LoRA rank: train rank-R adapters instead of all weights (0 = off).")
     lora_alpha: float = option(16.0, "LoRA scaling α (update scale α/r).")

@@ -13,7 +13,21 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
 from rich.table import Table
 
 console = Console(stderr=True)  # progress, notes, errors
-out = Console()  # results
+# Results. soft_wrap: a printed line is never broken at the console's width (80 columns when piped), so a path in
+# it can be copied and parsed; tables still fit the width, and the paths go on lines of their own after them.
+out = Console(soft_wrap=True)
+
+
+def note(text: str) -> None:
+    """One line on stderr as written: never wrapped (a path in it stays whole), no rich markup (``[`` in a path)."""
+    console.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
+def paths(**named: Any) -> None:
+    """``name: path`` lines on stdout, one each, never wrapped, without markup (``None`` values are left out)."""
+    for name, path in named.items():
+        if path is not None:
+            out.print(f"{name}: {path}", markup=False, highlight=False)
 
 
 def progress() -> Progress:

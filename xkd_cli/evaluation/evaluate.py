@@ -33,7 +33,7 @@ from xkd_cli.data.tasks import Example, Task
 from xkd_cli.data.taskfile import task_of
 from xkd_cli.models.forward import forward
 from xkd_cli.models.chat import encode_example_prompts, encode_example_targets, stop_ids, use_chat_template
-from xkd_cli.core.ui import console, progress
+from xkd_cli.core.ui import note, progress
 from xkd_cli.core.workspace import Run, create_run, open_run, read_json, run_path, slug, write_json
 
 
@@ -179,7 +179,7 @@ def run_eval(cfg: EvalConfig, *, runs_root: Path, overwrite: bool = False) -> di
     started = time.time()
     if todo:
         if done:
-            console.print(f"resuming: {len(done)} of {len(examples)} predictions already in {pred_path}")
+            note(f"resuming: {len(done)} of {len(examples)} predictions already in {pred_path}")
         seed_everything(cfg.seed)
 
         def save(rows) -> None:

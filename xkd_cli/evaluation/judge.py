@@ -43,7 +43,7 @@ from xkd_cli.config.defaults import make_config
 from xkd_cli.config.evaluation import JUDGE_CACHE_FILE, EvalConfig, JudgeConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.jsonl import append_rows, read_rows
-from xkd_cli.core.ui import console
+from xkd_cli.core.ui import note
 from xkd_cli.core.workspace import (check_run_name, create_run, now, public_url, resumable_run, run_path, slug,
                                     write_json)
 from xkd_cli.data.taskfile import task_of
@@ -237,7 +237,7 @@ def load_predictions(cfg: JudgeConfig, ref: str, *, task: str, split: str, root:
     if path is None:
         from xkd_cli.evaluation.evaluate import run_eval  # torch loads only when a run has to be evaluated first
 
-        console.print(f"{ref}: no greedy predictions on {task}/{split} yet, evaluating it first")
+        note(f"{ref}: no greedy predictions on {task}/{split} yet, evaluating it first")
         eval_cfg = make_config(EvalConfig, {"task": task, "model": ref, "split": split, "limit": cfg.limit,
                                             "data": cfg.data})
         result = run_eval(eval_cfg, runs_root=root)
@@ -348,7 +348,7 @@ def run_judge(cfg: JudgeConfig, *, runs_root: Path, overwrite: bool = False,
             done[p.id] = row
     todo = [p for p in pairs if p.id not in done]
     if done and todo:
-        console.print(f"resuming: {len(done)} of {len(pairs)} verdicts already in {verdicts_path}")
+        note(f"resuming: {len(done)} of {len(pairs)} verdicts already in {verdicts_path}")
 
     cache = JudgeCache(root / JUDGE_CACHE_FILE)
     lock = threading.Lock()

@@ -257,7 +257,8 @@ def _state(step: Step, runs_root: Path) -> tuple[str, list[str]]:
         return ("resume" if resumable else "stale"), []
     previous = read_json(path / "config.json") if (path / "config.json").is_file() else {}
     wanted = to_dict(step.config)
-    changed = sorted(k for k in wanted if previous.get(k) != wanted[k])  # commands may record more keys
+    # commands may record more keys; checkpoint bookkeeping never changes a finished run's model
+    changed = sorted(k for k in wanted if previous.get(k) != wanted[k] and k not in ("save_every", "keep_last"))
     return ("changed", changed) if changed else ("done", [])
 
 

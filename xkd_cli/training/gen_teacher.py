@@ -23,7 +23,7 @@ from xkd_cli.config.checks import quantization_of
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.jsonl import append_rows, read_rows
 from xkd_cli.core.runtime import resolve_device, seed_everything
-from xkd_cli.core.ui import console
+from xkd_cli.core.ui import note
 from xkd_cli.core.workspace import (RUN_RECORD, create_run, find_runs, is_run, open_run, public_url, read_record,
                                     resumable_run, run_path_or_none)
 from xkd_cli.data.taskfile import task_of
@@ -103,7 +103,7 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
         samples_path = run.path / SAMPLES_FILE
         samples_path.touch()
     elif done and todo:
-        console.print(f"resuming: {len(pairs) - len(todo)} of {len(pairs)} teacher samples already in {samples_path}")
+        note(f"resuming: {len(pairs) - len(todo)} of {len(pairs)} teacher samples already in {samples_path}")
 
     row_settings = {"task": task.name, "teacher": settings["teacher"], "mode": settings["mode"], **decoding,
                     **({"tokenizer_sha": tokenizer_sha} if tokenizer_sha else {})}

@@ -12,11 +12,12 @@ from typing import Any, Sequence
 
 
 from xkd_cli.training.checkpoint.checkpointer import Checkpointer, TrainingInterrupted
-from xkd_cli.training.checkpoint.resume import Checkpoint, latest_checkpoint, reopen_run
+from xkd_cli.training.checkpoint.resume import Checkpoint, checkpoint_dir, latest_checkpoint, reopen_run
 from xkd_cli.config.core import to_dict
 from xkd_cli.config.training import TrainingConfig
 from xkd_cli.core.errors import StopRequested, XKDError
 from xkd_cli.core.runtime import resolve_device, seed_everything
+from xkd_cli.core.ui import note
 from xkd_cli.evaluation.evaluate import quick_eval
 from xkd_cli.models.lora import MERGED_DIR, export_merged
 from xkd_cli.models.loaded_model import LoadedModel, count_parameters
@@ -43,6 +44,13 @@ def _how_to_redo(run_dir: Path) -> str:
         return ("Free disk space, then run the same command with --overwrite (no checkpoint was kept; "
                 "--save-every N keeps some).")
     return f"Free disk space, then run the same command again: it resumes from checkpoint step {latest.step}."
+
+
+def _losses(result: dict[str, Any]) -> dict[str, Any]:
+    """The run's loss for its record and result: ``loss_mean``, the mean over the last ``loss_mean_steps`` steps
+    (the number to read); ``final_loss``, the last step's alone (noisy, kept for what reads it)."""
+    return {"final_loss": result["last"].get("loss"), "loss_mean": result["loss_mean"],
+            "loss_mean_steps": result["loss_mean_steps"]}
 
 
 def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: bool, loaded: LoadedModel,
@@ -79,9 +87,11 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
     processes.wait()
     started = time.time()
     where = f"{device}" + (f" × {processes.count} processes" if processes.count > 1 else "")
-    if run is not None:
-        run.log(f"{kind} started: {len(train_set)} training examples on {where}" if resume_from is None else
-                f"{kind} resumed from checkpoint step {resume_from.step} on {where}")
+    if run is not None and resume_from is None:
+        run.log(f"{kind} started: {len(train_set)} training examples on {where}")
+    elif run is not None:
+        run.log(f"{kind} resumed from checkpoint step {resume_from.step} on {where}")
+        note(f"resuming {task.name}/{name} from checkpoint step {resume_from.step} of {cfg.max_steps}")
     seed_everything(cfg.seed)
     schedule = Schedule(max_steps=cfg.max_steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
                         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, log_every=cfg.log_every,
@@ -112,7 +122,7 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
         processes.wait()
         path = run_path(runs_root, task.name, name)
         return {"task": task.name, "run": name, "path": str(path), "model": str(run_model_dir(path)),
-                "process": processes.rank, "final_loss": result["last"].get("loss")}
+                "process": processes.rank, **_losses(result)}
     try:
         save_model(loaded, run.model_dir, state_dict=full_state)
         if cfg.merge_lora:  # a plain transformers copy with the adapter folded in, beside the adapter
@@ -128,13 +138,19 @@ def run_training(cfg: TrainingConfig, *, kind: str, runs_root: Path, overwrite: 
         processes.wait()
         raise XKDError(error) from None
     final_eval = result["evals"][-1] if result["evals"] else None
-    run.finish(started, train_seconds=round(result["train_seconds"], 3), final_loss=result["last"].get("loss"),
-               final_eval=final_eval)
+    run.finish(started, train_seconds=round(result["train_seconds"], 3), **_losses(result), final_eval=final_eval)
     run.log(f"{kind} finished in {result['train_seconds']:.1f}s")
+    deleted = checkpoints.finished()
+    if deleted is not None:
+        message = (f"deleted the checkpoints of the finished run ({deleted / 1e6:.1f} MB; --keep-last N keeps them); "
+                   f"the model is {run.model_dir}")
+        run.log(message)
+        note(message)
     checkpoints.release()
     processes.wait()
+    kept = checkpoint_dir(run.path)
     return {"task": task.name, "run": name, "path": str(run.path), "model": str(run.model_dir), **saved,
-            "steps": cfg.max_steps, "final_loss": result["last"].get("loss"),
+            "checkpoints": str(kept) if kept.is_dir() else None, "steps": cfg.max_steps, **_losses(result),
             "train_seconds": round(result["train_seconds"], 2),
             "tokens_per_s": round(result["last"].get("tokens_per_s", 0.0), 1),
             "final_eval": final_eval, "evals": result["evals"]}

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -44,6 +45,15 @@ class Schedule:
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The fewest steps the reported mean loss averages: one step's loss is noise (a mixed-α step of gkd alone can be 10×
+# its neighbours), and --log-every 1 must not make the run table report it.
+MIN_LOSS_WINDOW = 10
+
+
+def loss_window(log_every: int) -> int:
+    """How many of the last steps the reported loss averages: the last logging window, at least
+    ``MIN_LOSS_WINDOW`` steps (fewer only when the run has fewer)."""
+    return max(log_every, MIN_LOSS_WINDOW)
 
 
 def autocast(mode: str, device: torch.device):
@@ -75,7 +85,8 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
           log_path=None,
           evaluate: Callable[[int], dict] | None = None, step_metrics: Callable[[], dict] | None = None,
           description: str = "train", checkpoints=None, processes: Processes | None = None) -> dict:
-    """Run ``schedule.max_steps`` optimizer steps; return the last step's log and every evaluation.
+    """Run ``schedule.max_steps`` optimizer steps; return the last step's log, every evaluation and the mean loss
+    of the last :func:`loss_window` steps (``loss_mean`` over ``loss_mean_steps``; every log line carries it too).
     ``checkpoints`` (a :class:`checkpoint.Checkpointer`) resumes from its checkpoint, saves after steps
     and turns SIGTERM/SIGINT into "finish the step, save, stop". With several ``processes`` each draws its
     own share of the global batch; counts, loss terms and gradients are summed over all of them.
@@ -103,6 +114,8 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
     started = time.perf_counter() - (resumed.elapsed_s if resumed else 0.0)
     tokens_seen = resumed.tokens_seen if resumed else 0
     first = resumed.step + 1 if resumed else 1
+    # the last steps' losses, carried in checkpoints: a resumed run reports the mean an uninterrupted one does
+    recent = deque(resumed.recent_losses if resumed else (), maxlen=loss_window(schedule.log_every))
     try:
         with progress() as bar, (checkpoints.signals() if checkpoints is not None else contextlib.nullcontext()):
             task_id = bar.add_task(description, total=schedule.max_steps, completed=first - 1, info="")
@@ -144,7 +157,9 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                 tokens_seen += totals.get("tokens", 0)
                 elapsed = time.perf_counter() - started
                 extra = step_metrics() if step_metrics is not None else {}
-                last = {"step": step, "loss": loss_value, **values, **extra, "lr": scheduler.get_last_lr()[0],
+                recent.append(loss_value)
+                last = {"step": step, "loss": loss_value, "loss_mean": sum(recent) / len(recent), **values, **extra,
+                        "lr": scheduler.get_last_lr()[0],
                         "grad_norm": None if grad_norm is None else float(grad_norm),
                         "tokens": totals.get("tokens", 0), "tokens_per_s": tokens_seen / max(elapsed, 1e-9),
                         "elapsed_s": elapsed}
@@ -170,14 +185,16 @@ def train(*, model: torch.nn.Module, objective: Objective, draw: Callable[[], Ba
                 parts = " ".join(f"{k} {v:.4f}" for k, v in values.items()) if len(values) > 1 else ""
                 bar.update(task_id, advance=1, info=f"loss {loss_value:.4f} {parts}".strip())
                 if checkpoints is not None:
-                    checkpoints.step_done(LoopState(step, tokens_seen, elapsed, evals), max_steps=schedule.max_steps,
+                    checkpoints.step_done(LoopState(step, tokens_seen, elapsed, evals, list(recent)),
+                                          max_steps=schedule.max_steps,
                                           optimizer=optimizer, scheduler=scheduler, scaler=kept_scaler)
     finally:
         if log_file:
             log_file.close()
         if board is not None:
             board.close()
-    return {"last": last, "evals": evals, "train_seconds": time.perf_counter() - started}
+    return {"last": last, "evals": evals, "train_seconds": time.perf_counter() - started,
+            "loss_mean": last.get("loss_mean"), "loss_mean_steps": len(recent)}
 
 
 def clip_gradients(groups: list[list[torch.nn.Parameter]], max_norm: float) -> torch.Tensor:

@@ -17,7 +17,9 @@ Writing: every file goes into a temporary sibling directory and is fsync'd, the 
 final name, and only then is ``COMPLETE`` written (itself through a temporary name) — a checkpoint without
 it does not exist for resume. Older checkpoints are rotated away (``--keep-last``) only after that, and
 leftovers of a crash (temporary or unmarked directories) are removed at the same time. A failed write
-(disk full) removes its temporary directory and leaves the previous checkpoint as it was.
+(disk full) removes its temporary directory and leaves the previous checkpoint as it was. A run that finishes
+deletes its checkpoints once its model is saved, unless the user asked for them (``--keep-last``,
+``--save-every``): then the newest ``--keep-last`` (2) stay.
 
 Resume restores everything, the RNG states last, right before the first resumed step (all randomness of a
 step is drawn inside the step: dropout, the α coin, student sampling), so a resumed run continues the very

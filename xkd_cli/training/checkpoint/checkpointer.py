@@ -29,6 +29,7 @@ from xkd_cli.training.checkpoint.rng import rng_state, set_rng_state
 from xkd_cli.training.distributed import Processes, current, is_sharded
 
 FORMAT = "xkd-checkpoint-v1"
+KEEP_LAST = 2  # complete checkpoints kept while a run trains when --keep-last is not given
 OPTIMIZER_FILE = "optimizer.pt"
 
 
@@ -44,6 +45,7 @@ class LoopState:
     tokens_seen: int = 0
     elapsed_s: float = 0.0
     evals: list[dict] = field(default_factory=list)
+    recent_losses: list[float] = field(default_factory=list)  # behind the reported mean loss (older: none)
 
 
 # -- the trained parts' files ----------------------------------------------------------------------------------
@@ -118,7 +120,11 @@ class Checkpointer:
         self.run_dir = Path(run_dir)
         self.processes = processes or current()
         self.kind, self.cfg = kind, cfg
-        self.save_every, self.keep_last = int(getattr(cfg, "save_every", 0)), int(getattr(cfg, "keep_last", 2))
+        self.save_every = int(getattr(cfg, "save_every", 0))
+        asked = getattr(cfg, "keep_last", None)
+        self.keep_last = KEEP_LAST if asked is None else int(asked)
+        # Checkpoints the user asked for outlive the run; those written only so that it could resume do not.
+        self.keep_when_finished = asked is not None or self.save_every > 0
         self.modules = {k: v for k, v in parts.items() if isinstance(v, torch.nn.Module)}
         self.objects = {k: v for k, v in parts.items() if not isinstance(v, torch.nn.Module)}
         self.examples = examples
@@ -297,7 +303,7 @@ class Checkpointer:
             "config": to_dict(self.cfg), "config_hash": config_hash(self.cfg),
             "training_hash": training_hash(self.cfg), "resume_free_keys": list(RESUME_FREE_KEYS),
             "loop": {"step": loop.step, "tokens_seen": loop.tokens_seen, "elapsed_s": loop.elapsed_s,
-                     "evals": loop.evals},
+                     "evals": loop.evals, "recent_losses": loop.recent_losses},
             "scheduler": scheduler.state_dict(),
             **({"scaler": scaler.state_dict()} if scaler is not None else {}),
             "objects": {name: obj.state_dict() for name, obj in self.objects.items()},
@@ -314,6 +320,16 @@ class Checkpointer:
         doomed += [p for p in checkpoint_dir(self.run_dir).iterdir() if p not in complete_paths and p != keep]
         for path in doomed:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+    def finished(self) -> int | None:
+        """The run finished and its model is saved: delete its checkpoints unless the user asked to keep them
+        (``--keep-last`` or ``--save-every``). Returns the bytes deleted, or None when nothing was."""
+        base = checkpoint_dir(self.run_dir)
+        if self.keep_when_finished or not self.processes.is_main or not base.is_dir():
+            return None
+        size = sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
+        shutil.rmtree(base, ignore_errors=True)
+        return size
 
     # signals -------------------------------------------------------------------------------------------------
 
