@@ -153,3 +153,15 @@ def make_config(cls: type[C], flags: dict[str, Any], *, recipe: str | Path | Non
     defaults = task_defaults(cls, task, given) if task else {}
     return build_config(cls, defaults=defaults, recipe=recipe_values,
                         flags={**flags, "task": task or flags.get("task")})
+
+
+def reward_model_defaults(task: str, model: str | None) -> dict[str, Any]:
+    """sft's presets; on a bundled task a reward model needs fewer steps than a generator (it learns one
+    comparison, not the text): 300, with 30 warm-up."""
+    found = sft_defaults(task, model)
+    if task in BUNDLED:
+        found.update(max_steps=300, warmup_steps=30)
+    return found
+
+
+REWARD_MODEL_DEFAULTS = TaskDefaults(reward_model_defaults, tuple(BUNDLED["synth-sum"]), model="model")
