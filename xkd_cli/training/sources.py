@@ -4,7 +4,8 @@ method names in its table entry (``xkd_cli.config.methods``):
 
 | source            | batches                                                        | methods          |
 |-------------------|----------------------------------------------------------------|------------------|
-| ``Targets``       | the data set's targets (ground truth, or the teacher's samples) | sft, seqkd, skd  |
+| ``Targets``       | the data set's targets (ground truth, or the teacher's samples; | sft, seqkd, skd, |
+|                   | over an :class:`EncodedPairSet`, both sides of preference pairs) | reward-model     |
 | ``AlphaMix``      | with probability α the student's own samples, else the targets  | gkd, gxkd        |
 | ``TeacherMixed``  | student samples drawn from MiniLLM's teacher-mixed distribution  | minillm          |
 
@@ -23,9 +24,9 @@ import torch
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.timing import PHASES
-from xkd_cli.data.batches import Batch, make_batch, pad_rows, special_ids
-from xkd_cli.data.tasks import Example
-from xkd_cli.models.chat import encode_example_prompts, encode_example_targets, stop_ids
+from xkd_cli.data.batches import Batch, make_batch, make_pair_batch, pad_rows, special_ids
+from xkd_cli.data.tasks import Example, PreferencePair
+from xkd_cli.models.chat import encode_example_pairs, encode_example_prompts, encode_example_targets, stop_ids
 from xkd_cli.models.generate import Sampling, generate_ids
 from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.objectives.minillm import teacher_mixed_logprobs
@@ -55,6 +56,31 @@ class EncodedSet:
                           targets if targets is not None else [self.targets[i] for i in indices],
                           is_encoder_decoder=self.is_encoder_decoder, pad_id=self.pad_id,
                           decoder_start_id=self.start_id, ids=[self.examples[i].id for i in indices])
+
+
+class EncodedPairSet:
+    """Preference pairs tokenised once. ``batch(indices)`` gives B pairs as 2B rows, the chosen responses first and
+    then the rejected ones in the same order (:func:`~xkd_cli.data.batches.make_pair_batch`, the layout
+    ``ava_p_sum`` and ``bradley_terry_sum`` read), so :class:`Targets` draws pairs from it as it draws examples from
+    an :class:`EncodedSet`; the stream counts pairs."""
+
+    def __init__(self, pairs: Sequence[PreferencePair], loaded: LoadedModel, *, max_input_len: int,
+                 max_output_len: int, keep_end: bool = False):
+        self.pairs = list(pairs)
+        self.is_encoder_decoder = loaded.is_encoder_decoder
+        self.pad_id, _, self.start_id = special_ids(loaded.tokenizer, loaded.model.config)
+        self.encoded = encode_example_pairs(loaded, self.pairs, max_input_len=max_input_len,
+                                            max_output_len=max_output_len, keep_end=keep_end)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        e = self.encoded
+        return make_pair_batch([e.prompts[i] for i in indices], [e.chosen[i] for i in indices],
+                               [e.rejected[i] for i in indices], is_encoder_decoder=self.is_encoder_decoder,
+                               pad_id=self.pad_id, decoder_start_id=self.start_id,
+                               ids=[self.pairs[i].id for i in indices])
 
 
 class IndexStream:
