@@ -1,4 +1,4 @@
-"""``xkd sft`` and ``xkd distill``: thin commands over the training stage; their options come from
+"""``xkd sft``, ``xkd distill`` and ``xkd reward-model``: thin commands over the training stage; their options come from
 ``xkd_cli.config.training``."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import typer
 
 from xkd_cli.cli.options import config_command
 from xkd_cli.config.defaults import make_config
+from xkd_cli.config.alignment import RewardModelConfig
 from xkd_cli.config.training import DistillConfig, SFTConfig, TrainingConfig
 from xkd_cli.core.ui import emit, out, paths, table
 from xkd_cli.core.workspace import runs_root
@@ -57,6 +58,26 @@ def distill(flags: dict[str, Any], *, recipe, resume, processes, runs_dir, overw
     emit(run_distill(cfg, runs_root=root, overwrite=overwrite, resume=resume), as_json=json, render=render_training)
 
 
+REWARD_MODEL_EPILOG = ("Examples:\n\n  xkd reward-model --model tiny-t5-small --task synth-sum-pref --method ava-p\n\n"
+                       "  xkd reward-model --model tiny-gpt-small --task synth-sum-pref --method bt --max-steps 200\n\n"
+                       "  xkd reward-model --model tiny-t5-small --task synth-sum-pref --method ava-d --lam 0.01\n\n"
+                       "  xkd reward rm-ava-p-tiny-t5-small --task synth-sum-pref")
+
+
+@config_command(RewardModelConfig, *TRAINING_STEERING, first=("model", "method", "task", "name", "data", "recipe"))
+def reward_model(flags: dict[str, Any], *, recipe, resume, processes, runs_dir, overwrite, json) -> None:
+    """Train a reward model on preference pairs or demonstrations (AVA-p, AVA-d, or Bradley–Terry), then measure
+    its preference accuracy on the held-out pairs."""
+    root = runs_root(runs_dir)
+    cfg = make_config(RewardModelConfig, flags, recipe=recipe, runs_root=root)
+    _refuse_early(cfg, "reward-model", root, overwrite=overwrite, resume=resume)
+    _launch_processes(processes, cfg)
+    from xkd_cli.training.reward_model import run_reward_model  # torch and transformers load only once valid
+
+    emit(run_reward_model(cfg, runs_root=root, overwrite=overwrite, resume=resume), as_json=json,
+         render=render_reward_model)
+
+
 def _refuse_early(cfg: TrainingConfig, kind: str, root: Path, *, overwrite: bool, resume: bool) -> None:
     """Refusals that need no model, made before torch and transformers load (seconds): an existing or unresumable
     run, a missing --data path. The engine makes the same checks again; they are cheap."""
@@ -101,3 +122,19 @@ def render_training(result: dict) -> None:
         rows += [(f"eval {k}", v) for k, v in result["final_eval"].items() if k != "step"]
     out.print(table(f"{result['task']} · {result['run']}", ["", "value"], rows))
     paths(run=result["path"], model=result["model"], checkpoints=result.get("checkpoints"))
+
+
+def _accuracy_cells(found: dict) -> tuple[str, str, int]:
+    return f"{found['accuracy']:.3f}", f"{found['low']:.3f} – {found['high']:.3f}", found["pairs"]
+
+
+def render_reward_model(result: dict) -> None:
+    """The training table, then the preference accuracy on the held-out pairs (overall and per damage kind)."""
+    render_training({**result, "final_eval": None})
+    found = result.get("final_eval")
+    if not found or "accuracy" not in found:
+        return
+    rows = [("all", *_accuracy_cells(found))]
+    rows += [(kind, *_accuracy_cells(v)) for kind, v in found.get("per_kind", {}).items()]
+    out.print(table(f"preference accuracy ({result.get('method')}, {found['split']} pairs, reward: {found['reward']})",
+                    ["pairs", "accuracy", "95% interval", "n"], rows))
