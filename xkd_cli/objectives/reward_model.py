@@ -66,8 +66,8 @@ class RewardModelObjective:
         pass
 
     def counts(self, batch: Batch) -> dict[str, int]:
-        if self.method == "bt":
-            return {"pairs": batch.labels.shape[0] // 2}
+        if self.method == "bt":  # tokens: no term reads it; the step log's throughput does
+            return {"pairs": batch.labels.shape[0] // 2, "tokens": batch.tokens}
         return ava_counts(batch.labels, preference=self.preference)
 
     def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
