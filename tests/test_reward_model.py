@@ -127,3 +127,10 @@ def test_resume_continues_to_the_same_model(xkd, runs):
     a, b = load_file(runs / TASK / "full" / "reward_head.safetensors"), load_file(cut / "reward_head.safetensors")
     assert all((a[k] == b[k]).all() for k in a)
     assert resumed.json()["final_eval"]["accuracy"] == full.json()["final_eval"]["accuracy"]
+
+
+def test_help(xkd):
+    result = xkd("reward-model", "--help")
+    assert result.code == 0
+    for words in ("Examples", "--recipe", "--json", "--resume", "--ava-beta", "--method", "ava-p and ava-d only"):
+        assert words in result.out, words
