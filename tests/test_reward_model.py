@@ -134,3 +134,14 @@ def test_help(xkd):
     assert result.code == 0
     for words in ("Examples", "--recipe", "--json", "--resume", "--ava-beta", "--method", "ava-p and ava-d only"):
         assert words in result.out, words
+
+
+def test_ava_d_on_demonstrations_and_ava_p_needs_pairs(xkd, runs):
+    demo = [a if a != TASK else "synth-sum" for a in SMALL if a not in ("--eval-pairs", "24")]
+    result = xkd("reward-model", "--model", "tiny-t5-small", "--method", "ava-d", *demo, "--json")
+    assert result.code == 0, result.err
+    assert "no held-out preference pairs" in result.err
+    assert result.json()["final_eval"] is None
+    assert (runs / "synth-sum" / "rm-ava-d-tiny-t5-small" / "reward_head.safetensors").is_file()
+    refused = xkd("reward-model", "--model", "tiny-t5-small", "--method", "ava-p", *demo)
+    assert refused.code == 2 and "has no preference pairs" in refused.err
