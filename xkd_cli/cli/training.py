@@ -15,7 +15,8 @@ from xkd_cli.config.alignment import RewardModelConfig
 from xkd_cli.config.training import DistillConfig, SFTConfig, TrainingConfig
 from xkd_cli.core.ui import emit, out, paths, table
 from xkd_cli.core.workspace import runs_root
-from xkd_cli.data.tasks import split_file
+from xkd_cli.core.errors import XKDError
+from xkd_cli.data.tasks import TASKS, split_file
 from xkd_cli.training.checkpoint.resume import find_resume
 
 TRAINING_STEERING = ("recipe", "resume", "processes", "runs_dir", "overwrite", "json")
@@ -71,6 +72,9 @@ def reward_model(flags: dict[str, Any], *, recipe, resume, processes, runs_dir, 
     root = runs_root(runs_dir)
     cfg = make_config(RewardModelConfig, flags, recipe=recipe, runs_root=root)
     _refuse_early(cfg, "reward-model", root, overwrite=overwrite, resume=resume)
+    if cfg.preference and cfg.task in TASKS and not TASKS.get(cfg.task).preference:  # a task file's rows: when read
+        raise XKDError(f"--method {cfg.method} trains on preference pairs and task {cfg.task} has none: use a "
+                       "preference task such as synth-sum-pref, or --method ava-d, which learns from demonstrations")
     _launch_processes(processes, cfg)
     from xkd_cli.training.reward_model import run_reward_model  # torch and transformers load only once valid
 
