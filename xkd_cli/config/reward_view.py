@@ -13,8 +13,8 @@ from xkd_cli.config.defaults import TaskDefaults
 from xkd_cli.config.evaluation import SPLITS
 from xkd_cli.config.fields import BATCH_SIZE, DATA, SPLIT, TASK, ModelLoading
 
-RUN_HELP = ("An sxkd, gxkd or seqxkd run (an X-KD distillation: its student and reward head): its name under "
-            "--task, or the path of its directory.")
+RUN_HELP = ("An sxkd, gxkd or seqxkd run (an X-KD distillation: its student and reward head) or a reward-model "
+            "run: its name under --task, or the path of its directory.")
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class RewardViewConfig(ModelLoading):
     def __post_init__(self) -> None:
         found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
         if not self.run:
-            found.append("RUN is required: an sxkd, gxkd or seqxkd run, by name (with --task) or as a path")
+            found.append("RUN is required: an sxkd, gxkd, seqxkd or reward-model run, by name (with --task) or as a path")
         if self.response is not None and self.prompt is None:
             found.append("--response needs --prompt: the prompt it answers")
         if self.prompt is not None:

@@ -4,8 +4,8 @@ has no reward head is refused before torch is imported.
 A scorer is a directory holding a language model (``model/``, as every training run saves it) and a Gaussian
 reward head beside it (``reward_head.safetensors``, :class:`xkd_cli.objectives.reward.RewardHead`), with the
 run's ``run.json`` and ``config.json``. Today that is an X-KD distillation (sxkd, gxkd, seqxkd: the head F_ex
-trains); an AVA reward model is the same pair of files, so a reward-model run plugs in as it is
-(:func:`locate_scorer` asks for the files, not for the method).
+trains) or an AVA / Bradley–Terry reward model (``xkd reward-model``): the same pair of files, so a reward-model
+run plugs in as it is (:func:`locate_scorer` asks for the files, not for the method).
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def locate_scorer(ref: str, *, task: str | None, runs_root: Path) -> ScorerFiles
         if not path.is_dir():
             raise XKDError(f"no run directory {ref!r}: check the path, or pass a run's name (with --task)")
         if not is_run(path):
-            raise XKDError(f"{path} is not an xkd run (no {RUN_RECORD}): pass an sxkd, gxkd or seqxkd run directory")
+            raise XKDError(f"{path} is not an xkd run (no {RUN_RECORD}): pass an sxkd, gxkd or seqxkd run directory, or a "
+                           "reward-model run's")
         name = path.name
     else:
         run = open_run(runs_root, task or default_task(runs_root), ref)
@@ -72,7 +73,8 @@ def locate_scorer(ref: str, *, task: str | None, runs_root: Path) -> ScorerFiles
     if not found.head.is_file():
         kind = found.method if record.get("kind") == "distill" else record.get("kind") or "unknown"
         raise XKDError(f"run {name!r} ({path}) is {_article(kind)} {kind} run and has no reward head "
-                       f"({REWARD_HEAD_FILE}): pass an sxkd, gxkd or seqxkd run, whose distillation trains one")
+                       f"({REWARD_HEAD_FILE}): pass an sxkd, gxkd or seqxkd run, whose distillation trains one, or a "
+                       "reward-model run (xkd reward-model)")
     if not found.model_dir.is_dir():
         raise XKDError(f"run {name!r} ({path}) has a reward head but no model/ beside it (an unfinished run?): "
                        "finish it with the same command and --resume, or pass another run")
