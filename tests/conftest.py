@@ -8,7 +8,7 @@ import pytest
 
 from xkd_cli.core.threads import yield_when_waiting
 
-# torch's OpenMP threads yield their core while they wait, as under the CLI: several test runs (or a test and
+# torch's OpenMP threads spin only briefly, then yield their core, as under the CLI: several test runs (or a test and
 # the processes it starts) share a small machine. Before anything imports torch, which reads it once.
 yield_when_waiting()
 

@@ -1,7 +1,7 @@
 """``python -m xkd_cli`` and the ``xkd`` console script. The CLI is imported here, inside ``run``, so that a
 Ctrl-C during its imports (a second or more on a slow machine) says so instead of printing a traceback.
-Before that, torch's OpenMP threads are told to yield their core while they wait (``xkd_cli.core.threads``):
-the setting counts only if it is there when torch is imported."""
+Before that, torch's OpenMP threads are told to spin only briefly, then yield their core, while they wait
+(``xkd_cli.core.threads``): the setting counts only if it is there when torch is imported."""
 
 import sys
 
