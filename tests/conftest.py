@@ -6,6 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from xkd_cli.core.threads import yield_when_waiting
+
+# torch's OpenMP threads spin only briefly, then yield their core, as under the CLI: several test runs (or a test and
+# the processes it starts) share a small machine. Before anything imports torch, which reads it once.
+yield_when_waiting()
+
 # Rich sizes tables from the terminal, and a test run may have none (or a narrow one): fix the width
 # before xkd's consoles are made, so the tables the tests read are laid out the same everywhere.
 os.environ.setdefault("COLUMNS", "160")
@@ -53,8 +59,9 @@ def xkd(capsys):
 
 
 def run_xkd_process(*args, env=None):
-    """The installed console script in a subprocess (exit codes and stderr exactly as a user sees them)."""
-    full_env = {**os.environ, **(env or {})}
+    """The installed console script in a subprocess (exit codes and stderr exactly as a user sees them);
+    ``env`` adds variables to this process's environment (``None`` removes one)."""
+    full_env = {name: value for name, value in {**os.environ, **(env or {})}.items() if value is not None}
     return subprocess.run([sys.executable, "-m", "xkd_cli", *map(str, args)], capture_output=True, text=True,
                           env=full_env, timeout=300)
 

