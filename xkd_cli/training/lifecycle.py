@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-
 from xkd_cli.training.checkpoint.checkpointer import Checkpointer, TrainingInterrupted
 from xkd_cli.training.checkpoint.resume import Checkpoint, checkpoint_dir, latest_checkpoint, reopen_run
 from xkd_cli.config.core import to_dict
