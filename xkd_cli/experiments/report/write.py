@@ -131,7 +131,8 @@ def alignment_cells(r: dict[str, Any]) -> list[str]:
 
 REWARD_MODEL_NOTE = ("Accuracy: the share of held-out pairs whose chosen response the reward model scores higher, a ± b "
                      "(n) over n seeds. Pooled: over every seed's pairs, with its 95% Wilson interval (per damage kind "
-                     "likewise). Two methods differ beyond chance only where their intervals do not overlap.")
+                     "likewise). Two methods differ beyond chance only where their intervals do not overlap. AVA's reward "
+                     "weighting (its Eq. 11) is not implemented (docs/method.md, \"AVA\").")
 ALIGNMENT_NOTE = ("SFT (chosen): the SFT student, fine-tuned on the chosen responses, which the policies start from. "
                   "Δ: the policy's metric minus its baseline's (AVA against DPO, DPO against SFT), paired by seed and "
                   "evaluation example, with a 95% paired-bootstrap interval; an interval that contains 0 does not show "
