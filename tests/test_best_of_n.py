@@ -162,25 +162,13 @@ def test_eval_scores_the_answers_as_they_are(workspace, xkd):
                 "--runs-dir", workspace)
     assert "reward-model score (rm, ava-p, last; 95% interval)" in table.out
 
+    answered = len(answers(workspace))
+    every = xkd("eval", "--model", BON, "--task", TASK, "--runs-dir", workspace, "--json")  # no --limit: all answered
+    assert every.code == 0 and every.json()["examples"] == answered, every.err
     for args, words in ((["--temperature", "1"], "samples nothing"), (["--split", "test"], "--split validation"),
-                        (["--limit", "9"], "pass --limit 4"), (["--name", "elsewhere"], "drop --name")):
+                        (["--limit", "9"], f"pass --limit {answered}"), (["--name", "elsewhere"], "drop --name")):
         refused = xkd("eval", "--model", BON, "--task", TASK, "--runs-dir", workspace, *args)
         assert refused.code == 2 and words in refused.err and refused.err.count("\n") == 1, (args, refused.err)
-
-
-def test_judge_takes_the_answers(workspace, xkd, server, key):
-    server.responder = lambda request: "[[1]]"
-    assert xkd("eval", "--model", POLICY, "--name", "plain-greedy", "--task", TASK, "--limit", LIMIT,
-               *SAMPLING, "--runs-dir", workspace).code == 0
-    result = xkd("judge", "--a", BON, "--b", "plain-greedy", "--task", TASK, "--limit", LIMIT,
-                 "--base-url", server.url, "--runs-dir", workspace, "--json")
-    assert result.code == 0, result.err
-    found = result.json()
-    assert found["predictions"]["a"].endswith(f"{BON}/eval/validation-greedy/predictions.jsonl")
-    assert found["items"] == LIMIT and found["judged"] == LIMIT
-    assert found["tie"] == LIMIT  # "[[1]]" in both orders: position bias, so a tie each
-    shown = [m["content"] for r in server.requests for m in r["json"]["messages"]]
-    assert all(any(row["prediction"] in text for text in shown) for row in answers(workspace)[:LIMIT])
 
 
 # -- eval --reward-model: one score by hand ----------------------------------------------------------------------
@@ -212,6 +200,23 @@ def test_eval_reward_model_score_by_hand(workspace, xkd):
     mu = float(head["proj.weight"][0] @ h + head["proj.bias"][0])
     assert rows[0]["rewards"][0] == pytest.approx(mu, abs=1e-5)
     assert not math.isclose(mu, float(head["proj.bias"][0]), abs_tol=1e-9)  # the state counts, not only the bias
+
+
+def test_judge_takes_the_answers(workspace, xkd, server, key):
+    # B: the policy's greedy answers (made by the test above, or by the judge itself when run alone)
+    server.responder = lambda request: "[[1]]"
+    result = xkd("judge", "--a", BON, "--b", POLICY, "--task", TASK, "--limit", LIMIT,
+                 "--base-url", server.url, "--runs-dir", workspace, "--json")
+    assert result.code == 0, result.err
+    found = result.json()
+    assert found["predictions"]["a"].endswith(f"{BON}/eval/validation-greedy/predictions.jsonl")
+    items = found["items"]
+    assert items == min(LIMIT, found["predictions_b"]) >= 2 and found["judged"] == items
+    assert found["tie"] == items  # "[[1]]" in both orders: position bias, so a tie each
+    shown = [m["content"] for r in server.requests for m in r["json"]["messages"]]
+    judged = {json.loads(line)["id"] for line in open(found["predictions"]["b"])}
+    chosen = [row["prediction"] for row in answers(workspace) if row["id"] in judged]
+    assert len(chosen) == items and all(any(text in shown_text for shown_text in shown) for text in chosen)
 
 
 # -- refusals, before torch --------------------------------------------------------------------------------------

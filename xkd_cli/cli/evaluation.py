@@ -91,7 +91,8 @@ def best_of_n(flags: dict[str, Any], *, recipe, runs_dir, overwrite, json) -> No
     files = reward_model_of(cfg, root)
     from xkd_cli.evaluation.best_of_n import run_best_of_n  # torch loads only once the options and runs are valid
 
-    emit(run_best_of_n(cfg, files, runs_root=root, overwrite=overwrite), as_json=json, render=render_best_of_n)
+    emit(run_best_of_n(cfg, runs_root=root, overwrite=overwrite, rm_files=files), as_json=json,
+         render=render_best_of_n)
 
 
 def render_best_of_n(result: dict[str, Any]) -> None:

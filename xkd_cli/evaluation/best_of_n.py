@@ -29,11 +29,11 @@ from xkd_cli.core.runtime import resolve_device, seed_everything
 from xkd_cli.core.ui import note
 from xkd_cli.core.workspace import create_run, resumable_run, write_json
 from xkd_cli.data.taskfile import task_of
-from xkd_cli.data.tasks import Example
+from xkd_cli.data.tasks import Example, Task
 from xkd_cli.evaluation.evaluate import (ANSWERS_DIR, BEST_OF_N_KIND, reward_model_for, finish_eval, predict,
                                          prediction_row, prepare_results_dir, score)
-from xkd_cli.evaluation.reward_runs import ScorerFiles
-from xkd_cli.evaluation.reward_scores import RewardModel, mean_interval, score_summary
+from xkd_cli.evaluation.reward_runs import ScorerFiles, locate_reward_model
+from xkd_cli.evaluation.reward_scores import mean_interval, score_summary
 from xkd_cli.models.chat import use_chat_template
 from xkd_cli.models.generate import Sampling
 from xkd_cli.models.loading import load_model, resolve_model
@@ -65,10 +65,13 @@ def decoding_label(sampling: Sampling) -> str:
     return f"best-of-{sampling.num_samples} {how}"
 
 
-def run_best_of_n(cfg: BestOfNConfig, rm_files: ScorerFiles, *, runs_root: Path, overwrite: bool = False
-                  ) -> dict[str, Any]:
-    """Sample, score, choose and record (see the module docstring); returns the summary (``best_of_n.json``)."""
+def run_best_of_n(cfg: BestOfNConfig, *, runs_root: Path, overwrite: bool = False,
+                  rm_files: ScorerFiles | None = None) -> dict[str, Any]:
+    """Sample, score, choose and record (see the module docstring); returns the summary (``best_of_n.json``).
+    ``rm_files``: the reward model ``cfg.reward_model`` names, where the caller has located it already."""
     task = task_of(cfg)
+    if rm_files is None:
+        rm_files = locate_reward_model(cfg.reward_model, task=task.name, runs_root=runs_root)
     split = cfg.split or task.eval_split
     examples = task.load(split, cfg.data, limit=cfg.limit)
     if not examples:
@@ -123,7 +126,7 @@ def run_best_of_n(cfg: BestOfNConfig, rm_files: ScorerFiles, *, runs_root: Path,
                               "predictions": str(pred_path)},
                              run, out_dir, task, examples, rows, reward_model=None, use_stemmer=False,
                              batch_size=cfg.batch_size, started=started)
-    summary = summarize(rows, task, reward_model, n=cfg.n)
+    summary = summarize(rows, task)
     result = {"task": task.name, "run": run.name, "path": str(run.path), "split": split, "examples": len(rows),
               "model": cfg.model, "reward_model": reward_model.describe(), "n": cfg.n,
               "decoding": settings["decoding"], "headline": task.headline, **summary,
@@ -134,7 +137,7 @@ def run_best_of_n(cfg: BestOfNConfig, rm_files: ScorerFiles, *, runs_root: Path,
     return result
 
 
-def summarize(rows: Sequence[dict], task, reward_model: RewardModel, *, n: int) -> dict[str, Any]:
+def summarize(rows: Sequence[dict], task: Task) -> dict[str, Any]:
     """What best-of-N gains: the reward model's mean score (95% interval) of the first sample of each prompt, of
     all samples and of the chosen one, and the chosen minus the first (its interval over prompts); the task metric
     of the first samples and of the chosen ones."""
@@ -155,4 +158,4 @@ def summarize(rows: Sequence[dict], task, reward_model: RewardModel, *, n: int) 
                                    "gain": {"mean": sum(gain) / len(gain), "low": low, "high": high}},
             "metric": {"name": headline, **value},
             "metrics_first": metric_first, "metrics_chosen": metric_chosen,
-            "chosen_first": sum(r["chosen"] == 0 for r in rows), "n": n}
+            "chosen_first": sum(r["chosen"] == 0 for r in rows)}

@@ -297,11 +297,16 @@ def _score_answers(cfg: EvalConfig, task: Task, split: str, examples: Sequence[E
         raise XKDError(f"best-of-n run {run.name!r} has no answers on the {split} split{has}: pass --split "
                        f"{made[0] if made else 'SPLIT'}, or run `xkd best-of-n ... --split {split}`")
     done = {row["id"]: row for row in read_rows(pred_path)}
+    if cfg.limit is None:  # all the inputs the run answered (the first of the split: best-of-n's --limit)
+        examples = [e for e in examples if e.id in done]
     missing = [e.id for e in examples if e.id not in done]
+    if not examples:
+        raise XKDError(f"best-of-n run {run.name!r} answered none of the inputs of the {split} split of "
+                       f"{task.name} (made with another --data?): pass the --data it was run on")
     if missing:
         raise XKDError(f"best-of-n run {run.name!r} answered {len(done)} inputs of the {split} split; "
-                       f"{len(missing)} of the {len(examples)} asked for are not among them (first: {missing[0]}): pass --limit "
-                       f"{len(done)}, or run `xkd best-of-n` again with a larger --limit")
+                       f"{len(missing)} of the {len(examples)} asked for are not among them (first: {missing[0]}): "
+                       f"pass --limit {len(done)}, or run `xkd best-of-n` again with a larger --limit")
     started = time.time()
     rows = [done[e.id] for e in examples]
     values = score(task, [[r["prediction"]] for r in rows], [r["reference"] for r in rows], use_stemmer=cfg.use_stemmer)
