@@ -4,6 +4,11 @@ Results live in ``<run>/eval/<split>-<decoding>/``: ``predictions.jsonl`` (one r
 ``metrics.json``, and for one prediction per input ``scores.jsonl`` (each example's share of the headline
 metric, for the report's intervals). A re-run with the same settings skips finished ids; other settings are refused
 unless ``--overwrite``, so two decodings never mix in one file.
+
+With ``--reward-model`` a reward model also scores the predictions (:mod:`xkd_cli.evaluation.reward_scores`):
+their mean score with its 95% interval goes into the result (``reward_model``), each input's scores into
+``reward-scores-<rm>.jsonl``. A best-of-n run (:mod:`xkd_cli.evaluation.best_of_n`) holds answers, not a model:
+its ``<split>-greedy`` answers are scored as they are, nothing is generated.
 """
 
 from __future__ import annotations
