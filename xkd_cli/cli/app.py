@@ -67,6 +67,7 @@ app.command(cls=Command, epilog=experiments.PIPELINE_EPILOG)(experiments.pipelin
 app.command(cls=Command, name="gen-teacher", epilog=teacher.EPILOG)(teacher.gen_teacher)
 app.command(cls=Command, epilog=evaluation.DIVERSITY_EPILOG)(evaluation.diversity)
 app.command(cls=Command, epilog=evaluation.JUDGE_EPILOG)(evaluation.judge)
+app.command(cls=Command, name="best-of-n", epilog=evaluation.BEST_OF_N_EPILOG)(evaluation.best_of_n)
 app.command(cls=Command, epilog=reward.EPILOG)(reward.reward)
 app.command(cls=Command, name="report", epilog=experiments.REPORT_EPILOG)(experiments.report)
 
