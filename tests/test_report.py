@@ -499,9 +499,14 @@ def _final_eval(by_kind):
             "per_kind": {k: {"accuracy": c / n, "correct": c, "pairs": n} for k, (c, n) in by_kind.items()}}
 
 
-def _scored(run, values):
+def _scored(run, values, rm_mean=None):
     (run / "eval" / "validation-greedy" / "scores.jsonl").write_text(
         "".join(json.dumps({"id": f"e{i}", "metric": "rouge2", "stats": [v]}) + "\n" for i, v in enumerate(values)))
+    if rm_mean is not None:  # what `xkd eval --reward-model rm-bt-seed-1` adds to metrics.json
+        metrics = run / "eval" / "validation-greedy" / "metrics.json"
+        write(metrics, {**json.loads(metrics.read_text()), "reward_model": {
+            "run": "rm-bt-seed-1", "method": "bt", "reward": "last", "mean": rm_mean, "low": rm_mean - 0.5,
+            "high": rm_mean + 0.5, "n": 4, "level": 0.95}})
 
 
 def ava_runs(root):
@@ -510,12 +515,12 @@ def ava_runs(root):
         for seed, by_kind in by_seed.items():
             make_run(root, task, f"rm-{method}-seed-{seed}", "reward-model", method=method, seed=seed,
                      seed_group=f"rm-{method}", final_eval=_final_eval(by_kind))
-    _scored(make_run(root, task, "student", "sft", value=5.0, role="student"), ALIGNED["student"])
+    _scored(make_run(root, task, "student", "sft", value=5.0, role="student"), ALIGNED["student"], rm_mean=-2.0)
     for method in ("dpo", "ava-p"):
         for seed, values in ALIGNED[method].items():
             run = make_run(root, task, f"align-{method}-seed-{seed}", "align", value=sum(values) / 4, method=method,
                            seed=seed, seed_group=f"align-{method}")
-            _scored(run, values)
+            _scored(run, values, rm_mean={"dpo": {1: -1.0, 2: 0.0}}.get(method, {}).get(seed))
     make_run(root, task, "judge-ava-dpo", "judge", a="align-ava-p-seed-1", b="align-dpo-seed-1")
     write(root / task / "judge-ava-dpo" / "results.json", {**JUDGE, "a": "align-ava-p-seed-1", "b": "align-dpo-seed-1"})
 
@@ -544,13 +549,19 @@ def test_reward_model_and_alignment_tables(xkd, runs):
     assert (ava_p["difference"]["label"], ava_p["difference"]["diff"], ava_p["difference"]["seeds"]) == (
         "AVA-p − DPO", 0.5, 2)
     assert ava_p["difference"]["low"] <= 0.5 <= ava_p["difference"]["high"]
+    assert student["reward_model"] == {"run": "rm-bt-seed-1", "mean": -2.0, "sd": None, "n": 1, "ci": [-2.5, -1.5]}
+    assert dpo["reward_model"] == {"run": "rm-bt-seed-1", "mean": -0.5, "sd": pytest.approx(0.5 ** 0.5), "n": 2,
+                                   "ci": None}
+    assert "reward_model" not in ava_p  # its evaluations had no reward model
     [judged] = ava_p["judge"]
     assert (judged["b"], judged["win_rate"]) == ("align-dpo-seed-1", 48.3) and not dpo["judge"]
 
     md = (runs / "report" / "report.md").read_text()
     assert "## Reward models — preference accuracy on the held-out pairs" in md
     assert "| synth-sum | Bradley–Terry | 75.00 ± 7.07 (2) | 75.00 [59.8, 85.8] | 40 |" in md
-    assert "| synth-sum | AVA-p | Metric" not in md and "| synth-sum | AVA-p | ROUGE-2 | 7.25 ± 0.35 (2) | AVA-p − DPO | +0.50 |" in md
+    assert "| synth-sum | AVA-p | ROUGE-2 | 7.25 ± 0.35 (2) | AVA-p − DPO | +0.50 |" in md
+    assert "| -0.50 ± 0.71 (2) (rm-bt-seed-1) |" in md
+    assert "| -2.00 [-2.5, -1.5] (rm-bt-seed-1) |" in md
     assert "synth-sum/rm-bt-seed-2/run.json" in md and "synth-sum/align-dpo-seed-2/eval/validation-greedy/metrics.json" in md
     with open(runs / "report" / "reward_models.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

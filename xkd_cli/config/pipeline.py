@@ -17,6 +17,8 @@ key is named with the closest valid one, and checked in ``__post_init__``. All a
     align_methods: [dpo, ava-p, ava-d]                     # aligned policies, runs "align-<method>", from the
     align: {max_steps: 200}                                # SFT student; align options; judge a/b may name
                                                            # "align-<method>", "rm-<method>" likewise
+    align_reward_model: bt    # the reward model (its first seed's run) that scores the SFT student's and every
+                              # aligned policy's answers in their evaluation (eval --reward-model)
     sweep: {param: lam, values: [0, 0.001, 0.01], methods: [gxkd]}   # or a list of such mappings; a
                               # sweep's set: {reward_position: current} fixes other options at each point
                               # (runs "<method>-<param>-<value>-reward_position-current")
@@ -121,6 +123,9 @@ class PipelineConfig:
     align_methods: list[str] | str | None = option(None, "Policies to align from the SFT student: dpo, ava-p, ava-d "
                                                          "(runs align-<method>).", cli=False)
     align: Options | None = option(None, "align options shared by every aligned policy.", cli=False)
+    align_reward_model: str | None = option(None, "A method of reward_model_methods: its reward model (first seed) "
+                                                  "scores the answers of the SFT student and the aligned policies.",
+                                            cli=False)
     seeds: list[int] | None = option(None, "Run every distillation, reward model and alignment once per seed.",
                                      cli=False)
     seed_students: bool = option(False, "With seeds: also one SFT student per seed.", cli=False)
@@ -148,6 +153,9 @@ class PipelineConfig:
             found.append(f"pipeline key 'seeds' must be a list of integers, e.g. [1, 2, 3], got {seeds!r}")
         elif seeds is not None and len(set(seeds)) != len(seeds):
             found.append(f"pipeline key 'seeds' lists a seed twice: {seeds}")
+        if self.align_reward_model is not None and self.align_reward_model not in names(self.reward_model_methods):
+            found.append(f"pipeline key 'align_reward_model' must name one of reward_model_methods "
+                         f"({', '.join(names(self.reward_model_methods)) or 'none given'}), got {self.align_reward_model!r}")
         if self.seed_students and not seeds:
             found.append("pipeline key 'seed_students' needs 'seeds', e.g. seeds: [1, 2, 3]")
         check(found)

@@ -232,13 +232,17 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                     roles.setdefault(f"{prefix}-{method}", name)  # what judge means by it: its first seed's run
                     if key == "align":
                         evaluated.append(name)
+                        aligned.append(name)
 
         student_model = sft_options["student"].get("model") or "tiny-t5-small"
+        aligned: list[str] = []
         add_preference("reward_model", RewardModelConfig, run_reward_model, "rm", lambda seed: student_model)
         add_preference("align", AlignConfig, run_align, "align", lambda seed: students.get(seed, roles["student"]))
 
+        scored = {roles["student"], *students.values(), *aligned} if recipe.align_reward_model else set()
         for name in evaluated:
-            cfg = make_config(EvalConfig, {**eval_options, "task": task, "model": name})
+            scorer = {"reward_model": roles[f"rm-{recipe.align_reward_model}"]} if name in scored else {}
+            cfg = make_config(EvalConfig, {**eval_options, "task": task, "model": name, **scorer})
             steps.append(Step("eval", task_name, name, cfg, run_eval))
 
         for kind, given in extra_options.items():

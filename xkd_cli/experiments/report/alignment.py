@@ -5,7 +5,9 @@
   pairs with its 95% Wilson interval, overall and per damage kind.
 - **Alignment**: the SFT student (SFT on the chosen responses) and each aligned policy: the task's headline metric
   (mean ± sd over seeds), its paired difference against the baseline (AVA against DPO, DPO against SFT) with the 95%
-  paired-bootstrap interval, and the judge's win rates where a judge run compared the policy.
+  paired-bootstrap interval, the mean reward-model score of its answers where its evaluation had one
+  (``xkd eval --reward-model``: ``metrics.json``'s ``reward_model``), and the judge's win rates where a judge run
+  compared the policy.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xkd_cli.config.alignment import ALIGN_METHODS, REWARD_MODEL_METHODS
+from xkd_cli.core.workspace import read_json
 from xkd_cli.experiments.report.collect import RunInfo, greedy_eval, relative
 from xkd_cli.experiments.report.differences import paired_difference
 from xkd_cli.experiments.report.stats import mean_sd, wilson
@@ -99,13 +102,21 @@ def build_alignment(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]]
                     missing.append({"task": task, "where": "Alignment", "run": run.name,
                                     "reason": "no greedy evaluation", "fix": f"xkd eval --model {run.name} --task {task}"})
                     continue
-                members.append({**cell, "seed": seed})
+                scored = read_json(root / cell["source"]).get("reward_model")
+                members.append({**cell, "seed": seed,
+                                "reward_model": {k: scored.get(k) for k in ("run", "mean", "low", "high", "n")}
+                                if isinstance(scored, dict) and isinstance(scored.get("mean"), (int, float)) else None})
             row = {"task": task, "method": method, "label": "SFT (chosen)" if method == "student" else LABELS[method],
                    "members": members, "metric": members[0]["metric"] if members else None,
                    "judge": _judged(judge_rows, task, {r.name for r in by_seed.values()})}
             if members:
                 row["mean"], row["sd"] = mean_sd([m["value"] for m in members])
                 row["n"] = len(members)
+            scores = [m["reward_model"] for m in members if m["reward_model"]]
+            if scores and len({s["run"] for s in scores}) == 1:  # one scorer, or the numbers do not compare
+                mean, sd = mean_sd([s["mean"] for s in scores])
+                row["reward_model"] = {"run": scores[0]["run"], "mean": mean, "sd": sd, "n": len(scores),
+                                       "ci": (scores[0]["low"], scores[0]["high"]) if len(scores) == 1 else None}
             baseline = ALIGN_BASELINES.get(method)
             against = by_method.get(baseline) or {}
             if against:

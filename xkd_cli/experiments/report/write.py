@@ -20,7 +20,8 @@ JUDGE_COLUMNS = ("task", "a", "b", "win_rate", "win_low", "win_high", "tie_rate"
 DIFFERENCE_COLUMNS = ("task", "method", "point", "baseline", "metric", "diff", "low", "high", "level", "seeds", "examples",
                       "replicates", "runs", "sources")
 REWARD_MODEL_COLUMNS = ("task", "method", "mean", "sd", "n", "accuracy", "low", "high", "correct", "pairs", "runs")
-ALIGNMENT_COLUMNS = ("task", "method", "metric", "mean", "sd", "n", "baseline", "diff", "low", "high", "runs")
+ALIGNMENT_COLUMNS = ("task", "method", "metric", "mean", "sd", "n", "baseline", "diff", "low", "high",
+                     "reward_model", "reward_model_mean", "reward_model_sd", "runs")
 SWEEP_COLUMNS = ("figure", "task", "param", "kind", "method", "label", "value", "x", "y", "metric", "run",
                  "source", "x_source")
 
@@ -53,6 +54,7 @@ def write_csvs(report: dict[str, Any], out_dir: Path) -> None:
     _write_csv(out_dir / FILES["alignment"], list(ALIGNMENT_COLUMNS),
                [[r["task"], r["method"], r["metric"], r.get("mean"), r.get("sd"), r.get("n"),
                  *[(r.get("difference") or {}).get(k) for k in ("baseline", "diff", "low", "high")],
+                 *[(r.get("reward_model") or {}).get(k) for k in ("run", "mean", "sd")],
                  ";".join(m["run"] for m in r["members"])] for r in report["alignment"]])
     _write_csv(out_dir / FILES["differences"], list(DIFFERENCE_COLUMNS),
                [[";".join(" vs ".join(p) for p in r[k]) if k in ("runs", "sources") else r.get(k)
@@ -116,7 +118,8 @@ def reward_model_cells(r: dict[str, Any], kinds: list[str]) -> list[str]:
             *per_kind]
 
 
-ALIGNMENT_HEADER = ["task", "policy", "metric", "value", "Δ against", "Δ", "95% interval", "judge"]
+ALIGNMENT_HEADER = ["task", "policy", "metric", "value", "Δ against", "Δ", "95% interval", "reward-model score",
+                    "judge"]
 
 
 def alignment_cells(r: dict[str, Any]) -> list[str]:
@@ -126,7 +129,11 @@ def alignment_cells(r: dict[str, Any]) -> list[str]:
                       f"tie {cell_text(j['tie_rate'], '%')}, lose {cell_text(j['lose_rate'], '%')}"
                       for j in r["judge"]) or MISSING
     delta = [d["label"], f"{d['diff']:+.2f}", f"[{d['low']:+.2f}, {d['high']:+.2f}]"] if d else [MISSING] * 3
-    return [r["task"], r["label"], metric_text(r["metric"]) if r["metric"] else MISSING, _spread(r), *delta, judge]
+    rm = r.get("reward_model")
+    score = MISSING if not rm else (_spread(rm) if rm["n"] > 1 else
+                                    f"{cell_text(rm['mean'])}{interval_text(rm['ci'])}") + f" ({rm['run']})"
+    return [r["task"], r["label"], metric_text(r["metric"]) if r["metric"] else MISSING, _spread(r), *delta, score,
+            judge]
 
 
 REWARD_MODEL_NOTE = ("Accuracy: the share of held-out pairs whose chosen response the reward model scores higher, a ± b "
@@ -136,7 +143,8 @@ REWARD_MODEL_NOTE = ("Accuracy: the share of held-out pairs whose chosen respons
 ALIGNMENT_NOTE = ("SFT (chosen): the SFT student, fine-tuned on the chosen responses, which the policies start from. "
                   "Δ: the policy's metric minus its baseline's (AVA against DPO, DPO against SFT), paired by seed and "
                   "evaluation example, with a 95% paired-bootstrap interval; an interval that contains 0 does not show "
-                  "a difference.")
+                  "a difference. Reward-model score: the mean reward the named reward model gives the policy's "
+                  "answers (a ± b (n) over seeds; one run: its 95% bootstrap interval over examples).")
 
 
 def _md_table(header: list[str], rows: list[list[str]], right: int) -> list[str]:
