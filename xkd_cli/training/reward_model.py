@@ -72,7 +72,8 @@ def run_reward_model(cfg: RewardModelConfig, *, runs_root: Path, overwrite: bool
     train_set = EncodedPairSet(train_pairs, loaded, **lengths) if cfg.preference else \
         EncodedSet(train_examples, loaded, **lengths)
     params = ava_params(cfg)
-    objective = RewardModelObjective(loaded, cfg.method, params=params, vocab_size=model_vocab_size(loaded))
+    objective = RewardModelObjective(loaded, cfg.method, params=params, vocab_size=model_vocab_size(loaded),
+                                     fused_head=cfg.fused_head)
     result = run_training(cfg, kind="reward-model", runs_root=runs_root, overwrite=overwrite, loaded=loaded, task=task,
                           train_set=train_set, eval_examples=[], source=Targets(train_set, cfg.batch_size),
                           objective=objective,
