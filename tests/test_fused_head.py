@@ -129,7 +129,25 @@ def _lora(seed):
     return get_peft_model(model, config)
 
 
-KINDS = {"t5": _t5, "gpt2": _gpt2, "llama": _llama, "gemma2": _gemma2, "lora": _lora}
+def _quantised(seed, bits):
+    """QLoRA: the Llama's weights loaded in 8 or 4 bits (bitsandbytes, CPU), LoRA adapters on top."""
+    pytest.importorskip("bitsandbytes")
+    import tempfile
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+    from xkd_cli.models.quantization import quantization_config
+    with tempfile.TemporaryDirectory() as folder:
+        _llama(seed, tied=True).save_pretrained(folder)
+        model = LlamaForCausalLM.from_pretrained(folder, device_map="cpu",
+                                                 quantization_config=quantization_config(bits, torch.float32))
+    assert isinstance(quantization_config(bits, torch.float32), BitsAndBytesConfig)
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+
+
+KINDS = {"t5": _t5, "gpt2": _gpt2, "llama": _llama, "gemma2": _gemma2, "lora": _lora,
+         "8bit": lambda seed: _quantised(seed, "8bit"), "4bit": lambda seed: _quantised(seed, "4bit")}
 
 
 def _loaded(model, name):
@@ -183,7 +201,9 @@ def _model_of(objective):
 
 def _objectives(kind):
     student = _loaded(KINDS[kind](1), "s")
-    teacher = _loaded(_llama(2, tied=True) if kind == "lora" else KINDS[kind](2), "t")  # a LoRA student's base
+    assert recognise_head(student.model)[0] is not None  # fused indeed: its head is known
+    adapted = kind in ("lora", "8bit", "4bit")
+    teacher = _loaded(_llama(2, tied=True) if adapted else KINDS[kind](2), "t")  # a LoRA student's base
 
     def with_random_head(objective):
         for p in objective.modules().get("reward_head", torch.nn.Linear(1, 1)).parameters():
