@@ -367,3 +367,20 @@ def test_no_batch_by_length_by_vocabulary_tensor_is_made(mode, made):
     assert (seen.largest >= btv) == made
     if not made:
         assert seen.largest <= big * 16  # the weight (V x H) and its gradient are the largest
+
+
+def test_mixed_precision_makes_the_head_under_the_same_autocast():
+    """--mixed-precision bf16: the fused head's matmul runs in bf16 as the model's own head does, in the forward
+    and again in the backward; loss and gradients agree with the made logits to bf16 rounding."""
+    model, batch = _gemma2(1), _batch("llama")
+    results = []
+    for mode in ("on", "off"):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, _ = forward(model, batch, head=output_head(model, mode))
+            loss = nll_sum(logits, batch.labels, vocab_size=VOCAB).total
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-2, atol=0)
+    flat = [torch.cat([g.flatten() for g in grads]) for _, grads in results]
+    assert (flat[0] - flat[1]).norm() / flat[1].norm() < 2e-2

@@ -26,10 +26,17 @@ Conventions (docs/method.md, "Notation")
   the logits is kept.  The backward writes each chunk's gradient into the logits' gradient (one
   ``B x T x V`` in the logits' dtype), the only full-size tensor it creates (``bench/loss_memory.py``
   measures it).  Chunked and unchunked results agree.
+* Fused head: wherever logits are taken, a :class:`~xkd_cli.models.head.HeadLogits` (last hidden states
+  and output head, ``forward(..., head=...)``) may stand instead: each chunk's logits are then made from
+  its hidden rows, in the forward and again in the backward, which writes the hidden states' gradient
+  (``B x T x H``) and adds up the head's weight and bias gradients chunk by chunk.  No ``B x T x V``
+  tensor exists at all (``bench/fused_head.py``); values and gradients equal the made logits' to float
+  rounding.
 
 Public API
 ----------
 ``CHUNK_ELEMENTS``
+``Logits``                                      ``B x T x V`` tensor or ``HeadLogits`` (both are taken everywhere)
 ``TokenSum(total, tokens)``                     sum over positions + count; ``.mean(denominator=None)``
 ``valid_mask(labels)`` / ``td_mask(labels)``   ``B x T`` / ``B x (T-1)`` bool masks of counted positions
 ``KDTerm``                                      a per-position loss ready for the chunked pass (built by
@@ -294,7 +301,7 @@ class _ChunkedRows(torch.autograd.Function):
                 if g is None:
                     continue
                 if grads[src.start] is not None:
-                    grads[src.start][where] = (g @ weight).to(grads[src.start].dtype)  # N x H
+                    grads[src.start][where] = (g @ weight.to(g.dtype)).to(grads[src.start].dtype)  # N x H
                 if src.start + 1 in sums:
                     sums[src.start + 1].addmm_(g.t().float(), h.float())  # V x H, in place
                 if src.start + 2 in sums:
