@@ -149,37 +149,40 @@ def run_worker(spec: dict, timeout: int) -> dict:
 def markdown(report: dict) -> str:
     s = report["settings"]
     lines = [f"# Fused output head: a whole distillation step ({report['date']})", "",
-             f"Command: `{report['command']}` ({s['threads']} thread(s), CPU; machine load: {report['load']}).", "",
-             f"## Peak memory, {s['memory_pair']} pair, V = {report['memory'][0]['vocab'] if report['memory'] else '-'}, "
-             f"B = {s['batch']} x {s['targets']} target tokens", "",
-             "Extra peak = resident high-water mark during one step minus resident memory just before it; `body` is "
-             "the same step without any head (weights, activations, AdamW); above body = extra peak − body's. "
-             "One B×T×V float32 tensor is "
-             f"{report['memory'][0]['btv_mb'] / 1024:.2f} GB." if report["memory"] else "", "",
-             "| method | path | extra peak (GB) | above body (GB) | above body / off's |",
-             "|---|---|---:|---:|---:|"]
+             f"Command: `{report['command']}` ({s['threads']} thread(s), CPU; machine load: {report['load']}). "
+             "Not measured on a GPU.", ""]
+    if report["memory"]:
+        first = report["memory"][0]
+        lines += [f"## Peak memory, {s['memory_pair']} pair, V = {first['vocab']}, B = {s['batch']} x {s['targets']} "
+                  "target tokens", "",
+                  "Extra peak = resident high-water mark during one step minus resident memory just before it; `body` "
+                  "is the same step without any head (weights, activations, AdamW); above body = extra peak − body's. "
+                  f"One B×T×V float32 tensor is {first['btv_mb'] / 1024:.2f} GB.", "",
+                  "| method | path | extra peak (GB) | above body (GB) | above body / off's |", "|---|---|---:|---:|---:|"]
+    bodies = [r["extra_mb"] for r in report["memory"] if r["impl"] == "body"]
+    body = bodies[0] if bodies else 0.0
     for method in METHODS:
         rows = {r["impl"]: r for r in report["memory"] if r["method_name"] == method}
-        if not rows:
-            continue
-        body = rows.get("body", {}).get("extra_mb", 0.0)
-        off = rows.get("off", {}).get("extra_mb", 0.0) - body
+        off = rows["off"]["extra_mb"] - body if "off" in rows else 0.0
         for impl in ("off", "on", "body"):
             if impl in rows:
                 above = rows[impl]["extra_mb"] - body
                 ratio = f"{above / off:.3f}" if impl != "body" and off > 0 else "-"
-                lines.append(f"| {method} | {impl} | {rows[impl]['extra_mb'] / 1024:.2f} | "
-                             f"{above / 1024:.2f} | {ratio} |")
-    lines += ["", "## Speed: gkd steps (α = 0: teacher forward, student forward, loss, backward, AdamW)", "",
-              "| pair | V | B x targets | off tokens/s | on tokens/s | on / off |", "|---|---:|---|---:|---:|---:|"]
+                lines.append(f"| {method} | {impl} | {rows[impl]['extra_mb'] / 1024:.2f} | {above / 1024:.2f} | {ratio} |")
+    if report["speed"]:
+        lines += ["", "## Speed: gkd steps (α = 0: teacher forward, student forward, loss, backward, AdamW)", "",
+                  "| pair | V | B x targets | off tokens/s | on tokens/s | on / off |", "|---|---:|---|---:|---:|---:|"]
     for pair, runs in report["speed"].items():
+        if not {"on", "off"} <= {r["impl"] for r in runs}:
+            continue
         off = statistics.median(r["tokens_per_s"] for r in runs if r["impl"] == "off")
         on = statistics.median(r["tokens_per_s"] for r in runs if r["impl"] == "on")
         r0 = runs[0]
         lines.append(f"| {pair} | {r0.get('vocab', '-')} | {r0['batch']} x {r0['targets']} | {off:.0f} | {on:.0f} | "
                      f"{on / off:.2f} |")
-    lines += ["", f"Speed: median step time over {s['time_steps']} steps per process, median of {s['repeats']} fresh "
-              "processes per path, off and on alternating. Not measured on a GPU."]
+    if report["speed"]:
+        lines += ["", f"Speed: median step time over {s['time_steps']} steps per process, median of {s['repeats']} "
+                  "fresh processes per path, off and on alternating."]
     return "\n".join(lines) + "\n"
 
 
@@ -191,32 +194,49 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="memory batch rows (default 4; quick 2)")
     parser.add_argument("--targets", type=int, default=None, help="memory target tokens per row (default 1024)")
     parser.add_argument("--speed-pairs", default="tiny,smollm2-shape")
-    parser.add_argument("--speed-batch", default="tiny:8x64,smollm2-shape:2x128,big-vocab:2x256",
+    parser.add_argument("--speed-batch", default="tiny:8x64,smollm2-shape:1x128,big-vocab:2x256",
                         help="rows x targets per speed pair")
-    parser.add_argument("--repeats", type=int, default=None, help="fresh processes per path (default 3; quick 1)")
-    parser.add_argument("--time-steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=None, help="fresh processes per path (default 2; quick 1)")
+    parser.add_argument("--time-steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=3600)
+    parser.add_argument("--parts", default="memory,speed", help="memory, speed or both (comma-separated)")
+    parser.add_argument("--stem", default="fused_head", help="file name of the results: STEM.json and STEM.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
+    parts = set(args.parts.split(","))
     batch, targets = args.batch or (2 if args.quick else 4), args.targets or (256 if args.quick else 1024)
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 2)
     common = {"threads": args.threads}
-    memory = []
-    for method in METHODS:
-        for impl in IMPLS:
+    memory: list[dict] = []
+    speed: dict[str, list] = {}
+    load = ["?"]
+
+    def write() -> dict:  # after every measurement: a long run interrupted keeps what it measured
+        report = {"date": time.strftime("%Y-%m-%d %H:%M"), "load": "load average " + " ".join(load) + " at the end",
+                  "settings": {"memory_pair": args.memory_pair, "batch": batch, "targets": targets,
+                               "threads": args.threads, "repeats": repeats, "time_steps": args.time_steps},
+                  "command": " ".join(["python bench/fused_head.py", *(argv if argv is not None else sys.argv[1:])]),
+                  "memory": memory, "speed": speed}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{args.stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / f"{args.stem}.md").write_text(markdown(report))
+        return report
+
+    for method in METHODS if "memory" in parts else ():
+        for impl in IMPLS if method == METHODS[0] else IMPLS[:2]:  # body: the same models and optimizer for both
             spec = {**common, "pair": args.memory_pair, "method": method, "impl": impl, "mode": "memory",
                     "batch": batch, "targets": targets}
             r = run_worker(spec, args.timeout)
             r["method_name"] = method
             memory.append(r)
             print(f"memory {method:5s} {impl:4s} extra peak {r['extra_mb'] / 1024:6.2f} GB", flush=True)
+            write()
     shapes = dict(item.split(":") for item in args.speed_batch.split(","))
-    speed: dict[str, list] = {}
-    for pair in filter(None, args.speed_pairs.split(",")):
+    for pair in filter(None, args.speed_pairs.split(",") if "speed" in parts else ()):
         rows, n = (int(x) for x in shapes[pair].split("x"))
         for _ in range(repeats):
             for impl in ("off", "on"):
@@ -226,16 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                 r["vocab"] = {"tiny": "builtin", "smollm2-shape": 49152, "big-vocab": 128256}[pair]
                 speed.setdefault(pair, []).append(r)
                 print(f"speed {pair} {impl}: {r['tokens_per_s']:.0f} tokens/s", flush=True)
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "load": "load average " + " ".join(load) + " at the end",
-              "settings": {"memory_pair": args.memory_pair, "batch": batch, "targets": targets,
-                           "threads": args.threads, "repeats": repeats, "time_steps": args.time_steps},
-              "command": " ".join(["python bench/fused_head.py", *(argv if argv is not None else sys.argv[1:])]),
-              "memory": memory, "speed": speed}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fused_head.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "fused_head.md").write_text(markdown(report))
-    print(markdown(report))
+                load[:] = Path("/proc/loadavg").read_text().split()[:3]
+                write()
+    print(markdown(write()))
     return 0
 
 
