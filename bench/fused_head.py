@@ -126,14 +126,18 @@ def worker(spec: dict) -> dict:
         steps = {impl: stepper({**spec, "impl": impl}, built)[0] for impl in ("off", "on")}
         batch = batch_of(spec["batch"], spec["targets"], built[2], seed=0)
         times: dict[str, list[float]] = {"off": [], "on": []}
+        cpu: dict[str, list[float]] = {"off": [], "on": []}  # this process's CPU seconds: what load does not change
         for i in range(spec["steps"] + 1):
             for impl in (("off", "on") if i % 2 else ("on", "off")):
-                began = time.perf_counter()
+                began, began_cpu = time.perf_counter(), time.process_time()
                 steps[impl](batch)
                 if i:  # the first round is the warm-up
                     times[impl].append(time.perf_counter() - began)
+                    cpu[impl].append(time.process_time() - began_cpu)
         return {**spec, "vocab": built[2], "seconds": {k: statistics.median(v) for k, v in times.items()},
-                "tokens_per_s": {k: batch.tokens / statistics.median(v) for k, v in times.items()}}
+                "tokens_per_s": {k: batch.tokens / statistics.median(v) for k, v in times.items()},
+                "cpu_seconds": {k: statistics.median(v) for k, v in cpu.items()},
+                "tokens_per_cpu_s": {k: batch.tokens / statistics.median(v) for k, v in cpu.items()}}
     step, vocab = stepper(spec)
     step(batch_of(spec["batch"], 8, vocab, seed=99))  # warm-up: AdamW's state, first-call costs
     batch = batch_of(spec["batch"], spec["targets"], vocab, seed=0)
@@ -178,17 +182,21 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {method} | {impl} | {rows[impl]['extra_mb'] / 1024:.2f} | {above / 1024:.2f} | {ratio} |")
     if report["speed"]:
         lines += ["", "## Speed: gkd steps (α = 0: teacher forward, student forward, loss, backward, AdamW)", "",
-                  "| pair | V | B x targets | off tokens/s | on tokens/s | on / off |", "|---|---:|---|---:|---:|---:|"]
+                  "| pair | V | B x targets | off tokens/s | on tokens/s | on / off | off tokens/CPU-s | on tokens/CPU-s "
+                  "| on / off (CPU) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for pair, runs in report["speed"].items():
-        off = statistics.median(r["tokens_per_s"]["off"] for r in runs)
-        on = statistics.median(r["tokens_per_s"]["on"] for r in runs)
+        off, on = (statistics.median(r["tokens_per_s"][k] for r in runs) for k in ("off", "on"))
+        cpu = [r for r in runs if "tokens_per_cpu_s" in r]
+        c_off, c_on = (statistics.median(r["tokens_per_cpu_s"][k] for r in cpu) if cpu else float("nan")
+                       for k in ("off", "on"))
         r0 = runs[0]
         lines.append(f"| {pair} | {r0.get('vocab', '-')} | {r0['batch']} x {r0['targets']} | {off:.0f} | {on:.0f} | "
-                     f"{on / off:.2f} |")
+                     f"{on / off:.2f} | {c_off:.0f} | {c_on:.0f} | {c_on / c_off:.2f} |")
     if report["speed"]:
         lines += ["", f"Speed: one process per repeat holds the pair once and alternates off and on steps (one round "
                   f"of warm-up, then {s['time_steps']} of each, median step time); the median over {s['repeats']} "
-                  "processes."]
+                  "processes. Tokens per CPU-second divide by this process's CPU time (one thread), which other "
+                  "jobs on the machine do not stretch; tokens/s by the wall-clock time."]
     return "\n".join(lines) + "\n"
 
 
