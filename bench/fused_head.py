@@ -168,8 +168,8 @@ def markdown(report: dict) -> str:
                   "target tokens", "",
                   "Extra peak = resident high-water mark during one step minus resident memory just before it; `body` "
                   "is the same step without any head (weights, activations, AdamW); above body = extra peak − body's. "
-                  f"One B×T×V float32 tensor is {first['btv_mb'] / 1024:.2f} GB.", "",
-                  "| method | path | extra peak (GB) | above body (GB) | above body / off's |", "|---|---|---:|---:|---:|"]
+                  f"One B×T×V float32 tensor is {first['btv_mb'] / 1024:.2f} GiB.", "",
+                  "| method | path | extra peak (GiB) | above body (GiB) | above body / off's |", "|---|---|---:|---:|---:|"]
     bodies = [r["extra_mb"] for r in report["memory"] if r["impl"] == "body"]
     body = bodies[0] if bodies else 0.0
     for method in METHODS:
@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=3600)
+    parser.add_argument("--methods", default=",".join(METHODS), help="the memory part's methods: gkd, gxkd or both")
     parser.add_argument("--parts", default="memory,speed", help="memory, speed or both (comma-separated)")
     parser.add_argument("--stem", default="fused_head", help="file name of the results: STEM.json and STEM.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -240,14 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / f"{args.stem}.md").write_text(markdown(report))
         return report
 
-    for method in METHODS if "memory" in parts else ():
-        for impl in IMPLS if method == METHODS[0] else IMPLS[:2]:  # body: the same models and optimizer for both
+    methods = [m for m in METHODS if m in args.methods.split(",")] if "memory" in parts else []
+    for method in methods:
+        for impl in IMPLS if method == methods[0] else IMPLS[:2]:  # body: the same models and optimizer for both
             spec = {**common, "pair": args.memory_pair, "method": method, "impl": impl, "mode": "memory",
                     "batch": batch, "targets": targets}
             r = run_worker(spec, args.timeout)
             r["method_name"] = method
             memory.append(r)
-            print(f"memory {method:5s} {impl:4s} extra peak {r['extra_mb'] / 1024:6.2f} GB", flush=True)
+            print(f"memory {method:5s} {impl:4s} extra peak {r['extra_mb'] / 1024:6.2f} GiB", flush=True)
+            load[:] = Path("/proc/loadavg").read_text().split()[:3]
             write()
     shapes = dict(item.split(":") for item in args.speed_batch.split(","))
     for pair in filter(None, args.speed_pairs.split(",") if "speed" in parts else ()):
