@@ -2,7 +2,7 @@
 whole (``off``): peak memory at a 128,256-token vocabulary, and tokens per second.
 
     python bench/fused_head.py                  # memory (V = 128,256, B = 4 x 1,024 targets) and speed: bench/results/fused_head.*
-    python bench/fused_head.py --quick          # smaller shapes, about two minutes
+    python bench/fused_head.py --quick          # memory at B = 2 x 256 targets, one speed repeat
 
 One step is what the trainer does for gkd at α = 0 (ground-truth batches, no sampling) or gxkd: the teacher's
 forward (no gradient), the student's, :class:`~xkd_cli.objectives.steps.KDObjective`'s terms over the step's
