@@ -384,3 +384,20 @@ def test_mixed_precision_makes_the_head_under_the_same_autocast():
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-2, atol=0)
     flat = [torch.cat([g.flatten() for g in grads]) for _, grads in results]
     assert (flat[0] - flat[1]).norm() / flat[1].norm() < 2e-2
+
+
+def test_the_head_is_put_back_after_a_fused_forward():
+    """After a fused forward (also one that raised) the model makes its logits as before, soft-cap included, and a
+    forward set on the head instance (as accelerate's hooks do) is kept."""
+    model, batch = _gemma2(1), _batch("llama")
+    head = output_head(model)
+    before = forward(model, batch)[0]
+    with pytest.raises(IndexError):  # an empty input: the model itself fails inside the fused forward
+        forward(model, Batch({"input_ids": batch.inputs["input_ids"][:, :0]}, batch.labels, keep=5), head=head)
+    calls = []
+    original = model.lm_head.forward
+    model.lm_head.forward = lambda x: calls.append(1) or original(x)
+    fused = forward(model, batch, head=head)[0]
+    assert not calls and isinstance(fused, HeadLogits)
+    assert torch.equal(forward(model, batch)[0], before) and calls == [1]
+    assert model.config.final_logit_softcapping == 0.5

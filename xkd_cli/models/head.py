@@ -160,13 +160,17 @@ def head_skipped(model: torch.nn.Module, head: OutputHead) -> Iterator[None]:
     hf = _hf_model(model)
     cap_attr = FUSED_MODEL_TYPES.get(hf.config.model_type)
     saved_cap = getattr(hf.config, cap_attr) if cap_attr else None
+    own = vars(head.module).get("forward")  # a forward set on the instance (accelerate's hooks wrap it so)
     head.module.forward = _identity
     if cap_attr:
         setattr(hf.config, cap_attr, None)
     try:
         yield
     finally:
-        del head.module.forward  # back to the class's forward
+        if own is None:
+            del head.module.forward  # back to the class's forward
+        else:
+            head.module.forward = own
         if cap_attr:
             setattr(hf.config, cap_attr, saved_cap)
 
