@@ -63,14 +63,14 @@ def test_dpo_objective_on_a_hand_set_reference(pair_set):
     own = reference_logprobs(model, pairs, batch_size=6, vocab_size=vocab, device="cpu")
     batch = pairs.batch(range(6))
     # The reference equal to the policy: every margin is 0 and the loss is log 2 per pair.
-    same = DPOObjective(model, own, params=DPOParams(beta=0.1), vocab_size=vocab)
+    same = DPOObjective(model, reference=own, params=DPOParams(beta=0.1), vocab_size=vocab)
     (total, count), = same.terms(batch).values()
     assert count == "pairs" and same.counts(batch)["pairs"] == 6
     assert float(total.detach()) / 6 == pytest.approx(math.log(2), abs=1e-5)
     # A reference that finds each chosen response 2 nats likelier and each rejected one 3 nats less likely than the
     # policy: the margin is β·((−2) − (+3)) = −0.5 and the loss −log σ(−0.5) = 0.974077 per pair.
     shifted = {k: (c + 2.0, r - 3.0) for k, (c, r) in own.items()}
-    dpo = DPOObjective(model, shifted, params=DPOParams(beta=0.1), vocab_size=vocab)
+    dpo = DPOObjective(model, reference=shifted, params=DPOParams(beta=0.1), vocab_size=vocab)
     (total, _), = dpo.terms(batch).values()
     assert float(total.detach()) / 6 == pytest.approx(-math.log(1 / (1 + math.exp(0.5))), abs=1e-5)
     metrics = dpo.step_metrics()
@@ -80,14 +80,37 @@ def test_dpo_objective_on_a_hand_set_reference(pair_set):
     assert dpo.step_metrics() == {}  # read once per optimizer step
 
 
+def test_dpo_fused_head_equals_full_logits(pair_set):
+    """The fused output head (no B x T x V logits) gives DPO's reference, loss and gradients to float rounding."""
+    loaded, pairs = pair_set
+    model = loaded.model.eval()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    found = {}
+    for mode in ("on", "off"):
+        dpo = DPOObjective(model, params=DPOParams(beta=0.1), vocab_size=vocab, fused_head=mode)
+        dpo.set_reference(pairs, batch_size=6, device="cpu")
+        shifted = {k: (c + 1.0, r - 1.0) for k, (c, r) in dpo.reference.items()}  # a margin, so the gradient is not 0
+        dpo.reference = shifted
+        model.zero_grad()
+        (total, _), = dpo.terms(pairs.batch(range(6))).values()
+        total.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        found[mode] = (shifted, float(total.detach()), grads)
+    flat = {mode: [x for pair in found[mode][0].values() for x in pair] for mode in found}
+    assert flat["on"] == pytest.approx(flat["off"], rel=1e-5)
+    assert found["on"][1] == pytest.approx(found["off"][1], rel=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(found["on"][2], found["off"][2]))
+    model.zero_grad()
+
+
 def test_dpo_steps_raise_the_chosen_over_the_rejected():
     torch.manual_seed(0)
     loaded = load_model("tiny-t5-small", dtype="float32", device="cpu")
     pairs = EncodedPairSet(get_task(TASK).load_pairs("train", limit=4), loaded, max_input_len=64, max_output_len=16)
     model = loaded.model.eval()
     vocab = model.get_output_embeddings().weight.shape[0]
-    dpo = DPOObjective(model, reference_logprobs(model, pairs, batch_size=4, vocab_size=vocab, device="cpu"),
-                       params=DPOParams(beta=0.1), vocab_size=vocab)
+    dpo = DPOObjective(model, params=DPOParams(beta=0.1), vocab_size=vocab)
+    dpo.set_reference(pairs, batch_size=4, device="cpu")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = pairs.batch(range(4))
     losses = []

@@ -146,3 +146,14 @@ def test_shared_cpu_quick(tmp_path):
     assert "cost_alone" not in work["summary"]["default"]
     table = (tmp_path / "shared_cpu.md").read_text()
     assert "| default |" in table and "| xkd |" in table and "wrote" in proc.stdout
+
+
+def test_fused_head_quick(tmp_path):
+    """bench/fused_head.py runs (speed part, one tiny process: off and on steps alternating on the same models)."""
+    run_script("bench/fused_head.py", "--parts", "speed", "--speed-pairs", "tiny", "--speed-batch", "tiny:2x8",
+               "--time-steps", 1, "--repeats", 1, "--out", tmp_path)
+    report = json.loads((tmp_path / "fused_head.json").read_text())
+    (run,) = report["speed"]["tiny"]
+    assert run["vocab"] == 2048 and set(run["tokens_per_s"]) == {"off", "on"}
+    assert all(v > 0 for v in run["tokens_per_s"].values())
+    assert "| tiny | 2048 | 2 x 8 |" in (tmp_path / "fused_head.md").read_text()

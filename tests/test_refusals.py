@@ -27,6 +27,7 @@ def _completed_run(runs, task, name, kind):
     (["sft", "--recipe", "{tmp}/bad.yaml"], "unknown key 'modle'"),
     (["pipeline", "{tmp}/missing.yaml"], "the bundled ones are in recipes/pipeline/"),
     (["pipeline", "{tmp}/bad.yaml"], "unknown key 'modle'"),
+    (["distill", "--task", "synth-sum", "--method", "gkd", "--fused-head", "yes"], "--fused-head must be one of on, off"),
 ])
 def test_refused_before_torch(tmp_path, args, words):
     runs = tmp_path / "runs"

@@ -20,6 +20,7 @@ from xkd_cli.config.methods import (BETA_DIVERGENCES, DIVERGENCE_NAMES, METHOD_O
 ROLES = ("teacher", "student")
 CROSS_TOKENIZER_MODES = ("off", "uld", "shared")
 TEACHER_CACHE_MODES = ("off", "full", "topk")
+FUSED_HEAD_MODES = ("on", "off")  # xkd_cli.models.head's, without importing torch
 
 
 def _one_of(names) -> str:
@@ -67,6 +68,10 @@ class TrainingConfig(ModelLoading):
     load_in_8bit: bool = option(False, LOAD_8BIT_HELP + "; training needs --lora-r.")
     load_in_4bit: bool = option(False, LOAD_4BIT_HELP + "; training needs --lora-r (QLoRA).")
     # How the weights compute, next to how they load (ModelLoading, listed after these in --help).
+    fused_head: str = option("on", "Compute the logits inside the loss, chunk by chunk from the last hidden states "
+                                   "and the output head, never as one batch x length x vocabulary tensor (student "
+                                   "and teacher): on, off (make them whole, the older path). A head xkd does not "
+                                   "know keeps its logits, with one line saying so.")
     mixed_precision: str = option("no", "Autocast the forward passes to bf16 or fp16 (fp16 with loss scaling); "
                                         "weights, optimizer and losses stay float32: no, bf16, fp16.")
 
@@ -90,6 +95,7 @@ class TrainingConfig(ModelLoading):
         in_range(found, "dropout", self.dropout, 0, 1, hi_open=True)
         choice(found, "dtype", self.dtype, DTYPES)
         choice(found, "mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        choice(found, "fused_head", self.fused_head, FUSED_HEAD_MODES)
         if not (self.device in ("auto", "cpu", "mps") or self.device.startswith("cuda")):
             found.append(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         return found + lora_problems(self)

@@ -66,7 +66,9 @@ class PhaseTimer:
         return _Backward(self) if self.enabled else NO_TIMING
 
     def watch(self, logits: torch.Tensor) -> None:
-        """Note when backward reaches ``logits`` (the end of the loss's backward, the start of the model's)."""
+        """Note when backward reaches ``logits`` (the end of the loss's backward, the start of the model's); a fused
+        head's logits (:class:`~xkd_cli.models.head.HeadLogits`) are watched at their hidden states."""
+        logits = getattr(logits, "hidden", logits)
         if self.enabled and logits.requires_grad:
             logits.register_hook(self._on_grad)
 

@@ -26,10 +26,17 @@ Conventions (docs/method.md, "Notation")
   the logits is kept.  The backward writes each chunk's gradient into the logits' gradient (one
   ``B x T x V`` in the logits' dtype), the only full-size tensor it creates (``bench/loss_memory.py``
   measures it).  Chunked and unchunked results agree.
+* Fused head: wherever logits are taken, a :class:`~xkd_cli.models.head.HeadLogits` (last hidden states
+  and output head, ``forward(..., head=...)``) may stand instead: each chunk's logits are then made from
+  its hidden rows, in the forward and again in the backward, which writes the hidden states' gradient
+  (``B x T x H``) and adds up the head's weight and bias gradients chunk by chunk.  No ``B x T x V``
+  tensor exists at all (``bench/fused_head.py``); values and gradients equal the made logits' to float
+  rounding.
 
 Public API
 ----------
 ``CHUNK_ELEMENTS``
+``Logits``                                      ``B x T x V`` tensor or ``HeadLogits`` (both are taken everywhere)
 ``TokenSum(total, tokens)``                     sum over positions + count; ``.mean(denominator=None)``
 ``valid_mask(labels)`` / ``td_mask(labels)``   ``B x T`` / ``B x (T-1)`` bool masks of counted positions
 ``KDTerm``                                      a per-position loss ready for the chunked pass (built by
@@ -59,6 +66,7 @@ from torch.autograd.function import once_differentiable
 
 from xkd_cli.data.batches import IGNORE
 from xkd_cli.core.hparams import check_hparams
+from xkd_cli.models.head import HeadLogits
 
 CHUNK_ELEMENTS = 2**22  # default chunk: this many float32 entries per N x V intermediate
 
@@ -99,9 +107,10 @@ def td_mask(labels: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 RowFn = Callable[[Sequence[Tensor], Tensor], Tensor]  # (float32 N x V rows per logits tensor, N targets) -> N
+Logits = Tensor | HeadLogits  # B x T x V logits, made or to be made chunk by chunk (--fused-head)
 
 
-def _shared_vocab(logits: Sequence[Tensor], vocab_size: int | None) -> int:
+def _shared_vocab(logits: Sequence[Logits], vocab_size: int | None) -> int:
     widths = sorted({x.shape[-1] for x in logits})
     if vocab_size is None:
         if len(widths) > 1:
@@ -117,7 +126,7 @@ def _shared_vocab(logits: Sequence[Tensor], vocab_size: int | None) -> int:
 
 def _map_valid_rows(
     row_fn: RowFn,
-    logits: Sequence[Tensor],
+    logits: Sequence[Logits],
     labels: Tensor,
     *,
     vocab_size: int | None,
@@ -128,6 +137,8 @@ def _map_valid_rows(
     """Apply ``row_fn`` to the valid positions of ``logits`` in float32 chunks of ``chunk_size`` rows
     (None: ``CHUNK_ELEMENTS // V``).
 
+    Each of ``logits`` is a ``B x T x V`` tensor or a :class:`~xkd_cli.models.head.HeadLogits` (hidden states
+    and output head: each chunk's logits are made from its rows of the hidden states, and never all at once).
     ``extras`` are further ``B x T x ...`` tensors (any width and dtype, no gradient) whose rows are
     handed to ``row_fn`` after the logits' rows, as they are: neither sliced to the vocabulary nor cast.
 
@@ -156,25 +167,54 @@ def _map_valid_rows(
         )
     # Views, not copies: reshaping a sliced tensor such as logits[:, :-1] would copy all of it. A slice
     # that keeps every column is left out: its backward would copy the whole gradient once more.
-    sliced = [x if x.shape[-1] == vocab else x[..., :vocab] for x in logits]  # B x T x V each
+    sources: list[_Source] = []
+    tensors: list[Tensor | None] = []
+    for x in logits:
+        if isinstance(x, HeadLogits):
+            x = x.narrow_vocab(vocab)
+            sources.append(_Source(len(tensors), x._replace(hidden=None, weight=None, bias=None)))
+            tensors += [x.hidden, x.weight, x.bias]
+        else:
+            sources.append(_Source(len(tensors)))
+            tensors.append(x if x.shape[-1] == vocab else x[..., :vocab])  # B x T x V
     per_chunk = chunk_size if chunk_size is not None else max(1, CHUNK_ELEMENTS // vocab)
     chunks = list(zip(idx.split(per_chunk), targets.split(per_chunk)))
-    plan = _RowPlan(row_fn, chunks, shape[-1], len(sliced))
-    if torch.is_grad_enabled() and any(x.requires_grad for x in sliced):
-        return _ChunkedRows.apply(plan, *sliced, *extras), idx
-    return torch.cat([plan.run(i, [*sliced, *extras]) for i in range(len(chunks))]), idx
+    plan = _RowPlan(row_fn, chunks, shape[-1], sources, len(tensors))
+    if torch.is_grad_enabled() and any(x.requires_grad for x in logits):
+        return _ChunkedRows.apply(plan, *tensors, *extras), idx
+    return torch.cat([plan.run(i, [*tensors, *extras]) for i in range(len(chunks))]), idx
+
+
+class _Source(NamedTuple):
+    """Where one logits input's tensors start in the pass's tensors, and for a fused head its soft-cap and check
+    (a :class:`HeadLogits` without tensors; its hidden states, weight and bias are the next three tensors)."""
+
+    start: int
+    head: HeadLogits | None = None
 
 
 class _RowPlan(NamedTuple):
     row_fn: RowFn
     chunks: list[tuple[Tensor, Tensor]]  # (flat positions b*T + t, their targets) per chunk
     steps: int  # T
-    n_logits: int  # the first n_logits tensors are logits (rows cast to float32), the rest extras
+    sources: list[_Source]  # the logits inputs, in the order row_fn reads their rows
+    n_tensors: int  # tensors of the logits inputs; the extras follow them
+
+    def where(self, i: int) -> tuple[Tensor, Tensor]:
+        chunk = self.chunks[i][0]
+        return chunk // self.steps, chunk % self.steps
 
     def rows(self, i: int, tensors: Sequence[Tensor]) -> list[Tensor]:
-        chunk = self.chunks[i][0]
-        where = (chunk // self.steps, chunk % self.steps)
-        return [x[where].float() if k < self.n_logits else x[where] for k, x in enumerate(tensors)]  # N x V each
+        """The chunk's float32 logits rows (N x V) per logits input, then the extras' rows as they are."""
+        where = self.where(i)
+        rows = []
+        for src in self.sources:
+            if src.head is None:
+                rows.append(tensors[src.start][where].float())
+            else:
+                hidden, weight, bias = tensors[src.start:src.start + 3]
+                rows.append(src.head._replace(weight=weight, bias=bias).rows(hidden[where]).float())
+        return rows + [x[where] for x in tensors[self.n_tensors:]]
 
     def run(self, i: int, tensors: Sequence[Tensor]) -> Tensor:
         return self.row_fn(self.rows(i, tensors), self.chunks[i][1])
@@ -190,38 +230,86 @@ class _ChunkedRows(torch.autograd.Function):
     added up chunk after chunk: a second ``B x T x V`` tensor at the peak and O(chunks · B·T·V) memory
     traffic. The values and gradients are the same bit for bit (each position's gradient comes from its
     one chunk; adding zeros changed nothing).
+
+    A fused head (:class:`HeadLogits`) has no ``B x T x V`` buffer: each chunk's logits are made again from its
+    hidden rows, the gradient of the pre-cap logits z = h·Wᵀ + b (``N x V``) is taken, and from it the hidden
+    rows' gradient (z̄·W, written into a ``B x T x H`` buffer) and the weight's and bias's (z̄ᵀ·h and Σ z̄, added
+    into one buffer each, float32 unless the weight is float32 itself: the chunks' sums are not rounded to
+    bfloat16 one by one).
     """
 
     @staticmethod
     def forward(ctx, plan: _RowPlan, *tensors: Tensor) -> Tensor:
         ctx.plan = plan
         ctx.save_for_backward(*tensors)
+        # A fused head's logits are made again in the backward, under the autocast they were made with here.
+        device = tensors[0].device.type
+        ctx.autocast = (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
         return torch.cat([plan.run(i, tensors) for i in range(len(plan.chunks))])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_values: Tensor):
         plan, tensors = ctx.plan, ctx.saved_tensors
-        wanted = [k for k in range(plan.n_logits) if ctx.needs_input_grad[1 + k]]
+        needs = ctx.needs_input_grad[1:]
         grads: list[Tensor | None] = [None] * len(tensors)
-        for k in wanted:
-            grads[k] = torch.zeros_like(tensors[k])
+        wanted = [src for src in plan.sources if any(needs[src.start:src.start + (1 if src.head is None else 3)])]
+        sums: dict[int, Tensor] = {}  # weight / bias gradients, summed over the chunks
+        for src in wanted:
+            if src.head is None:
+                grads[src.start] = torch.zeros_like(tensors[src.start])
+                continue
+            hidden, weight, bias = tensors[src.start:src.start + 3]
+            if needs[src.start]:
+                grads[src.start] = torch.zeros_like(hidden)
+            for k, t in ((src.start + 1, weight), (src.start + 2, bias)):
+                if needs[k]:
+                    sums[k] = torch.zeros_like(t, dtype=torch.float32)
         offset = 0
         for i, (chunk, targets) in enumerate(plan.chunks):
+            where = plan.where(i)
             with torch.enable_grad():
-                rows = [r.detach().requires_grad_(k in wanted) for k, r in enumerate(plan.rows(i, tensors))]
-                leaves = [rows[k] for k in wanted]
+                rows, leaves, heads = [], [], []
+                for src in plan.sources:
+                    if src.head is None:
+                        rows.append(tensors[src.start][where].detach().float().requires_grad_(src in wanted))
+                        leaves += [rows[-1]] if src in wanted else []
+                        continue
+                    hidden, weight, bias = tensors[src.start:src.start + 3]
+                    h = hidden[where].detach()
+                    device, dtype, enabled = ctx.autocast
+                    with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+                        z = torch.nn.functional.linear(h, weight, bias)  # N x V, before the soft-cap
+                    if src in wanted:
+                        leaves.append(z.requires_grad_())
+                        heads.append((src, h, weight))
+                    cap = src.head.softcap
+                    rows.append((z if cap is None else torch.tanh(z / cap) * cap).float())
+                rows += [x[where] for x in tensors[plan.n_tensors:]]
                 out = plan.row_fn(rows, targets)  # N
                 del rows  # the rows that need no gradient (the teacher's) are not needed by the backward
                 upstream = grad_values[offset:offset + len(chunk)]
                 found = torch.autograd.grad(out, leaves, upstream, allow_unused=True) \
-                    if out.requires_grad else [None] * len(wanted)
-            where = (chunk // plan.steps, chunk % plan.steps)
-            for k, g in zip(wanted, found):
-                if g is not None:
-                    grads[k][where] = g.to(grads[k].dtype)
-            del leaves, out, found  # free this chunk's rows and gradients before the next chunk's
+                    if out.requires_grad else [None] * len(leaves)
+            head_grads = iter(heads)
+            for src, g in zip(wanted, found):
+                if src.head is None:
+                    if g is not None:
+                        grads[src.start][where] = g.to(grads[src.start].dtype)
+                    continue
+                _, h, weight = next(head_grads)
+                if g is None:
+                    continue
+                if grads[src.start] is not None:
+                    grads[src.start][where] = (g @ weight.to(g.dtype)).to(grads[src.start].dtype)  # N x H
+                if src.start + 1 in sums:
+                    sums[src.start + 1].addmm_(g.t().float(), h.float())  # V x H, in place
+                if src.start + 2 in sums:
+                    sums[src.start + 2] += g.float().sum(0)
+            del leaves, out, found, heads  # free this chunk's rows and gradients before the next chunk's
             offset += len(chunk)
+        for k, total in sums.items():
+            grads[k] = total.to(tensors[k].dtype)
         return (None, *grads)
 
 

@@ -100,9 +100,10 @@ class CrossTokenizerObjective(KDObjective):
                  divergence: DivergenceParams | None, experiential: ExperientialParams | None, method: str,
                  teacher_vocab: int, prompt_text: Callable[[str], str | None],
                  prompt_ids: Callable[[Batch], Sequence[Sequence[int]]], max_input_len: int, keep_end: bool,
-                 same_layout: bool):
+                 same_layout: bool, fused_head: str = "on"):
         """``divergence``: the one ``shared`` compares the shared vocabulary with (None for ``uld``)."""
-        super().__init__(student, teacher, vocab_size=vocab_size, divergence=divergence, experiential=experiential)
+        super().__init__(student, teacher, vocab_size=vocab_size, divergence=divergence, experiential=experiential,
+                         fused_head=fused_head)  # the student's head only: the teacher's logits are gathered
         self.method, self.teacher_vocab, self.same_layout = method, teacher_vocab, same_layout
         self.prompt_ids = prompt_ids
         self.retokenize = Retokenizer(student, teacher, prompt_text=prompt_text, max_input_len=max_input_len,

@@ -14,22 +14,24 @@ import torch
 from xkd_cli.core.timing import PHASES
 from xkd_cli.data.batches import Batch
 from xkd_cli.models.forward import evaluating, forward
+from xkd_cli.models.head import OutputHead, output_head
 from xkd_cli.objectives.ava import DPOParams, dpo_sum, sequence_logprob
 from xkd_cli.objectives.steps import _Stateless
 
 
 @torch.no_grad()
 def reference_logprobs(model: torch.nn.Module, pairs, *, batch_size: int, vocab_size: int | None,
-                       device: torch.device | str, on_batch: Callable[[int], None] | None = None
-                       ) -> dict[str, tuple[float, float]]:
+                       device: torch.device | str, head: OutputHead | None = None,
+                       on_batch: Callable[[int], None] | None = None) -> dict[str, tuple[float, float]]:
     """Each pair's (chosen, rejected) summed log-probability under ``model`` as it is now, by pair id; ``pairs`` an
     :class:`~xkd_cli.training.sources.EncodedPairSet` (``len`` and ``batch(indices)``: chosen rows, then rejected).
-    The model runs in eval mode (no dropout), as TRL's reference model does; ``on_batch(n)`` hears of each n pairs."""
+    The model runs in eval mode (no dropout), as TRL's reference model does; ``head``, its fused output head
+    (:func:`~xkd_cli.models.head.output_head`), if any; ``on_batch(n)`` hears of each n pairs."""
     found: dict[str, tuple[float, float]] = {}
     with evaluating(model):
         for at in range(0, len(pairs), batch_size):
             batch = pairs.batch(range(at, min(at + batch_size, len(pairs)))).to(device)
-            logits, _ = forward(model, batch)
+            logits, _ = forward(model, batch, head=head)
             logps = sequence_logprob(logits, batch.labels, vocab_size=vocab_size).tolist()  # 2P
             half = len(logps) // 2
             for i, pair_id in enumerate(batch.ids[:half]):
@@ -41,20 +43,28 @@ def reference_logprobs(model: torch.nn.Module, pairs, *, batch_size: int, vocab_
 
 class DPOObjective(_Stateless):
     """−log σ(β·[(log π(y⁺) − log π_ref(y⁺)) − (log π(y⁻) − log π_ref(y⁻))]) over each pair of a ``2P``-row batch,
-    normalised by the step's pairs; the reference's log-probabilities come from ``reference`` by pair id."""
+    normalised by the step's pairs; the reference's log-probabilities come from ``reference`` by pair id (given, or
+    computed from the model as it is now by :meth:`set_reference`)."""
 
-    def __init__(self, model: torch.nn.Module, reference: dict[str, tuple[float, float]], *, params: DPOParams,
-                 vocab_size: int | None):
-        self.model, self.reference, self.params, self.vocab_size = model, reference, params, vocab_size
+    def __init__(self, model: torch.nn.Module, *, params: DPOParams, vocab_size: int | None,
+                 reference: dict[str, tuple[float, float]] | None = None, fused_head: str = "on"):
+        self.model, self.reference, self.params, self.vocab_size = model, reference or {}, params, vocab_size
+        self.fused = output_head(model, fused_head)
         self._sums: dict[str, torch.Tensor] = {}  # this step's implicit rewards, summed over its micro-batches
         self._pairs = 0
+
+    def set_reference(self, pairs, *, batch_size: int, device: torch.device | str,
+                      on_batch: Callable[[int], None] | None = None) -> None:
+        """The reference: every pair of ``pairs`` under the model as it is now (:func:`reference_logprobs`)."""
+        self.reference = reference_logprobs(self.model, pairs, batch_size=batch_size, vocab_size=self.vocab_size,
+                                            device=device, head=self.fused, on_batch=on_batch)
 
     def counts(self, batch: Batch) -> dict[str, int]:
         return {"pairs": batch.labels.shape[0] // 2, "tokens": batch.tokens}  # tokens: the step log's throughput
 
     def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
         with PHASES("student_forward"):
-            logits, _ = forward(self.model, batch)
+            logits, _ = forward(self.model, batch, head=self.fused)
         PHASES.watch(logits)
         with PHASES("loss"):
             logps = sequence_logprob(logits, batch.labels, vocab_size=self.vocab_size)  # 2P

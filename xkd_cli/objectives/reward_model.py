@@ -24,6 +24,7 @@ from xkd_cli.core.timing import PHASES
 from xkd_cli.core.workspace import REWARD_HEAD_FILE
 from xkd_cli.data.batches import Batch
 from xkd_cli.models.forward import forward
+from xkd_cli.models.head import output_head
 from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.objectives.ava import AVAParams, ava_counts, ava_d_sum, ava_p_sum, bradley_terry_sum, response_reward
 from xkd_cli.objectives.experiential import summarize_stats
@@ -37,10 +38,13 @@ class RewardModelObjective:
     """One of :data:`METHODS` on the model's forward (one forward for both sides of a pair), training the reward
     head beside the model. ``params`` (AVA's) is None for bt."""
 
-    def __init__(self, loaded: LoadedModel, method: str, *, params: AVAParams | None, vocab_size: int):
+    def __init__(self, loaded: LoadedModel, method: str, *, params: AVAParams | None, vocab_size: int,
+                 fused_head: str = "on"):
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
         self.loaded, self.method, self.params, self.vocab_size = loaded, method, params, vocab_size
+        # Fused: the LM head's logits are made chunk by chunk inside the loss (bt never makes them at all).
+        self.fused = output_head(loaded.model, fused_head)
         hidden_size = loaded.model.get_output_embeddings().in_features  # the run moves the head to the device
         self.head = RewardHead(hidden_size, reward_position=REWARD_MODEL_POSITION)
         self._stats: dict[str, torch.Tensor] = {}  # F_ex statistics summed over this step's micro-batches
@@ -72,7 +76,7 @@ class RewardModelObjective:
 
     def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
         with PHASES("student_forward"):
-            logits, hidden = forward(self.loaded.model, batch, hidden=True)  # B x T x V, B x T x H
+            logits, hidden = forward(self.loaded.model, batch, hidden=True, head=self.fused)  # B x T x V, B x T x H
         PHASES.watch(logits)
         with PHASES("experiential"):
             mu, log_sigma = self.head(hidden)  # B x T each, float32

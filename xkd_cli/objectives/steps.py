@@ -25,6 +25,7 @@ from xkd_cli.core.timing import PHASES
 from xkd_cli.core.workspace import REWARD_HEAD_FILE
 from xkd_cli.data.batches import Batch
 from xkd_cli.models.forward import forward
+from xkd_cli.models.head import HeadLogits, OutputHead, output_head
 from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.objectives.divergences import DivergenceParams, divergence_sum, divergence_term, topk_divergence_term
 from xkd_cli.objectives.chunked import KDTerm, kd_sum, nll_sum, nll_term, td_mask, token_logprobs, valid_mask
@@ -62,18 +63,25 @@ class Objective(Protocol):
         """Write what it trained besides the model into ``run_dir``; the files, by result key."""
 
 
-def teacher_logits(teacher: LoadedModel, batch: Batch, device: torch.device) -> torch.Tensor:
+TEACHER_NONFINITE = ("the teacher produced non-finite logits at a counted position. Check the teacher "
+                     "model and --teacher-dtype (float16 can overflow; try bfloat16 or float32).")
+
+
+def teacher_logits(teacher: LoadedModel, batch: Batch, device: torch.device,
+                   head: OutputHead | None = None) -> torch.Tensor | HeadLogits:
     """The teacher's logits on ``batch`` (no gradient), moved to ``device``; a NaN or +inf at a counted position
-    is refused with the fix, at whichever step it happens."""
+    is refused with the fix, at whichever step it happens.  With ``head`` (its fused output head) they are a
+    :class:`~xkd_cli.models.head.HeadLogits`, checked chunk by chunk as the loss makes them."""
     teacher_device = next(teacher.model.parameters()).device
     with torch.no_grad():
-        logits, _ = forward(teacher.model, batch.to(teacher_device))
+        logits, _ = forward(teacher.model, batch.to(teacher_device), head=head)
+    if head is not None:
+        return logits.detach().to(device)._replace(nonfinite_error=TEACHER_NONFINITE)
     logits = logits.to(device)
     # The row maximum carries NaN and +inf through, so checking it avoids copying the counted rows.
     peak = logits.amax(dim=-1)[valid_mask(batch.labels.to(device))]
     if torch.isnan(peak).any() or torch.isposinf(peak).any():
-        raise XKDError("the teacher produced non-finite logits at a counted position. Check the teacher "
-                       "model and --teacher-dtype (float16 can overflow; try bfloat16 or float32).")
+        raise XKDError(TEACHER_NONFINITE)
     return logits
 
 
@@ -99,14 +107,15 @@ class _Stateless:
 class NLLObjective(_Stateless):
     """Token-level negative log-likelihood of the batch's targets (SFT; SeqKD's is KDObjective's NLL term)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, *, fused_head: str = "on"):
         self.model = model
+        self.fused = output_head(model, fused_head)
 
     def counts(self, batch: Batch) -> dict[str, int]:
         return {"tokens": batch.tokens}
 
     def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
-        logits, _ = forward(self.model, batch)
+        logits, _ = forward(self.model, batch, head=self.fused)
         return {"nll": (nll_sum(logits, batch.labels).total, "tokens")}
 
 
@@ -116,9 +125,14 @@ class KDObjective:
 
     def __init__(self, student: LoadedModel, teacher: LoadedModel | None, *, vocab_size: int,
                  divergence: DivergenceParams | None, experiential: ExperientialParams | None,
-                 cache: TeacherCache | None = None):
-        """``divergence`` None: the NLL of the batch's targets (seqkd, seqxkd); ``experiential`` None: no F_ex."""
+                 cache: TeacherCache | None = None, fused_head: str = "on"):
+        """``divergence`` None: the NLL of the batch's targets (seqkd, seqxkd); ``experiential`` None: no F_ex.
+        ``fused_head`` on: the student's and the teacher's logits are never made whole where their heads are known
+        (:func:`~xkd_cli.models.head.output_head`)."""
         self.student, self.teacher, self.vocab_size, self.cache = student, teacher, vocab_size, cache
+        self.fused = output_head(student.model, fused_head, name=f"the student {student.name!r}")
+        self.teacher_fused = None if teacher is None or divergence is None else \
+            output_head(teacher.model, fused_head, name=f"the teacher {teacher.name!r}")
         self.divergence, self.experiential = divergence, experiential
         self.head = None
         if experiential is not None:
@@ -156,13 +170,17 @@ class KDObjective:
             counts["td_tokens"] = int(td_mask(batch.labels).sum())
         return counts
 
-    def teacher_logits(self, batch: Batch) -> torch.Tensor:
+    def teacher_logits(self, batch: Batch, fused: bool = False) -> torch.Tensor | HeadLogits:
+        """The teacher's logits on ``batch``; with ``fused``, as its fused head where it has one."""
         self.teacher_forwards += 1
-        return teacher_logits(self.teacher, batch, batch.labels.device)
+        return teacher_logits(self.teacher, batch, batch.labels.device, head=self.teacher_fused if fused else None)
+
+    def fused_teacher(self, batch: Batch) -> torch.Tensor | HeadLogits:
+        return self.teacher_logits(batch, fused=True)
 
     def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
         with PHASES("student_forward"):
-            logits, hidden = forward(self.student.model, batch, hidden=self.head is not None)
+            logits, hidden = forward(self.student.model, batch, hidden=self.head is not None, head=self.fused)
         PHASES.watch(logits)
         term = self.kd_term(batch)
         if self.head is None:
@@ -194,8 +212,8 @@ class KDObjective:
         """The teacher's logits, or for off-policy batches with a cache what the cache serves (never a
         cache for fresh student samples)."""
         if self.cache is not None and batch.off_policy:
-            return self.cache.teacher(batch, self.teacher_logits)
-        return self.teacher_logits(batch)
+            return self.cache.teacher(batch, self.fused_teacher)
+        return self.fused_teacher(batch)
 
     def step_metrics(self) -> dict[str, float]:
         """Teacher passes and cache counters so far, and the experiential statistics of the last optimizer
@@ -217,15 +235,18 @@ class MiniLLMObjective(_Stateless):
     r_t = log p_T(y_t) − log p_old(y_t), length-normalised discounted return (``discount``), PPO-clipped ratio
     (``clip``) with the mixed-sampling importance weight (``mix``), plus the single-step reverse KL."""
 
-    def __init__(self, student: LoadedModel, teacher: LoadedModel, *, vocab_size: int, params: MiniLLMParams):
+    def __init__(self, student: LoadedModel, teacher: LoadedModel, *, vocab_size: int, params: MiniLLMParams,
+                 fused_head: str = "on"):
         self.student, self.teacher, self.vocab_size, self.params = student, teacher, vocab_size, params
+        self.fused = output_head(student.model, fused_head, name=f"the student {student.name!r}")
+        self.teacher_fused = output_head(teacher.model, fused_head, name=f"the teacher {teacher.name!r}")
 
     def counts(self, batch: Batch) -> dict[str, int]:
         return {"tokens": batch.tokens}
 
     def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
-        teacher = teacher_logits(self.teacher, batch, batch.labels.device)
-        logits, _ = forward(self.student.model, batch)
+        teacher = teacher_logits(self.teacher, batch, batch.labels.device, head=self.teacher_fused)
+        logits, _ = forward(self.student.model, batch, head=self.fused)
         logp = token_logprobs(logits, batch.labels, vocab_size=self.vocab_size)  # B x T
         old = logp.detach()  # one policy update per sample batch: the sampling policy is the current one
         teacher_logp = token_logprobs(teacher, batch.labels, vocab_size=self.vocab_size)

@@ -68,6 +68,7 @@ from torch import Tensor
 from xkd_cli.data.batches import IGNORE, Batch
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.ui import console
+from xkd_cli.models.head import HeadLogits
 from xkd_cli.objectives.divergences import teacher_topk
 
 MODES = ("off", "full", "topk")
@@ -295,9 +296,10 @@ class TeacherCache:
 
     # -- serving a batch --
 
-    def teacher(self, batch: Batch, forward: Callable[[Batch], Tensor]) -> Tensor | TopKTeacher:
+    def teacher(self, batch: Batch, forward: Callable[[Batch], Tensor | HeadLogits]) -> Tensor | HeadLogits | TopKTeacher:
         """The teacher of an off-policy batch: logits ``B x T x W`` (``full``) or a :class:`TopKTeacher`
-        (``topk``).  Stored sequences come from disk; the others go through ``forward`` (one teacher pass
+        (``topk``).  ``forward`` may return a fused head's :class:`~xkd_cli.models.head.HeadLogits`: entries are
+        then made one sequence at a time (``n x W``), and ``full`` with every row missing returns it as it is.  Stored sequences come from disk; the others go through ``forward`` (one teacher pass
         over just those rows) and are stored.  With every row missing, ``full`` returns ``forward``'s own
         logits: exactly what a run without the cache uses."""
         if not batch.off_policy:
@@ -314,7 +316,7 @@ class TeacherCache:
         if missing:
             fresh = forward(batch if len(missing) == len(rows) else select_rows(batch, missing))
             for j, r in enumerate(missing):
-                entries[r] = self._entry_from_logits(fresh[j][valid[r].to(fresh.device)])
+                entries[r] = self._entry_from_logits(_row_logits(fresh, j, valid[r]))
                 self._store(keys[r], tokens[r], entries[r])
         if self.mode == "full" and len(missing) == len(rows):
             return fresh
@@ -334,6 +336,14 @@ class TeacherCache:
         for r, entry in enumerate(entries):
             logprobs[r, valid[r]], ids[r, valid[r]], tail[r, valid[r]] = entry["logprobs"], entry["ids"], entry["tail"]
         return TopKTeacher(logprobs.to(device), ids.to(device), tail.to(device))
+
+
+def _row_logits(fresh: Tensor | HeadLogits, row: int, valid: Tensor) -> Tensor:
+    """One row's teacher logits at its counted positions (``n x W``), made from a fused head if it is one."""
+    if isinstance(fresh, HeadLogits):
+        flat = row * fresh.hidden.shape[1] + valid.nonzero().squeeze(1)
+        return fresh.at(flat.to(fresh.hidden.device))
+    return fresh[row][valid.to(fresh.device)]
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -24,7 +24,7 @@ from xkd_cli.core.ui import progress
 from xkd_cli.data.taskfile import task_of
 from xkd_cli.models.loaded_model import model_vocab_size
 from xkd_cli.objectives.ava import DPOParams
-from xkd_cli.objectives.dpo import DPOObjective, reference_logprobs
+from xkd_cli.objectives.dpo import DPOObjective
 from xkd_cli.objectives.reward_model import REWARD_MODEL_POSITION, RewardModelObjective
 from xkd_cli.training.checkpoint.resume import find_resume
 from xkd_cli.training.lifecycle import load_split, run_training
@@ -45,12 +45,13 @@ def run_align(cfg: AlignConfig, *, runs_root: Path, overwrite: bool = False, res
         device = resolve_device(cfg.device)
         with progress() as bar:
             bar_id = bar.add_task("dpo reference log-probabilities", total=len(setup.train_set), info="")
-            reference = reference_logprobs(loaded.model.to(device), setup.train_set,
-                                           batch_size=max(cfg.batch_size, 16), vocab_size=vocab_size, device=device,
-                                           on_batch=lambda pairs: bar.update(bar_id, advance=pairs))
-        objective = DPOObjective(loaded.model, reference, params=DPOParams(beta=cfg.dpo_beta), vocab_size=vocab_size)
+            objective = DPOObjective(loaded.model.to(device), params=DPOParams(beta=cfg.dpo_beta),
+                                     vocab_size=vocab_size, fused_head=cfg.fused_head)
+            objective.set_reference(setup.train_set, batch_size=max(cfg.batch_size, 16), device=device,
+                                    on_batch=lambda pairs: bar.update(bar_id, advance=pairs))
     else:
-        objective = RewardModelObjective(loaded, cfg.method, params=ava_params(cfg), vocab_size=vocab_size)
+        objective = RewardModelObjective(loaded, cfg.method, params=ava_params(cfg), vocab_size=vocab_size,
+                                         fused_head=cfg.fused_head)
         record["reward_position"] = REWARD_MODEL_POSITION
     result = run_training(cfg, kind="align", runs_root=runs_root, overwrite=overwrite, loaded=loaded, task=task,
                           train_set=setup.train_set, eval_examples=eval_examples,

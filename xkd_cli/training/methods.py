@@ -71,7 +71,8 @@ SOURCES: dict[str, Callable[[Setup], Source]] = {
 
 
 def _kd(s: Setup) -> Objective:
-    common = dict(vocab_size=s.vocab_size, divergence=divergence_params(s.cfg), experiential=experiential_params(s.cfg))
+    common = dict(vocab_size=s.vocab_size, divergence=divergence_params(s.cfg), experiential=experiential_params(s.cfg),
+                  fused_head=s.cfg.fused_head)
     if s.cross_tokenizer is not None:
         return CrossTokenizerObjective(s.student, s.teacher, method=s.cfg.cross_tokenizer, **common, **s.cross_tokenizer)
     return KDObjective(s.student, s.teacher, cache=s.cache, **common)
@@ -80,7 +81,7 @@ def _kd(s: Setup) -> Objective:
 OBJECTIVES: dict[str, Callable[[Setup], Objective]] = {
     "kd": _kd,
     "minillm": lambda s: MiniLLMObjective(s.student, s.teacher, vocab_size=s.vocab_size,
-                                          params=MiniLLMParams(mix=s.cfg.mix)),
+                                          params=MiniLLMParams(mix=s.cfg.mix), fused_head=s.cfg.fused_head),
 }
 
 

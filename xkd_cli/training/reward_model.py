@@ -97,7 +97,8 @@ def run_reward_model(cfg: RewardModelConfig, *, runs_root: Path, overwrite: bool
     setup = prepare(cfg, runs_root=runs_root, task=task)
     loaded = setup.loaded
     params = ava_params(cfg)
-    objective = RewardModelObjective(loaded, cfg.method, params=params, vocab_size=model_vocab_size(loaded))
+    objective = RewardModelObjective(loaded, cfg.method, params=params, vocab_size=model_vocab_size(loaded),
+                                     fused_head=cfg.fused_head)
     result = run_training(cfg, kind="reward-model", runs_root=runs_root, overwrite=overwrite, loaded=loaded, task=task,
                           train_set=setup.train_set, eval_examples=[],
                           source=Targets(setup.train_set, cfg.batch_size), objective=objective,

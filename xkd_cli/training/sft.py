@@ -26,7 +26,7 @@ def run_sft(cfg: SFTConfig, *, runs_root: Path, overwrite: bool = False, resume:
                                cfg.chat_template)
     train_set = EncodedSet(train_examples, loaded, max_input_len=cfg.max_input_len,
                            max_output_len=cfg.max_output_len, keep_end=task.keep_prompt_end)
-    objective = NLLObjective(loaded.model)
+    objective = NLLObjective(loaded.model, fused_head=cfg.fused_head)
     return run_training(cfg, kind="sft", runs_root=runs_root, overwrite=overwrite, loaded=loaded, task=task,
                         train_set=train_set, eval_examples=eval_examples,
                         source=Targets(train_set, cfg.batch_size), objective=objective,
