@@ -20,7 +20,7 @@ One invocation does everything, in a scratch runs directory (``--runs``):
 
 What both sides share: the SFT'd models, the prompts (the TRL worker hands TRL xkd's own prompt ids, so
 the tokens are the same), the number of optimizer steps, prompts per step (one sample each: TRL's
-``num_generations=1``), the learning rate (xkd's minillm preset; TRL's own default is 1e-6), sampling at
+``num_generations=1``), the learning rate (xkd's preset for minillm; TRL's own default is 1e-6), sampling at
 temperature 1 with ``max_new_tokens`` = the task's output length, AdamW with linear decay and gradient
 clipping at 1, float32 and no activation checkpointing (TRL defaults to bf16 and checkpointing).
 

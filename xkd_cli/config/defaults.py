@@ -84,22 +84,12 @@ PAPER_DISTILL = {**PAPER_SMALL, "gsm8k": dict(PAPER_SMALL["gsm8k"], lr=1e-3)}
 BUNDLED_DISTILL = {task: dict(values, max_steps=200, lr=1e-3, warmup_steps=20) for task, values in BUNDLED.items()}
 
 
-# MiniLLM's policy gradient takes a far smaller learning rate than the token-level losses, as its authors' runs
-# do (5e-6 for GPT-2 base, LMOps minillm/scripts): on the bundled tasks, MINILLM_LR_SCALE times the method's
-# preset (docs/method.md, "MiniLLM", has the measurement). The paper's tasks get the same factor, unmeasured.
-MINILLM_LR_SCALE = 0.1
-
-
-def distill_defaults(task: str, student: str | None, method: str | None = None) -> dict[str, Any]:
+def distill_defaults(task: str, student: str | None) -> dict[str, Any]:
     if task in BUNDLED_DISTILL:
-        found = dict(BUNDLED_DISTILL[task])
-    elif model_scale(student) == "large":
-        found = dict(PAPER_LARGE.get(task, {}))
-    else:
-        found = dict(PAPER_DISTILL.get(task, {}))
-    if method == "minillm" and "lr" in found:
-        found["lr"] = found["lr"] * MINILLM_LR_SCALE
-    return found
+        return dict(BUNDLED_DISTILL[task])
+    if model_scale(student) == "large":
+        return dict(PAPER_LARGE.get(task, {}))
+    return dict(PAPER_DISTILL.get(task, {}))
 
 
 def task_file_lengths(task: str) -> dict[str, Any]:
@@ -124,18 +114,16 @@ class TaskDefaults:
     size picks the paper's table); ``options`` are the options a preset sets, shown as "default: per task". A task
     file's own lengths come first. Keys are spelled as the presets spell them (``max_output_len``); the config
     takes them in its own spelling."""
-    pick: Callable[..., dict[str, Any]]
+    pick: Callable[[str, str | None], dict[str, Any]]
     options: tuple[str, ...]
     model: str | None = None
-    method: bool = False  # pick also takes the method given (method=...): distill's presets differ by method
 
     def __call__(self, task: str, values: dict[str, Any]) -> dict[str, Any]:
-        extra = {"method": values.get("method")} if self.method else {}
-        return task_file_lengths(task) or self.pick(task, values.get(self.model) if self.model else None, **extra)
+        return task_file_lengths(task) or self.pick(task, values.get(self.model) if self.model else None)
 
 
 SFT_DEFAULTS = TaskDefaults(sft_defaults, tuple(BUNDLED["synth-sum"]), model="model")
-DISTILL_DEFAULTS = TaskDefaults(distill_defaults, tuple(BUNDLED["synth-sum"]), model="student", method=True)
+DISTILL_DEFAULTS = TaskDefaults(distill_defaults, tuple(BUNDLED["synth-sum"]), model="student")
 LENGTH_DEFAULTS = TaskDefaults(length_defaults, LENGTHS)
 
 
