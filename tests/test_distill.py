@@ -48,6 +48,10 @@ def test_white_box_methods_run_end_to_end(xkd, runs, pair, method):
         assert not any("reward" in key or "head.linear" in key for key in weights(runs, method))
     if method in ("gkd", "gxkd", "minillm"):
         assert "generation_s" in last
+    if method == "minillm":  # the collapse signals; 3 steps are the first 3 of 4 PPO epochs on one rollout batch
+        assert {"minillm_reward", "minillm_ratio_std", "minillm_clipped", "sample_length", "sample_distinct",
+                "lm"} <= set(last)
+        assert [row["ppo_epoch"] for row in log(runs, method)] == [1, 2, 3] and last["student_samples"] == 4
 
 
 @pytest.mark.parametrize("baseline,variant,position",

@@ -47,6 +47,7 @@ NO_EFFECT = [
     (["--method", "minillm", "--tau", "2"], "--tau 2.0 has no effect on minillm", "seqxkd, sxkd, gxkd"),
     (["--method", "sxkd", "--alpha", "0.3"], "--alpha 0.3 has no effect on sxkd", "gkd, gxkd"),
     (["--method", "gxkd", "--mix", "0.4"], "--mix 0.4 has no effect on gxkd", "--method minillm"),
+    (["--method", "skd", "--no-whiten"], "--no-whiten has no effect on skd", "--method minillm"),
     (["--method", "skd", "--beta", "0.3"], "--beta 0.3 has no effect with --divergence fkl", "jsd and mix"),
     (["--method", "gkd", "--divergence", "tvd", "--beta", "0.3"], "--beta 0.3 has no effect with --divergence tvd",
      "jsd and mix"),
@@ -93,3 +94,21 @@ def test_a_method_gets_the_defaults_of_what_it_reads_and_records_only_those():
 def test_every_method_option_is_read_by_some_method_and_ignored_by_another():
     for option in METHOD_OPTIONS:
         assert 0 < len(methods_reading(option)) < len(METHODS.names()), option
+
+
+def test_minillm_gets_its_authors_settings_and_the_tasks_learning_rate():
+    """MiniLLM reads --ppo-epochs, --lm-weight and --whiten with its authors' values by default and, with them,
+    learns at the task's distillation rate (docs/method.md, "MiniLLM", has the measurement); other methods do not
+    read those options."""
+    from xkd_cli.config.defaults import BUNDLED_DISTILL, make_config
+
+    minillm = make_config(DistillConfig, {"task": "synth-sum", "method": "minillm"})
+    assert (minillm.ppo_epochs, minillm.lm_weight, minillm.whiten, minillm.mix) == (4, 1.0, True, 0.2)
+    assert minillm.lr == BUNDLED_DISTILL["synth-sum"]["lr"]
+    gkd = make_config(DistillConfig, {"task": "synth-sum", "method": "gkd"})
+    assert gkd.ppo_epochs is None and gkd.whiten is None and gkd.lm_weight is None
+    assert not {"ppo_epochs", "lm_weight", "whiten"} & set(to_dict(gkd))
+    with pytest.raises(XKDError, match=r"--ppo-epochs 2 has no effect on gkd"):
+        DistillConfig(task="synth-mt", method="gkd", ppo_epochs=2)
+    with pytest.raises(XKDError, match=r"--ppo-epochs must be a finite integer.*--lm-weight must be in \[0, inf\]"):
+        DistillConfig(task="synth-mt", method="minillm", ppo_epochs=1.5, lm_weight=-1)

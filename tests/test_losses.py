@@ -733,6 +733,15 @@ def test_minillm_rewards_and_advantages_by_hand():
     assert w[1, 2] == 0.0
 
 
+def test_whitening_by_hand():
+    """Over the valid positions only (1, 2, 3, 3, 1: mean 2, population variance 0.8); ignored ones stay 0,
+    whatever they held."""
+    labels = torch.tensor([[1, 1, 1], [1, 1, IGNORE]])
+    values = torch.tensor([[1.0, 2.0, 3.0], [3.0, 1.0, 99.0]])
+    s = 1 / math.sqrt(0.8 + 1e-8)
+    torch.testing.assert_close(masked_whiten(values, labels), torch.tensor([[-s, 0.0, s], [s, -s, 0.0]]))
+
+
 def test_teacher_mixed_sampling():
     student = logits_of([0.5, 0.25, 0.25])
     teacher = logits_of([0.25, 0.25, 0.5])

@@ -573,3 +573,37 @@ def test_reward_model_and_alignment_tables(xkd, runs):
     text = xkd("report")
     assert text.code == 0, text.err
     assert "Reward models" in text.out and "AVA-p − DPO" in text.out and "alignment.csv" in text.out
+
+
+def test_runs_whose_samples_degenerate_are_flagged(xkd, runs):
+    """A MiniLLM run whose training samples lost their variety (the step log's distinct-token share halved) and
+    a GKD run whose greedy predictions repeat one word are flagged under Table 1, on the console and in
+    report.json / report.md, with the file that shows it; a healthy run with both files is not."""
+    make_run(runs, "synth-sum", "student", "sft", value=10.0, role="student")
+    collapsed = distill(runs, "synth-sum", "minillm", "minillm", 2.5)
+    healthy = distill(runs, "synth-sum", "skd", "skd", 12.0)
+    repeats = distill(runs, "synth-sum", "gkd", "gkd", 3.0)
+    for run, shares in ((collapsed, (0.84, 0.6, 0.3)), (healthy, (0.84, 0.8, 0.82))):
+        (run / "train_log.jsonl").write_text("".join(json.dumps({"step": 5 * i, "sample_distinct": s}) + "\n"
+                                                     for i, s in enumerate(shares, 1)) + '{"step": 2')
+    (repeats / "train_log.jsonl").write_text(json.dumps({"step": 5, "loss": 1.0}) + "\n")  # logs no samples
+    reference = "the council approved the new budget on monday"
+    for run, prediction in ((healthy, "the council approved a budget"), (repeats, "budget budget budget budget"),
+                            (collapsed, "the council approved the budget")):
+        (run / "eval" / "validation-greedy" / "predictions.jsonl").write_text(
+            "".join(json.dumps({"id": str(i), "prediction": prediction if i else "", "reference": reference}) + "\n"
+                    for i in range(4)))
+    result = xkd("report")
+    assert result.code == 0, result.err
+    info = json.loads((runs / "report" / "report.json").read_text())
+    flagged = {e["run"]: e for e in info["degenerate"]}
+    assert set(flagged) == {"minillm", "gkd"}
+    assert "fell from 0.84 to 0.30" in flagged["minillm"]["reason"]
+    assert flagged["minillm"]["sources"] == ["synth-sum/minillm/train_log.jsonl"]
+    # gkd: 3 of 4 predictions keep 1 of 4 words, the empty one counts 0: mean 0.1875; the references 7/8
+    assert "keep 0.19 of their words distinct, the references 0.88" in flagged["gkd"]["reason"]
+    assert flagged["gkd"]["sources"] == ["synth-sum/gkd/eval/validation-greedy/predictions.jsonl"]
+    assert "synth-sum/minillm (minillm): its samples degenerated" in result.out
+    markdown = (runs / "report" / "report.md").read_text()
+    assert "**Degenerate samples.**" in markdown and "synth-sum/gkd (gkd): its samples degenerated" in markdown
+    assert "skd (skd)" not in markdown

@@ -64,8 +64,9 @@ def report(
 def render_report(report: dict[str, Any]) -> None:
     from xkd_cli.experiments.report.formatting import cell_text, metric_text  # the report's modules load numpy
     from xkd_cli.experiments.report.tables import table1_cells, table1_header  # the report's modules load numpy
-    from xkd_cli.experiments.report.write import (ALIGNMENT_HEADER, alignment_cells, interval_text,  # numpy
-                                                  reward_model_cells, reward_model_header, reward_model_kinds)
+    from xkd_cli.experiments.report.write import (ALIGNMENT_HEADER, alignment_cells, degenerate_warning,  # numpy
+                                                  interval_text, reward_model_cells, reward_model_header,
+                                                  reward_model_kinds)
 
     t1 = report["table1"]
     rows = []
@@ -73,6 +74,8 @@ def render_report(report: dict[str, Any]) -> None:
         rows.append((row["label"], *table1_cells(t1, row, "[bold]{} *[/]")))
     out.print(table("Table 1 · headline metric, greedy decoding (* best distilled method; a ± sd (n seeds))",
                            ["model", *table1_header(t1)], rows))
+    for entry in report.get("degenerate") or []:
+        out.print(f"[yellow]warning:[/] {degenerate_warning(entry)}")
     if report["judge"]:
         out.print(table("Table 2 · LLM judge", ["task", "A vs B", "win", "tie", "lose", "orders disagree", "judged",
                                                        "judge"],

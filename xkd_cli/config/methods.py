@@ -23,6 +23,7 @@ OBJECTIVES = ("kd", "minillm")
 
 EXPERIENTIAL_OPTIONS = ("lam", "gamma", "tau", "reward_position")
 SAMPLING_OPTIONS = ("temperature", "top_p")
+MINILLM_OPTIONS = ("mix", "ppo_epochs", "lm_weight", "whiten")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Method:
         if self.loss == "divergence":
             found += ("divergence", "beta")
         if self.objective == "minillm":
-            found.append("mix")
+            found += MINILLM_OPTIONS
         if self.experiential:
             found += EXPERIENTIAL_OPTIONS
         return tuple(found)

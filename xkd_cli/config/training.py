@@ -124,12 +124,20 @@ class SFTConfig(TrainingConfig):
 
 # The defaults of the method-specific options, for the methods that read them (xkd_cli.config.methods).
 METHOD_DEFAULTS = {"lam": 0.001, "gamma": 1.0, "tau": 1.0, "alpha": 0.5, "beta": 0.5, "temperature": 1.0, "top_p": 0.95,
-                   "reward_position": "next", "mix": 0.2}
+                   "reward_position": "next", "mix": 0.2, "ppo_epochs": 4, "lm_weight": 1.0, "whiten": True}
 
 
 def _method_default(option: str) -> str:
     readers = methods_reading(option)
     return f" (default: {METHOD_DEFAULTS[option]}; {', '.join(readers)} only)"
+
+
+def _given(name: str, value: Any) -> str:
+    """How an option was given, for messages: ``--mix 0.4``, ``--no-whiten``."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
 
 
 def options_read(method: Method, values: dict[str, Any]) -> tuple[str, ...]:
@@ -148,7 +156,7 @@ def inapplicable_options(method: Method, values: dict[str, Any]) -> dict[str, st
     for name in METHOD_OPTIONS:
         if values.get(name) is None or name in read:
             continue
-        given = f"--{name.replace('_', '-')} {values[name]}"
+        given = _given(name, values[name])
         if name in method.options:  # beta
             why = "--cross-tokenizer uld, whose distance is ULD's" if values.get("cross_tokenizer") == "uld" else \
                 f"--divergence {values.get('divergence') or method.default_divergence}"
@@ -185,6 +193,12 @@ class DistillConfig(TrainingConfig):
                                                "paper's q_φ(·|x, y_1:t+1)) or 'current' (h_t, an ablation)."
                                          + _method_default("reward_position"))
     mix: float | None = option(None, "MiniLLM teacher-mixed sampling weight." + _method_default("mix"))
+    ppo_epochs: int | None = option(None, "MiniLLM policy updates (optimizer steps) per batch of rollouts."
+                                    + _method_default("ppo_epochs"))
+    lm_weight: float | None = option(None, "MiniLLM weight of the NLL of the ground-truth targets (its pre-training "
+                                           "term; 0 = off)." + _method_default("lm_weight"))
+    whiten: bool | None = option(None, "MiniLLM: whiten the advantages over the batch."
+                                 + _method_default("whiten"))
     teacher_dtype: str | None = option(None, "Teacher dtype (default: --dtype).")
     teacher_device: str | None = option(None, "Teacher device (default: --device).")
     # A quantized teacher only runs forward: no LoRA needed.
@@ -223,7 +237,8 @@ class DistillConfig(TrainingConfig):
             found += inapplicable_options(self.spec, self.__dict__).values()
         choice(found, "reward_position", self.reward_position, REWARD_POSITIONS)
         found += hparam_problems(lam=self.lam, gamma=self.gamma, tau=self.tau, alpha=self.alpha, beta=self.beta,
-                                 mix=self.mix, temperature=self.temperature)
+                                 mix=self.mix, temperature=self.temperature, ppo_epochs=self.ppo_epochs,
+                                 lm_weight=self.lm_weight)
         in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
         choice(found, "teacher_cache", self.teacher_cache, TEACHER_CACHE_MODES)
         if self.teacher_cache in TEACHER_CACHE_MODES[1:] and self.method in METHODS and \

@@ -52,6 +52,8 @@ HPARAMS: dict[str, Range] = {
     "mix": Range(0, 1, note="teacher-mixed sampling; MiniLLM: 0.2"),
     "clip": Range(0, 1, hi_open=True, note="the PPO clip range; MiniLLM: 0.2", option=False),
     "discount": Range(0, 1, note="the return discount; MiniLLM: 0.95", option=False),
+    "ppo_epochs": Range(1, integer=True, note="policy updates per batch of rollouts; MiniLLM: 4"),
+    "lm_weight": Range(0, note="the weight of the NLL of the ground-truth targets; MiniLLM: 1.0; 0 = off"),
     "chunk_size": Range(1, integer=True, option=False),
     "ava_beta": Range(0, note="AVA's weight beta of the likelihood beta*Q; paper: 1.0; 0 drops the likelihood",
                       option=False),

@@ -30,6 +30,11 @@ class Batch:
     # Targets from fixed data (ground truth), not from the current student: the teacher's view of them
     # never changes, so the teacher cache may serve it (xkd_cli.objectives.teacher_cache). Sources set it.
     off_policy: bool = False
+    # MiniLLM: the same prompts' ground-truth targets (its language-modelling term), and what the objective
+    # computed on the first pass over these rollouts, which the later policy updates on them reuse (the sampling
+    # policy's log-probabilities, the advantages). Shared, not copied, by ``to``.
+    reference: "Batch | None" = None
+    memo: dict | None = None
 
     @property
     def tokens(self) -> int:
@@ -37,7 +42,7 @@ class Batch:
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch({k: v.to(device) for k, v in self.inputs.items()}, self.labels.to(device), self.ids, self.keep,
-                     self.off_policy)
+                     self.off_policy, None if self.reference is None else self.reference.to(device), self.memo)
 
 
 def special_ids(tokenizer, model_config) -> tuple[int, int, int]:

@@ -5,7 +5,7 @@ loss terms as sums over positions with the name of their normaliser (``xkd_cli.t
 - ``KDObjective``: seqkd, skd, gkd and their X-variants; the NLL of the targets or a divergence to the
   teacher, plus F_ex (Eq. 20) for the X-variants, in one pass. The X-variants' reward head is its own.
 - ``MiniLLMObjective``: minillm; the PPO-clipped reverse-KL policy gradient plus the single-step
-  reverse KL.
+  reverse KL and the language-modelling term on the ground-truth targets.
 
 Every objective has the same interface (:class:`Objective`), so the run lifecycle needs to know none of them.
 Each receives the few hyperparameters it reads as small frozen objects (:class:`ExperientialParams`,
@@ -32,10 +32,13 @@ from xkd_cli.objectives.chunked import KDTerm, kd_sum, nll_sum, nll_term, td_mas
 from xkd_cli.objectives.experiential import ExperientialParams, kd_experiential_sum, summarize_stats
 from xkd_cli.objectives.minillm import (
     MiniLLMParams,
+    clipped_fraction,
+    masked_whiten,
     minillm_advantages,
     minillm_rewards,
     mixed_sampling_weights,
     ppo_clip_sum,
+    sample_stats,
 )
 from xkd_cli.objectives.reward import RewardHead
 from xkd_cli.objectives.teacher_cache import TeacherCache, TopKTeacher
@@ -232,27 +235,93 @@ class KDObjective:
 
 class MiniLLMObjective(_Stateless):
     """MiniLLM (Gu et al.): reverse KL by policy gradient on teacher-mixed student samples. Reward
-    r_t = log p_T(y_t) − log p_old(y_t), length-normalised discounted return (``discount``), PPO-clipped ratio
-    (``clip``) with the mixed-sampling importance weight (``mix``), plus the single-step reverse KL."""
+    r_t = log p_T(y_t) − log p_old(y_t), length-normalised discounted return (``discount``), whitened over the
+    micro-batch (``whiten``), PPO-clipped ratio (``clip``) with the mixed-sampling importance weight (``mix``),
+    plus the single-step reverse KL and, with ``lm_weight`` > 0, the NLL of the prompts' ground-truth targets
+    times ``lm_weight`` (MiniLLM's pre-training term, on the task's own targets here).
+
+    ``p_old`` is the student that sampled the rollouts: the first pass over a rollout batch takes it from the
+    current student (ratio 1) and keeps it, with the advantages and weights, in the batch's ``memo``; the later
+    policy updates on the same rollouts (:class:`~xkd_cli.training.sources.TeacherMixed`, ``--ppo-epochs``)
+    reuse them, so their ratio moves away from 1 and the clip engages."""
+
+    STATS = ("tokens", "reward", "ratio", "ratio_sq", "clipped", "samples", "length", "distinct")
 
     def __init__(self, student: LoadedModel, teacher: LoadedModel, *, vocab_size: int, params: MiniLLMParams,
                  fused_head: str = "on"):
         self.student, self.teacher, self.vocab_size, self.params = student, teacher, vocab_size, params
         self.fused = output_head(student.model, fused_head, name=f"the student {student.name!r}")
         self.teacher_fused = output_head(teacher.model, fused_head, name=f"the teacher {teacher.name!r}")
+        self._stats: dict[str, torch.Tensor] = {}  # sums over this step's micro-batches
 
     def counts(self, batch: Batch) -> dict[str, int]:
-        return {"tokens": batch.tokens}
+        counts = {"tokens": batch.tokens}
+        if self.params.lm_weight > 0 and batch.reference is not None:
+            counts["lm_tokens"] = batch.reference.tokens
+        return counts
+
+    def rollout(self, batch: Batch, logp: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The sampling policy's log-probabilities, the advantages and the importance weights of this rollout
+        batch: computed on its first pass (from the current student, which sampled it), then read back."""
+        memo = batch.memo if batch.memo is not None else {}
+        if "old" not in memo:
+            labels, p = batch.labels, self.params
+            old = logp.detach().float()
+            teacher_logp = token_logprobs(teacher, labels, vocab_size=self.vocab_size)
+            rewards = minillm_rewards(teacher_logp, old, labels)
+            advantages = minillm_advantages(rewards, labels, discount=p.discount)
+            if p.whiten:
+                advantages = masked_whiten(advantages, labels)
+            memo.update(old=old, rewards=rewards, advantages=advantages,
+                        weights=mixed_sampling_weights(old, teacher_logp, labels, mix=p.mix))
+        return {k: v.to(logp.device) for k, v in memo.items()}
 
     def terms(self, batch: Batch) -> dict[str, tuple[torch.Tensor, str]]:
-        teacher = teacher_logits(self.teacher, batch, batch.labels.device, head=self.teacher_fused)
-        logits, _ = forward(self.student.model, batch, head=self.fused)
-        logp = token_logprobs(logits, batch.labels, vocab_size=self.vocab_size)  # B x T
-        old = logp.detach()  # one policy update per sample batch: the sampling policy is the current one
-        teacher_logp = token_logprobs(teacher, batch.labels, vocab_size=self.vocab_size)
-        rewards = minillm_rewards(teacher_logp, old, batch.labels)
-        advantages = minillm_advantages(rewards, batch.labels, discount=self.params.discount)
-        weights = mixed_sampling_weights(old, teacher_logp, batch.labels, mix=self.params.mix)
-        pg = ppo_clip_sum(logp, old, advantages, batch.labels, weights=weights, clip=self.params.clip)
-        reg = divergence_sum("rkl", logits, teacher, batch.labels, vocab_size=self.vocab_size)
-        return {"pg": (pg.total, "tokens"), "rkl": (reg.total, "tokens")}
+        with PHASES("teacher_forward"):
+            teacher = teacher_logits(self.teacher, batch, batch.labels.device, head=self.teacher_fused)
+        with PHASES("student_forward"):
+            logits, _ = forward(self.student.model, batch, head=self.fused)
+        with PHASES("loss"):
+            labels, p = batch.labels, self.params
+            logp = token_logprobs(logits, labels, vocab_size=self.vocab_size)  # B x T
+            r = self.rollout(batch, logp, teacher)
+            pg = ppo_clip_sum(logp, r["old"], r["advantages"], labels, weights=r["weights"], clip=p.clip)
+            reg = divergence_sum("rkl", logits, teacher, labels, vocab_size=self.vocab_size)
+            self._collect(batch, logp, r)
+        terms = {"pg": (pg.total, "tokens"), "rkl": (reg.total, "tokens")}
+        if p.lm_weight > 0 and batch.reference is not None:
+            with PHASES("student_forward"):
+                ref_logits, _ = forward(self.student.model, batch.reference, head=self.fused)
+            with PHASES("loss"):
+                terms["lm"] = (p.lm_weight * nll_sum(ref_logits, batch.reference.labels).total, "lm_tokens")
+        return terms
+
+    def _collect(self, batch: Batch, logp: torch.Tensor, r: dict[str, torch.Tensor]) -> None:
+        """Add this micro-batch's sums to the step's: what shows a run collapsing (docs/method.md, "MiniLLM")."""
+        labels = batch.labels
+        m = valid_mask(labels)
+        ratio = torch.where(m, (logp.detach().float() - r["old"]).exp(), 0.0)  # the policy's own ratio, w left out
+        found = {"tokens": m.sum().float(), "reward": r["rewards"].sum(), "ratio": ratio.sum(),
+                 "ratio_sq": ratio.square().sum(),
+                 "clipped": clipped_fraction(logp, r["old"], r["advantages"], labels, weights=r["weights"],
+                                             clip=self.params.clip).float(),
+                 **sample_stats(labels)}
+        for key, value in found.items():
+            self._stats[key] = self._stats[key] + value if key in self._stats else value
+
+    def step_metrics(self) -> dict[str, float]:
+        """The last optimizer step's collapse signals: the mean per-token reward (log p_T − log p_old of the
+        sampled tokens: minus the samples' reverse KL), the mean and spread of the policy ratio p/p_old (exactly
+        1 on fresh rollouts; it moves on the later PPO epochs), the share of tokens where the clip held the
+        loss (its ratio includes the mixed-sampling weight w), and the samples' mean length and mean
+        distinct-token share."""
+        if not self._stats:
+            return {}
+        s = {k: float(v) for k, v in self._stats.items()}
+        self._stats = {}
+        tokens, samples = max(s["tokens"], 1.0), max(s["samples"], 1.0)
+        mean = s["ratio"] / tokens
+        return {"minillm_reward": s["reward"] / tokens, "minillm_ratio_mean": mean,
+                "minillm_ratio_std": max(s["ratio_sq"] / tokens - mean * mean, 0.0) ** 0.5,
+                "minillm_clipped": s["clipped"] / tokens, "sample_length": s["length"] / samples,
+                "sample_distinct": s["distinct"] / samples}

@@ -10,6 +10,7 @@ table (``xkd_cli.config.methods``) names both, ``xkd_cli.training.methods`` buil
 | gkd     | α-mix: ground truth / student samples    | kd: divergence (jsd β)                                 |
 | gxkd    | α-mix: ground truth / student samples    | kd: divergence + F_ex (Alg. 1)                         |
 | minillm | teacher-mixed student samples            | minillm: PPO reverse-KL policy gradient + reverse KL   |
+|         | (each batch for --ppo-epochs steps)      | + NLL of the ground-truth targets                      |
 """
 
 from __future__ import annotations

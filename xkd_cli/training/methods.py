@@ -59,7 +59,8 @@ def _alpha_mix(s: Setup) -> Source:
 
 def _teacher_mixed(s: Setup) -> Source:
     sampler = StudentSampler(s.student, s.data, sampling(s.cfg), s.vocab_size)
-    return TeacherMixed(sampler, s.teacher, s.cfg.batch_size, s.cfg.mix)
+    return TeacherMixed(sampler, s.teacher, s.cfg.batch_size, s.cfg.mix, ppo_epochs=s.cfg.ppo_epochs,
+                        per_step=s.cfg.grad_accum)
 
 
 SOURCES: dict[str, Callable[[Setup], Source]] = {
@@ -81,7 +82,9 @@ def _kd(s: Setup) -> Objective:
 OBJECTIVES: dict[str, Callable[[Setup], Objective]] = {
     "kd": _kd,
     "minillm": lambda s: MiniLLMObjective(s.student, s.teacher, vocab_size=s.vocab_size,
-                                          params=MiniLLMParams(mix=s.cfg.mix), fused_head=s.cfg.fused_head),
+                                          params=MiniLLMParams(mix=s.cfg.mix, whiten=s.cfg.whiten,
+                                                               lm_weight=s.cfg.lm_weight),
+                                          fused_head=s.cfg.fused_head),
 }
 
 

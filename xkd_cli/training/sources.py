@@ -280,23 +280,63 @@ class TeacherMixer:
 
 class TeacherMixed:
     """MiniLLM's data: for each batch's prompts, student samples drawn from the teacher-mixed distribution
-    (:class:`TeacherMixer`, weight ``mix``)."""
+    (:class:`TeacherMixer`, weight ``mix``). Each batch of rollouts serves ``ppo_epochs`` optimizer steps in a
+    row (MiniLLM's ``--ppo-epochs``): the first step samples ``per_step`` fresh micro-batches (one step's
+    worth), the next ``ppo_epochs − 1`` steps replay them in the same order, so the student they update has
+    moved away from the one that sampled them. A rollout carries its prompts' ground-truth targets
+    (``reference``, for the language-modelling term) and a ``memo`` in which the objective keeps what it
+    computed on the first pass (the sampling policy's log-probabilities, the advantages)."""
 
-    def __init__(self, sampler: StudentSampler, teacher: LoadedModel, batch_size: int, mix: float):
+    def __init__(self, sampler: StudentSampler, teacher: LoadedModel, batch_size: int, mix: float, *,
+                 ppo_epochs: int = 1, per_step: int = 1):
         self.sampler, self.teacher, self.batch_size, self.mix = sampler, teacher, batch_size, mix
+        self.ppo_epochs, self.per_step = ppo_epochs, per_step
+        self.round: list[tuple[list[int], list[list[int]], Batch]] = []  # this round's rollouts, sampled so far
+        self.drawn = 0  # micro-batches handed out in this round
+        self.rounds = 0
+
+    def _batch(self, indices: list[int], targets: list[list[int]], memo: dict) -> Batch:
+        data = self.sampler.data
+        batch = data.batch(indices, targets=targets)
+        batch.reference, batch.memo = data.batch(indices), memo
+        batch.reference.off_policy = True
+        return batch
 
     def draw(self, stream: IndexStream | ShardedStream) -> Batch:
-        data = self.sampler.data
-        indices = stream.take(self.batch_size)
-        mixer = TeacherMixer(self.teacher, [data.prompts[i] for i in indices], data, self.mix,
-                             self.sampler.sampling.temperature, self.sampler.vocab_size)
-        return data.batch(indices, targets=self.sampler(indices, processor=mixer))
+        if self.drawn == self.per_step * self.ppo_epochs:
+            self.round, self.drawn = [], 0
+        if self.drawn < self.per_step:  # the round's first step: fresh rollouts
+            data = self.sampler.data
+            indices = stream.take(self.batch_size)
+            mixer = TeacherMixer(self.teacher, [data.prompts[i] for i in indices], data, self.mix,
+                                 self.sampler.sampling.temperature, self.sampler.vocab_size)
+            targets = self.sampler(indices, processor=mixer)
+            self.round.append((indices, targets, self._batch(indices, targets, {})))
+            if self.drawn == 0:
+                self.rounds += 1
+        batch = self.round[self.drawn % self.per_step][2]
+        self.drawn += 1
+        return batch
+
+    def ppo_epoch(self) -> int:
+        """Which policy update of its rollouts the last step made (1 for fresh ones)."""
+        return max(1, -(-self.drawn // self.per_step))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sampler": self.sampler.state_dict()}
+        """The round in progress, rollouts and memos included: a run resumed inside a round replays the same
+        samples against the same sampling-time log-probabilities."""
+        round_ = [{"indices": i, "targets": t, "memo": {k: v.tolist() for k, v in (b.memo or {}).items()}}
+                  for i, t, b in self.round]
+        return {"sampler": self.sampler.state_dict(), "drawn": self.drawn, "rounds": self.rounds, "round": round_}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
+        self.drawn, self.rounds = state.get("drawn", 0), state.get("rounds", 0)
+        self.round = [(r["indices"], r["targets"],
+                       self._batch(r["indices"], r["targets"], {k: torch.tensor(v) for k, v in r["memo"].items()}))
+                      for r in state.get("round", [])]
+        if len(self.round) < min(self.drawn, self.per_step):  # an older checkpoint: start a fresh round
+            self.round, self.drawn = [], 0
 
     def step_metrics(self) -> dict[str, Any]:
-        return self.sampler.step_metrics()
+        return {**self.sampler.step_metrics(), "ppo_epoch": self.ppo_epoch(), "rollout_batches": self.rounds}

@@ -21,6 +21,9 @@ and writes, by default to ``<runs>/report/`` (``<runs>/report-<task>/`` with ``-
   baseline, paired by seed and example, with a 95% paired-bootstrap interval over examples and seeds,
   from the runs' ``eval/<split>-greedy/scores.jsonl`` (:mod:`.differences`, :mod:`.stats`); judge rates
   get Wilson intervals.
+* degenerate samples — a distilled run whose step log shows its samples' distinct-token share halved, or whose
+  greedy predictions keep under half the references' share of distinct words, is flagged under Table 1
+  (:mod:`.degenerate`; ``degenerate`` in ``report.json``).
 * ``report.json`` — all of the above with, for each number, the file it was read from (relative to the
   runs directory); ``--json`` prints it.
 * ``report.md`` — the tables and the figures (relative links) and a "Sources" section naming the

@@ -11,6 +11,7 @@ from xkd_cli.core.workspace import read_json, write_json, write_text
 from xkd_cli.data.taskfile import get_task
 from xkd_cli.experiments.report.alignment import build_alignment, build_reward_models
 from xkd_cli.experiments.report.collect import collect_runs, task_dirs
+from xkd_cli.experiments.report.degenerate import build_degenerate
 from xkd_cli.experiments.report.differences import build_differences, draw_differences
 from xkd_cli.experiments.report.figures import FIGURES_DIR, build_diversity, build_figures, draw_figure
 from xkd_cli.experiments.report.tables import build_judge, build_table1
@@ -41,6 +42,7 @@ def build_report(root: Path, task: str | None = None, output: Path | None = None
     table1 = build_table1(root, tasks, runs, missing)
     judge_rows = build_judge(root, tasks, runs, missing)
     differences = build_differences(root, tasks, runs, missing)
+    degenerate = build_degenerate(root, tasks, runs)
     figures = build_figures(root, tasks, runs, table1, missing)
     diversity = build_diversity(root, out_dir, tasks, runs)
     reward_models = build_reward_models(root, tasks, runs, missing)
@@ -62,7 +64,8 @@ def build_report(root: Path, task: str | None = None, output: Path | None = None
     _remove_stale_figures(out_dir, {f[fmt] for f in figures for fmt in ("png", "svg")})
     difference_figures = draw_differences(differences, out_dir)
     report = {"xkd": __version__, "runs_dir": str(root.resolve()), "output": str(out_dir.resolve()),
-              "tasks": tasks, "table1": table1, "judge": judge_rows, "differences": differences,
+              "tasks": tasks, "table1": table1, "degenerate": degenerate, "judge": judge_rows,
+              "differences": differences,
               "difference_figures": difference_figures, "figures": figures, "diversity": diversity,
               "reward_models": reward_models, "alignment": alignment,
               "missing": missing,

@@ -170,6 +170,21 @@ def alignment_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def degenerate_warning(entry: dict[str, Any]) -> str:
+    """One line: which run's samples degenerated, and what shows it."""
+    return f"{entry['task']}/{entry['run']} ({entry['method']}): its samples degenerated: {entry['reason']}"
+
+
+def degenerate_lines(report: dict[str, Any], src) -> list[str]:
+    """The warning under Table 1 for runs whose samples degenerated (:mod:`.degenerate`); nothing if none did."""
+    if not report.get("degenerate"):
+        return []
+    lines = ["**Degenerate samples.** These runs' numbers above come from a student that repeats itself:", ""]
+    lines += [f"- {_md(degenerate_warning(e))} ({' · '.join(src(s) for s in e['sources'])})"
+              for e in report["degenerate"]]
+    return lines + [""]
+
+
 def render_markdown(report: dict[str, Any], out_dir: Path, root: Path) -> str:
     def src(rel: str) -> str:
         """A source file: its path relative to the runs directory, linked relative to report.md."""
@@ -188,6 +203,7 @@ def render_markdown(report: dict[str, Any], out_dir: Path, root: Path) -> str:
         lines.append(f"| {_md(row['label'])} | " + " | ".join(table1_cells(t1, row, "**{}**")) + " |")
     lines += ["", f"Bold: the best distilled method of each task. {MISSING}: no run or no greedy evaluation. "
                   "a ± b (n): mean and sample standard deviation over n seeds.", ""]
+    lines += degenerate_lines(report, src)
     lines += difference_lines(report)
     lines += alignment_lines(report)
 
