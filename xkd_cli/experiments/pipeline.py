@@ -33,6 +33,7 @@ from xkd_cli.config.pipeline import PipelineConfig, Sweep, names, names_problem
 from xkd_cli.config.training import DistillConfig, SFTConfig, inapplicable_options
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.taskfile import get_task, is_task_path, task_from_mapping
+from xkd_cli.models.references import resolve_model
 from xkd_cli.core.ui import console
 from xkd_cli.core.workspace import RUN_RECORD, open_run, read_json, read_record, run_path
 from xkd_cli.config.methods import METHOD_OPTIONS, METHODS, methods_reading
@@ -111,7 +112,6 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                      "judge": options(JudgeConfig, recipe.section("judge"), "judge")}
     seeds, seed_students = recipe.seed_list, recipe.seed_students
     from xkd_cli.evaluation.evaluate import run_eval  # torch loads only once the recipe's keys are valid
-    from xkd_cli.models.loading import resolve_model  # torch loads only once the recipe's keys are valid
     from xkd_cli.training.distill import run_distill  # torch loads only once the recipe's keys are valid
     from xkd_cli.training.gen_teacher import run_gen_teacher  # torch loads only once the recipe's keys are valid
     from xkd_cli.training.sft import run_sft  # torch loads only once the recipe's keys are valid
