@@ -203,3 +203,65 @@ def test_sections_take_either_spelling_of_the_output_length(runs, tmp_path):
     steps = plan(write(tmp_path, recipe), runs)
     lengths = {(s.kind, s.name): getattr(s.config, "max_output_len", None) or s.config.max_new_tokens for s in steps}
     assert lengths[("sft", "student")] == 9 and lengths[("distill", "gkd")] == 7 and lengths[("eval", "gkd")] == 5
+
+
+AVA = """
+task: synth-sum-pref
+methods: []
+student: {model: tiny-t5-small, max_steps: 2, batch_size: 2, max_input_len: 40, max_output_len: 10, train_fraction: 0.01}
+reward_model_methods: [bt, ava-p]
+reward_model: {max_steps: 2, batch_size: 2, max_input_len: 40, max_output_len: 10, train_fraction: 0.01, eval_pairs: 6,
+               lam: 0.01}
+align_methods: [dpo, ava-p]
+align: {max_steps: 2, batch_size: 2, max_input_len: 40, max_output_len: 10, train_fraction: 0.01, dpo_beta: 0.2}
+align_reward_model: ava-p
+seeds: [1, 2]
+eval: {limit: 3, max_new_tokens: 6}
+"""
+
+
+def test_ava_pipeline_trains_reward_models_and_policies_then_reports_them(xkd, runs, tmp_path):
+    """Reward models from the student's base model and policies from the SFT student, once per seed; a shared
+    section's option goes to the methods that read it (lam: not bt; dpo_beta: dpo only); no teacher without
+    distillation methods; the report has both AVA tables."""
+    recipe = write(tmp_path, AVA)
+    steps = plan(recipe, runs)
+    assert [(s.kind, s.name) for s in steps if s.kind != "eval"] == [
+        ("sft", "student"), ("reward-model", "rm-bt-seed-1"), ("reward-model", "rm-bt-seed-2"),
+        ("reward-model", "rm-ava-p-seed-1"), ("reward-model", "rm-ava-p-seed-2"), ("align", "align-dpo-seed-1"),
+        ("align", "align-dpo-seed-2"), ("align", "align-ava-p-seed-1"), ("align", "align-ava-p-seed-2")]
+    by_name = {s.name: s for s in steps if s.kind != "eval"}
+    assert by_name["rm-bt-seed-1"].config.lam is None and by_name["rm-ava-p-seed-2"].config.lam == 0.01
+    assert by_name["rm-ava-p-seed-2"].config.model == "tiny-t5-small" and by_name["rm-ava-p-seed-2"].config.seed == 2
+    assert by_name["align-dpo-seed-1"].config.dpo_beta == 0.2 and by_name["align-ava-p-seed-1"].config.dpo_beta is None
+    assert by_name["align-ava-p-seed-1"].config.model == "student"
+    evals = [s for s in steps if s.kind == "eval"]
+    assert [s.name for s in evals] == ["student", "align-dpo-seed-1", "align-dpo-seed-2", "align-ava-p-seed-1",
+                                       "align-ava-p-seed-2"]
+    assert {s.config.reward_model for s in evals} == {"rm-ava-p-seed-1"}  # one scorer for every policy
+
+    # the run itself with one reward model (each costs as much as the planned ones: the plan above shows them all)
+    result = xkd("pipeline", write(tmp_path, AVA.replace("[bt, ava-p]", "[ava-p]")), "--json")
+    assert result.code == 0, result.err
+    report = result.json()["report"]
+    assert [(r["method"], r["n"]) for r in report["reward_models"]] == [("ava-p", 2)]
+    assert [(r["method"], r.get("n")) for r in report["alignment"]] == [("student", 1), ("dpo", 2), ("ava-p", 2)]
+    assert report["alignment"][2]["difference"]["label"] == "AVA-p − DPO"
+    assert all(r["reward_model"]["run"] == "rm-ava-p-seed-1" for r in report["alignment"])
+    record = json.loads((runs / "synth-sum-pref" / "align-ava-p-seed-2" / "run.json").read_text())
+    assert (record["kind"], record["seed"], record["seed_group"]) == ("align", 2, "align-ava-p")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("task: synth-sum-pref\nmethods: []\nreward_model_methods: [bt]\nreward_model: {lam: 0.1}\n",
+     "pipeline section 'reward_model' sets lam, which none of its methods (bt) reads"),
+    ("task: synth-sum-pref\nmethods: []\nalign_methods: [ava-p]\nalign: {dpo_beta: 0.1}\n",
+     "pipeline section 'align' sets dpo_beta, which none of its methods (ava-p) reads"),
+    ("task: synth-sum-pref\nmethods: []\nalign_methods: [bt]\n", "pipeline key 'align_methods' names 'bt'"),
+    ("task: synth-sum-pref\nmethods: []\nalign: {max_step: 3}\n", "max_steps"),
+    ("task: synth-sum-pref\nmethods: []\nreward_model_methods: [bt]\nalign_reward_model: ava-p\n",
+     "pipeline key 'align_reward_model' must name one of reward_model_methods (bt), got 'ava-p'"),
+])
+def test_bad_ava_recipes_are_refused(xkd, runs, tmp_path, text, words):
+    result = xkd("pipeline", write(tmp_path, text), "--dry-run")
+    assert result.code == 2 and words in result.err, result.err

@@ -482,3 +482,94 @@ def test_sweep_with_fixed_options_is_its_own_curve_and_difference(xkd, runs):
     [figure] = report["figures"]
     curves = {s["label"]: [p["y"] for p in s["points"]] for s in figure["series"]}
     assert curves == {"G-XKD": [15.5], "G-XKD (reward_position=current)": [12.5]}
+
+
+# -- AVA: reward models and aligned policies -------------------------------------------------------------------------
+
+RM_EVALS = {  # method -> seed -> (correct, pairs) of the held-out pairs, per damage kind
+    "bt": {1: {"wrong-entity": (8, 10), "dropped-fact": (6, 10)}, 2: {"wrong-entity": (9, 10), "dropped-fact": (7, 10)}},
+    "ava-p": {1: {"wrong-entity": (10, 10), "dropped-fact": (8, 10)}, 2: {"wrong-entity": (9, 10), "dropped-fact": (9, 10)}},
+}
+ALIGNED = {"student": [5, 5, 5, 5], "dpo": {1: [6, 6, 7, 7], 2: [6, 7, 7, 8]}, "ava-p": {1: [7, 7, 8, 8], 2: [6, 7, 7, 8]}}
+
+
+def _final_eval(by_kind):
+    correct, pairs = sum(c for c, _ in by_kind.values()), sum(n for _, n in by_kind.values())
+    return {"accuracy": correct / pairs, "correct": correct, "pairs": pairs,
+            "per_kind": {k: {"accuracy": c / n, "correct": c, "pairs": n} for k, (c, n) in by_kind.items()}}
+
+
+def _scored(run, values, rm_mean=None):
+    (run / "eval" / "validation-greedy" / "scores.jsonl").write_text(
+        "".join(json.dumps({"id": f"e{i}", "metric": "rouge2", "stats": [v]}) + "\n" for i, v in enumerate(values)))
+    if rm_mean is not None:  # what `xkd eval --reward-model rm-bt-seed-1` adds to metrics.json
+        metrics = run / "eval" / "validation-greedy" / "metrics.json"
+        write(metrics, {**json.loads(metrics.read_text()), "reward_model": {
+            "run": "rm-bt-seed-1", "method": "bt", "reward": "last", "mean": rm_mean, "low": rm_mean - 0.5,
+            "high": rm_mean + 0.5, "n": 4, "level": 0.95}})
+
+
+def ava_runs(root):
+    task = "synth-sum"
+    for method, by_seed in RM_EVALS.items():
+        for seed, by_kind in by_seed.items():
+            make_run(root, task, f"rm-{method}-seed-{seed}", "reward-model", method=method, seed=seed,
+                     seed_group=f"rm-{method}", final_eval=_final_eval(by_kind))
+    _scored(make_run(root, task, "student", "sft", value=5.0, role="student"), ALIGNED["student"], rm_mean=-2.0)
+    for method in ("dpo", "ava-p"):
+        for seed, values in ALIGNED[method].items():
+            run = make_run(root, task, f"align-{method}-seed-{seed}", "align", value=sum(values) / 4, method=method,
+                           seed=seed, seed_group=f"align-{method}")
+            _scored(run, values, rm_mean={"dpo": {1: -1.0, 2: 0.0}}.get(method, {}).get(seed))
+    make_run(root, task, "judge-ava-dpo", "judge", a="align-ava-p-seed-1", b="align-dpo-seed-1")
+    write(root / task / "judge-ava-dpo" / "results.json", {**JUDGE, "a": "align-ava-p-seed-1", "b": "align-dpo-seed-1"})
+
+
+def test_reward_model_and_alignment_tables(xkd, runs):
+    ava_runs(runs)
+    result = xkd("report", "--json")
+    assert result.code == 0, result.err
+    report = result.json()
+    bt, ava = report["reward_models"]
+    assert (bt["label"], ava["label"]) == ("Bradley–Terry", "AVA-p")
+    # seeds: bt 70%, 80% -> 75 ± 7.07; pooled 30 of 40 = 75% with its Wilson interval
+    assert (bt["mean"], bt["n"], bt["correct"], bt["pairs"]) == (75.0, 2, 30, 40)
+    assert bt["sd"] == pytest.approx(50 ** 0.5)
+    # Wilson 30/40, z = 1.96: centre (0.75 + 0.04802) / 1.09604 = 0.72810, half 1.78826 · √0.00528775 = 0.13003
+    assert bt["ci"] == pytest.approx([59.806, 85.813], abs=0.001)
+    assert ava["per_kind"]["wrong-entity"]["accuracy"] == 95.0 and ava["per_kind"]["dropped-fact"]["pairs"] == 20
+    assert [m["source"] for m in ava["members"]] == [f"synth-sum/rm-ava-p-seed-{s}/run.json" for s in (1, 2)]
+
+    student, dpo, ava_p = report["alignment"]
+    assert (student["label"], student["mean"], student["n"]) == ("SFT (chosen)", 5.0, 1)
+    assert (dpo["mean"], dpo["n"]) == (6.75, 2)
+    # DPO − SFT: the one student stands for every seed; per example 1,1,2,2 and 1,2,2,3 -> 1.75
+    assert (dpo["difference"]["baseline"], dpo["difference"]["diff"]) == ("student", 1.75)
+    # AVA-p − DPO, paired by seed and example: seed 1 +1 everywhere, seed 2 equal -> +0.5
+    assert (ava_p["difference"]["label"], ava_p["difference"]["diff"], ava_p["difference"]["seeds"]) == (
+        "AVA-p − DPO", 0.5, 2)
+    assert ava_p["difference"]["low"] <= 0.5 <= ava_p["difference"]["high"]
+    assert student["reward_model"] == {"run": "rm-bt-seed-1", "mean": -2.0, "sd": None, "n": 1, "ci": [-2.5, -1.5]}
+    assert dpo["reward_model"] == {"run": "rm-bt-seed-1", "mean": -0.5, "sd": pytest.approx(0.5 ** 0.5), "n": 2,
+                                   "ci": None}
+    assert "reward_model" not in ava_p  # its evaluations had no reward model
+    [judged] = ava_p["judge"]
+    assert (judged["b"], judged["win_rate"]) == ("align-dpo-seed-1", 48.3) and not dpo["judge"]
+
+    md = (runs / "report" / "report.md").read_text()
+    assert "## Reward models — preference accuracy on the held-out pairs" in md
+    assert "| synth-sum | Bradley–Terry | 75.00 ± 7.07 (2) | 75.00 [59.8, 85.8] | 40 |" in md
+    assert "| synth-sum | AVA-p | ROUGE-2 | 7.25 ± 0.35 (2) | AVA-p − DPO | +0.50 |" in md
+    assert "| -0.50 ± 0.71 (2) (rm-bt-seed-1) |" in md
+    assert "| -2.00 [-2.5, -1.5] (rm-bt-seed-1) |" in md
+    assert "synth-sum/rm-bt-seed-2/run.json" in md and "synth-sum/align-dpo-seed-2/eval/validation-greedy/metrics.json" in md
+    with open(runs / "report" / "reward_models.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["mean"], r["pairs"]) for r in rows] == [("bt", "75.0", "40"), ("ava-p", "90.0", "40")]
+    with open(runs / "report" / "alignment.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["baseline"], r["diff"]) for r in rows] == [("student", "", ""), ("dpo", "student", "1.75"),
+                                                                        ("ava-p", "dpo", "0.5")]
+    text = xkd("report")
+    assert text.code == 0, text.err
+    assert "Reward models" in text.out and "AVA-p − DPO" in text.out and "alignment.csv" in text.out

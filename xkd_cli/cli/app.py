@@ -61,11 +61,13 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 app.command(cls=Command, epilog=training.SFT_EPILOG)(training.sft)
 app.command(cls=Command, epilog=training.DISTILL_EPILOG)(training.distill)
 app.command(cls=Command, name="reward-model", epilog=training.REWARD_MODEL_EPILOG)(training.reward_model)
+app.command(cls=Command, epilog=training.ALIGN_EPILOG)(training.align)
 app.command(cls=Command, name="eval", epilog=evaluation.EVAL_EPILOG)(evaluation.eval_)
 app.command(cls=Command, epilog=experiments.PIPELINE_EPILOG)(experiments.pipeline)
 app.command(cls=Command, name="gen-teacher", epilog=teacher.EPILOG)(teacher.gen_teacher)
 app.command(cls=Command, epilog=evaluation.DIVERSITY_EPILOG)(evaluation.diversity)
 app.command(cls=Command, epilog=evaluation.JUDGE_EPILOG)(evaluation.judge)
+app.command(cls=Command, name="best-of-n", epilog=evaluation.BEST_OF_N_EPILOG)(evaluation.best_of_n)
 app.command(cls=Command, epilog=reward.EPILOG)(reward.reward)
 app.command(cls=Command, name="report", epilog=experiments.REPORT_EPILOG)(experiments.report)
 

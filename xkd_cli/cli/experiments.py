@@ -64,7 +64,8 @@ def report(
 def render_report(report: dict[str, Any]) -> None:
     from xkd_cli.experiments.report.formatting import cell_text, metric_text  # the report's modules load numpy
     from xkd_cli.experiments.report.tables import table1_cells, table1_header  # the report's modules load numpy
-    from xkd_cli.experiments.report.write import interval_text  # the report's modules load numpy
+    from xkd_cli.experiments.report.write import (ALIGNMENT_HEADER, alignment_cells, interval_text,  # numpy
+                                                  reward_model_cells, reward_model_header, reward_model_kinds)
 
     t1 = report["table1"]
     rows = []
@@ -86,6 +87,14 @@ def render_report(report: dict[str, Any]) -> None:
                         ["task", "difference", "metric", "Δ", "95% interval", "seeds", "examples"],
                         [(r["task"], r["label"], metric_text(r["metric"]), f"{r['diff']:+.2f}", f"[{r['low']:+.2f}, {r['high']:+.2f}]",
                           r["seeds"], r["examples"]) for r in report["differences"]]))
+    if report["reward_models"]:
+        kinds = reward_model_kinds(report)
+        out.print(table("Reward models · preference accuracy on the held-out pairs (a ± sd (n seeds); pooled with its "
+                        "95% Wilson interval)", reward_model_header(kinds),
+                        [reward_model_cells(r, kinds) for r in report["reward_models"]]))
+    if report["alignment"]:
+        out.print(table("Alignment · the aligned policies (Δ: against the baseline, 95% paired bootstrap)",
+                        ALIGNMENT_HEADER, [alignment_cells(r) for r in report["alignment"]]))
     out_dir = Path(report["output"])
     for fig in report.get("difference_figures") or []:
         out.print(f"figure (paired differences): {out_dir / fig['png']} (and .svg)")
@@ -97,4 +106,5 @@ def render_report(report: dict[str, Any]) -> None:
     for m in report["missing"]:
         console.print(f"[yellow]not in the report:[/] {m['where']} ({m['task']}/{m['run']}): {m['reason']} — "
                       f"{m['fix']}", soft_wrap=True)  # one line: its path and command stay whole
-    out.print(f"report: {report['files']['md']} (and report.json, table1.csv, judge.csv, sweeps.csv, differences.csv)")
+    others = ", ".join(Path(path).name for key, path in report["files"].items() if key != "md")
+    out.print(f"report: {report['files']['md']} (and {others})")

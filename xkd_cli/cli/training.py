@@ -1,4 +1,4 @@
-"""``xkd sft``, ``xkd distill`` and ``xkd reward-model``: thin commands over the training stage; their options come from
+"""``xkd sft``, ``xkd distill``, ``xkd reward-model`` and ``xkd align``: thin commands over the training stage; their options come from
 ``xkd_cli.config.training``."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import typer
 
 from xkd_cli.cli.options import config_command
 from xkd_cli.config.defaults import make_config
-from xkd_cli.config.alignment import RewardModelConfig
+from xkd_cli.config.alignment import AlignConfig, PreferenceTrainingConfig, RewardModelConfig
 from xkd_cli.config.training import DistillConfig, SFTConfig, TrainingConfig
 from xkd_cli.core.ui import emit, out, paths, table
 from xkd_cli.core.workspace import runs_root
@@ -73,14 +73,41 @@ def reward_model(flags: dict[str, Any], *, recipe, resume, processes, runs_dir, 
     root = runs_root(runs_dir)
     cfg = make_config(RewardModelConfig, flags, recipe=recipe, runs_root=root)
     _refuse_early(cfg, "reward-model", root, overwrite=overwrite, resume=resume)
-    if cfg.preference and cfg.task in TASKS and not TASKS.get(cfg.task).preference:  # a task file's rows: when read
-        raise XKDError(f"--method {cfg.method} trains on preference pairs and task {cfg.task} has none: use a "
-                       "preference task such as synth-sum-pref, or --method ava-d, which learns from demonstrations")
+    _refuse_without_pairs(cfg)
     _launch_processes(processes, cfg)
     from xkd_cli.training.reward_model import run_reward_model  # torch and transformers load only once valid
 
     emit(run_reward_model(cfg, runs_root=root, overwrite=overwrite, resume=resume), as_json=json,
          render=render_reward_model)
+
+
+ALIGN_EPILOG = ("Examples:\n\n  xkd align --model runs/synth-sum/sft-tiny-t5-small --task synth-sum-pref --method dpo\n\n"
+                "  xkd align --model runs/synth-sum/sft-tiny-t5-small --task synth-sum-pref --method ava-p --lam 0.01\n\n"
+                "  xkd align --model tiny-gpt-small --task prefs.yaml --method ava-d --eval-every 50\n\n"
+                "  xkd eval align-dpo-sft-tiny-t5-small --task synth-sum-pref")
+
+
+@config_command(AlignConfig, *TRAINING_STEERING, first=("model", "method", "task", "name", "data", "recipe"))
+def align(flags: dict[str, Any], *, recipe, resume, processes, runs_dir, overwrite, json) -> None:
+    """Align a policy directly from preference pairs or demonstrations: AVA-p or AVA-d on the policy itself, or DPO
+    (the baseline) against the initial policy. The aligned run is a model that eval, judge and report take."""
+    root = runs_root(runs_dir)
+    cfg = make_config(AlignConfig, flags, recipe=recipe, runs_root=root)
+    _refuse_early(cfg, "align", root, overwrite=overwrite, resume=resume)
+    _refuse_without_pairs(cfg)
+    _launch_processes(processes, cfg)
+    from xkd_cli.training.align import run_align  # torch and transformers load only once the options are valid
+
+    emit(run_align(cfg, runs_root=root, overwrite=overwrite, resume=resume), as_json=json, render=render_training)
+
+
+def _refuse_without_pairs(cfg: PreferenceTrainingConfig) -> None:
+    """A method that trains on pairs, on a built-in task without any (a task file's rows are checked when read)."""
+    if cfg.preference and cfg.task in TASKS and not TASKS.get(cfg.task).preference:
+        other = "ava-d, which learns from demonstrations" + ("" if cfg.COMMAND == "reward-model" else
+                                                             ", or sft on the chosen responses")
+        raise XKDError(f"--method {cfg.method} trains on preference pairs and task {cfg.task} has none: use a "
+                       f"preference task such as synth-sum-pref, or --method {other}")
 
 
 def _refuse_early(cfg: TrainingConfig, kind: str, root: Path, *, overwrite: bool, resume: bool) -> None:

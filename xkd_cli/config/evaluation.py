@@ -10,7 +10,7 @@ from xkd_cli.config.checks import OPENAI_BASE, check, choice, in_range, task_pro
 from xkd_cli.config.core import DTYPES, option
 from xkd_cli.config.defaults import LENGTH_DEFAULTS, TaskDefaults
 from xkd_cli.config.fields import (BATCH_SIZE, CHAT_TEMPLATE, DATA, DATA_HELP, MAX_INPUT_LEN, MAX_NEW_TOKENS, METRIC,
-                                   MODEL, NAME, SPLIT, TASK, TOP_P, ApiClient, ModelLoading)
+                                   MODEL, NAME, REWARD_MODEL, SPLIT, TASK, TOP_P, ApiClient, ModelLoading)
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import check_run_name, slug
 
@@ -37,6 +37,8 @@ class EvalConfig(ModelLoading):
     top_p: float = TOP_P.field()
     num_samples: int = option(1, "Samples per input (SelfBLEU is reported when > 1).")
     use_stemmer: bool = option(False, "Porter stemming in ROUGE.", flags=("--use-stemmer/--no-stemmer",))
+    reward_model: str | None = option(None, REWARD_MODEL.help + " Also report the mean score it gives the "
+                                            "predictions, with a 95% interval.")
 
     TASK_FROM_RUNS: ClassVar[bool] = False
     TASK_DEFAULTS: ClassVar[TaskDefaults | None] = LENGTH_DEFAULTS
@@ -46,6 +48,8 @@ class EvalConfig(ModelLoading):
         task_problems(found, self.task, self.data, self.metric, self.chat_template)
         if not self.model:
             found.append("--model is required (a run name, a path, a hub id or a built-in model)")
+        if self.reward_model is not None and not self.reward_model.strip():
+            found.append("--reward-model is empty: pass a reward-model run's name or directory")
         choice(found, "split", self.split, SPLITS)
         for name in ("batch_size", "max_input_len", "max_new_tokens", "num_samples", "limit"):
             in_range(found, name, getattr(self, name), 1)
@@ -53,6 +57,59 @@ class EvalConfig(ModelLoading):
         in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
         choice(found, "dtype", self.dtype, DTYPES)
         check(found)
+
+
+@dataclass(frozen=True)
+class BestOfNConfig(ModelLoading):
+    model: str = option("", "The policy that samples the responses: " + MODEL.help[0].lower() + MODEL.help[1:],
+                        flags=MODEL.flags)
+    reward_model: str = REWARD_MODEL.field(default="")
+    n: int = option(4, "Responses sampled per prompt; the reward model's favourite is kept.", flags=("--n", "-n"))
+    task: str = TASK.field()
+    name: str | None = option(None, NAME.help.rstrip(".") + " (default: bon<N>-<model>-<reward model>).")
+    data: str | None = DATA.field()
+    metric: str | None = METRIC.field()
+    chat_template: str = CHAT_TEMPLATE.field()
+    split: str | None = SPLIT.field()
+    limit: int | None = option(None, "Use the first N prompts of the split only.")
+    batch_size: int = BATCH_SIZE.field()
+    max_input_len: int = MAX_INPUT_LEN.field()
+    max_new_tokens: int = MAX_NEW_TOKENS.field()
+    temperature: float = option(1.0, "Sampling temperature, > 0 when --n > 1 (N greedy answers are one answer).")
+    top_p: float = TOP_P.field()
+
+    TASK_FROM_RUNS: ClassVar[bool] = False
+    TASK_DEFAULTS: ClassVar[TaskDefaults | None] = LENGTH_DEFAULTS
+
+    def __post_init__(self) -> None:
+        found: list[str] = quantization_problems(self.load_in_8bit, self.load_in_4bit)
+        task_problems(found, self.task, self.data, self.metric, self.chat_template)
+        if not self.model:
+            found.append("--model is required: the policy that samples (a run name, a path, a hub id or a built-in "
+                         "model)")
+        if not self.reward_model or not self.reward_model.strip():
+            found.append("--reward-model is required: an `xkd reward-model` run's name or directory")
+        if self.n < 1:
+            found.append(f"--n must be at least 1, got {self.n}: the number of responses sampled per prompt")
+        elif self.n > 1 and self.temperature == 0:
+            found.append(f"--temperature 0 is greedy: all {self.n} samples would be the same answer; pass "
+                         "--temperature > 0 (e.g. 1.0), or --n 1")
+        choice(found, "split", self.split, SPLITS)
+        for name in ("batch_size", "max_input_len", "max_new_tokens", "limit"):
+            in_range(found, name, getattr(self, name), 1)
+        in_range(found, "temperature", self.temperature, 0)
+        in_range(found, "top_p", self.top_p, 0, 1, lo_open=True)
+        choice(found, "dtype", self.dtype, DTYPES)
+        if self.name is not None:
+            try:
+                check_run_name(self.name)
+            except XKDError as exc:
+                found.append(f"--name: {str(exc).rstrip('.')}")
+        check(found)
+
+    def run_name(self, reward_model: str) -> str:
+        """``--name``, else bon<N>-<policy>-<reward model> (the reward model's run name)."""
+        return self.name or f"bon{self.n}-{slug(self.model)}-{slug(reward_model)}"
 
 
 @dataclass(frozen=True)

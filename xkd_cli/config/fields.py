@@ -54,6 +54,8 @@ MAX_INPUT_LEN = Shared(512, "Maximum prompt length in tokens.")
 BATCH_SIZE = Shared(32, "Batch size.")
 MAX_NEW_TOKENS = Shared(64, "Maximum generated tokens.")
 TOP_P = Shared(1.0, "Nucleus sampling mass.")
+REWARD_MODEL = Shared(None, "A reward model: an `xkd reward-model` run's name (looked up under --task, then under "
+                            "every task) or its directory.")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,13 @@ key is named with the closest valid one, and checked in ``__post_init__``. All a
     eval: {limit: 200}
     diversity: {models: [student, gkd, gxkd], temperatures: [0.1, 0.3, 0.5, 1.0], num_samples: 4, limit: 20}
     judge: {a: seqxkd, b: seqkd, judge_model: gpt-4, base_url: http://..., limit: 50}
+    reward_model_methods: [bt, ava-p, ava-d]               # reward models, runs "rm-<method>" (AVA, issue 20)
+    reward_model: {model: tiny-t5-small, max_steps: 300}   # reward-model options (default model: the student's)
+    align_methods: [dpo, ava-p, ava-d]                     # aligned policies, runs "align-<method>", from the
+    align: {max_steps: 200}                                # SFT student; align options; judge a/b may name
+                                                           # "align-<method>", "rm-<method>" likewise
+    align_reward_model: bt    # the reward model (its first seed's run) that scores the SFT student's and every
+                              # aligned policy's answers in their evaluation (eval --reward-model)
     sweep: {param: lam, values: [0, 0.001, 0.01], methods: [gxkd]}   # or a list of such mappings; a
                               # sweep's set: {reward_position: current} fixes other options at each point
                               # (runs "<method>-<param>-<value>-reward_position-current")
@@ -34,7 +41,8 @@ from xkd_cli.config.core import option
 SWEEP_PARAMS = ("train_fraction", "lam", "tau", "teacher", "student", "reward_position")
 DEFAULT_METHODS = ("seqkd", "seqxkd", "skd", "sxkd", "gkd", "gxkd", "minillm")
 # Sections of command options: their keys are spelled with underscores, as a recipe's own keys are.
-SECTIONS = ("teacher", "student", "gen_teacher", "distill", "method_options", "eval", "diversity", "judge")
+SECTIONS = ("teacher", "student", "gen_teacher", "distill", "method_options", "eval", "diversity", "judge", "reward_model",
+            "align")
 
 Options = dict[str, Any]
 
@@ -100,15 +108,26 @@ class PipelineConfig:
                                      cli=False)
     gen_teacher: Options | None = option(None, "gen-teacher options (api_model / api_base: a black-box teacher).",
                                          cli=False)
-    methods: list[str] | str | None = option(None, f"Methods to distil (default: {', '.join(DEFAULT_METHODS)}).",
-                                             cli=False)
+    methods: list[str] | str | None = option(None, f"Methods to distil (default: {', '.join(DEFAULT_METHODS)}; [] "
+                                                   "for none).", cli=False)
     distill: Options | None = option(None, "distill options shared by every method.", cli=False)
     method_options: Options | None = option(None, "Per-method distill options: {gxkd: {lam: 0.001}}.", cli=False)
     eval: Options | None = option(None, "eval options of every evaluation.", cli=False)
     diversity: Options | None = option(None, "diversity options; models may name methods or 'student'.", cli=False)
     judge: Options | None = option(None, "judge options; a and b may name methods.", cli=False)
     sweep: list[Any] | Options | None = option(None, "One sweep (a mapping) or a list of them.", cli=False)
-    seeds: list[int] | None = option(None, "Run every distillation once per seed.", cli=False)
+    reward_model_methods: list[str] | str | None = option(None, "Reward models to train: bt, ava-p, ava-d (runs "
+                                                                "rm-<method>).", cli=False)
+    reward_model: Options | None = option(None, "reward-model options shared by every reward model (default model: "
+                                                "the student's).", cli=False)
+    align_methods: list[str] | str | None = option(None, "Policies to align from the SFT student: dpo, ava-p, ava-d "
+                                                         "(runs align-<method>).", cli=False)
+    align: Options | None = option(None, "align options shared by every aligned policy.", cli=False)
+    align_reward_model: str | None = option(None, "A method of reward_model_methods: its reward model (first seed) "
+                                                  "scores the answers of the SFT student and the aligned policies.",
+                                            cli=False)
+    seeds: list[int] | None = option(None, "Run every distillation, reward model and alignment once per seed.",
+                                     cli=False)
     seed_students: bool = option(False, "With seeds: also one SFT student per seed.", cli=False)
 
     def __post_init__(self) -> None:
@@ -124,7 +143,8 @@ class PipelineConfig:
         if bad:
             found.append(f"pipeline key 'method_options' must map each method to its options, e.g. "
                          f"{{{bad[0]}: {{lam: 0.001}}}}, got {bad[0]}: {self.method_options[bad[0]]!r}")
-        found += [p for p in (names_problem(self.methods, "methods"),) if p]
+        found += [p for p in (names_problem(getattr(self, key), key) for key in
+                              ("methods", "reward_model_methods", "align_methods")) if p]
         if not all(isinstance(item, dict) for item in self.sweep_items):
             found.append(f"pipeline key 'sweep' must be a mapping or a list of mappings, got {self.sweep!r}")
         seeds = self.seeds
@@ -133,6 +153,9 @@ class PipelineConfig:
             found.append(f"pipeline key 'seeds' must be a list of integers, e.g. [1, 2, 3], got {seeds!r}")
         elif seeds is not None and len(set(seeds)) != len(seeds):
             found.append(f"pipeline key 'seeds' lists a seed twice: {seeds}")
+        if self.align_reward_model is not None and self.align_reward_model not in names(self.reward_model_methods):
+            found.append(f"pipeline key 'align_reward_model' must name one of reward_model_methods "
+                         f"({', '.join(names(self.reward_model_methods)) or 'none given'}), got {self.align_reward_model!r}")
         if self.seed_students and not seeds:
             found.append("pipeline key 'seed_students' needs 'seeds', e.g. seeds: [1, 2, 3]")
         check(found)
@@ -143,7 +166,15 @@ class PipelineConfig:
 
     @property
     def method_names(self) -> list[str]:
-        return names(self.methods) or list(DEFAULT_METHODS)
+        return list(DEFAULT_METHODS) if self.methods is None else names(self.methods)
+
+    @property
+    def reward_model_names(self) -> list[str]:
+        return names(self.reward_model_methods)
+
+    @property
+    def align_names(self) -> list[str]:
+        return names(self.align_methods)
 
     @property
     def task_items(self) -> list[Any]:

@@ -1,7 +1,7 @@
 """``xkd judge``: pairwise LLM-judge win rates of one run against another (the paper's Table 2).
 
-Both runs' greedy predictions on the same inputs (``<run>/eval/<split>-greedy/predictions.jsonl``; a run
-without them is evaluated first) are shown to a judge model at any OpenAI-compatible endpoint, in BOTH
+Both runs' greedy predictions on the same inputs (``<run>/eval/<split>-greedy/predictions.jsonl``, where a
+best-of-n run keeps its chosen answers too; a run without them is evaluated first) are shown to a judge model at any OpenAI-compatible endpoint, in BOTH
 orders. A win counts only when both orders agree; orders that disagree make a tie, and how often they
 disagree is reported (the inconsistency rate). The judge sees the input (document / English source /
 question) and the two answers, never a reference (black-box judging, as in the paper).

@@ -49,26 +49,19 @@ def score_pairs(model, head, pairs, *, how: str = "last", batch_size: int = 32) 
     (any object with ``len`` and ``batch(indices)`` giving chosen rows, then rejected rows)."""
     import torch  # why: the accuracy arithmetic above is imported without torch (tests, the report)
 
-    from xkd_cli.models.forward import forward  # why: imports torch
+    from xkd_cli.models.forward import evaluating, forward  # why: imports torch
     from xkd_cli.objectives.ava import response_reward  # why: imports torch
 
     device = next(model.parameters()).device
     chosen: list[float] = []
     rejected: list[float] = []
-    was_training = model.training
-    model.eval()
-    head.eval()
-    try:
-        with torch.no_grad():
-            for at in range(0, len(pairs), batch_size):
-                batch = pairs.batch(range(at, min(at + batch_size, len(pairs)))).to(device)
-                _, hidden = forward(model, batch, hidden=True)  # 2P x T x H
-                mu, _ = head(hidden)
-                reward = response_reward(mu, batch.labels, how=how).tolist()  # 2P
-                half = len(reward) // 2
-                chosen += reward[:half]
-                rejected += reward[half:]
-    finally:
-        model.train(was_training)
-        head.train(was_training)
+    with evaluating(model, head), torch.no_grad():
+        for at in range(0, len(pairs), batch_size):
+            batch = pairs.batch(range(at, min(at + batch_size, len(pairs)))).to(device)
+            _, hidden = forward(model, batch, hidden=True)  # 2P x T x H
+            mu, _ = head(hidden)
+            reward = response_reward(mu, batch.labels, how=how).tolist()  # 2P
+            half = len(reward) // 2
+            chosen += reward[:half]
+            rejected += reward[half:]
     return chosen, rejected

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.core.workspace import (REWARD_HEAD_FILE, RUN_RECORD, default_task, is_run, open_run, read_json,
-                                    read_record, run_model_dir)
+from xkd_cli.core.workspace import (REWARD_HEAD_FILE, RUN_RECORD, check_run_name, default_task, is_run, open_run,
+                                    read_json, read_record, run_model_dir, run_path_or_none)
 
 X_METHODS = ("sxkd", "gxkd", "seqxkd")  # the distillation methods that train a reward head (F_ex)
+REWARD_MODEL_KIND = "reward-model"  # the run.json kind of `xkd reward-model`
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,46 @@ def locate_scorer(ref: str, *, task: str | None, runs_root: Path) -> ScorerFiles
 
 def _article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" or word.startswith(("sft", "sxkd", "skd")) else "a"
+
+
+def locate_reward_model(ref: str, *, task: str | None, runs_root: Path, option: str = "--reward-model") -> ScorerFiles:
+    """The reward-model run (``xkd reward-model``) ``ref`` names, for scoring whole responses: the path of its
+    directory, or its name, looked up under ``task`` first, then under every task of the workspace (a reward model
+    trained on a preference task scores the answers of another). A run that is not a reward model (no reward head,
+    or an X-KD distillation, whose head models per-token TD errors rather than a response's reward) is refused in
+    one line, before torch loads."""
+    path = _reward_model_dir(ref, task=task, runs_root=runs_root, option=option)
+    record = read_record(path / RUN_RECORD)
+    kind = record.get("kind") or "unknown"
+    if kind != REWARD_MODEL_KIND or not (path / REWARD_HEAD_FILE).is_file():
+        what = record.get("method") if kind == "distill" and record.get("method") else kind
+        why = (f"has no reward head ({REWARD_HEAD_FILE})" if not (path / REWARD_HEAD_FILE).is_file() else
+               "its reward head models per-token TD errors, not a response's reward")
+        raise XKDError(f"{option} {ref}: {path} is {_article(what)} {what} run, not a reward model ({why}): pass a run "
+                       "of `xkd reward-model` (e.g. xkd reward-model --model tiny-t5-small --task synth-sum-pref)")
+    return locate_scorer(str(path), task=None, runs_root=runs_root)
+
+
+def _reward_model_dir(ref: str, *, task: str | None, runs_root: Path, option: str) -> Path:
+    if _path_like(ref):
+        path = Path(ref).expanduser()
+        if not is_run(path):
+            raise XKDError(f"{option} {ref}: no run directory there (no {RUN_RECORD}): check the path, or pass the "
+                           "reward-model run's name")
+        return path
+    try:
+        check_run_name(ref)
+    except XKDError as exc:
+        raise XKDError(f"{option} {ref!r}: {str(exc).rstrip('.')}") from None
+    own = run_path_or_none(runs_root, task, ref) if task else None
+    if own is not None and is_run(own):
+        return own
+    found = sorted(p for p in runs_root.glob(f"*/{ref}") if is_run(p)) if runs_root.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise XKDError(f"{option} {ref}: runs of that name exist under several tasks ("
+                       f"{', '.join(p.parent.name for p in found)}): pass the directory of the one you mean, e.g. "
+                       f"{option} {found[0]}")
+    raise XKDError(f"{option} {ref}: no run of that name in {runs_root} (under any task): train one with "
+                   "`xkd reward-model --task synth-sum-pref --name NAME ...`, or pass its directory")

@@ -1,5 +1,5 @@
 """A whole experiment from one YAML recipe: SFT teacher and student → gen-teacher → distill each method
-→ eval → diversity → judge → report, with optional one-parameter sweeps.
+→ reward models → aligned policies → eval → diversity → judge → report, with optional one-parameter sweeps.
 
 Each step is an ordinary command's config run through the same engine function the command uses.
 A step whose run already exists, completed, with the same config is skipped, so an interrupted
@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import yaml
 
+from xkd_cli.config.alignment import AlignConfig, PreferenceTrainingConfig, RewardModelConfig, inapplicable_method_options
 from xkd_cli.config.checks import check
 from xkd_cli.config.core import Recipe, build_config, known_values, load_recipe, to_dict
 from xkd_cli.config.defaults import make_config
@@ -41,7 +42,7 @@ from xkd_cli.config.methods import METHOD_OPTIONS, METHODS, methods_reading
 
 @dataclass
 class Step:
-    kind: str                      # sft | gen-teacher | distill | eval | diversity | judge
+    kind: str                      # sft | gen-teacher | distill | reward-model | align | eval | diversity | judge
     task: str
     name: str                      # the run it writes (eval: the run it evaluates)
     config: Any                    # the command's frozen config
@@ -111,8 +112,15 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
     extra_options = {"diversity": options(DiversityConfig, recipe.section("diversity"), "diversity"),
                      "judge": options(JudgeConfig, recipe.section("judge"), "judge")}
     seeds, seed_students = recipe.seed_list, recipe.seed_students
+    preference_options = {"reward_model": options(RewardModelConfig, recipe.section("reward_model"), "reward_model"),
+                          "align": options(AlignConfig, recipe.section("align"), "align")}
+    preference_methods = {"reward_model": recipe.reward_model_names, "align": recipe.align_names}
+    for key, cls in (("reward_model", RewardModelConfig), ("align", AlignConfig)):
+        _check_shared(cls, preference_options[key], preference_methods[key], key)
     from xkd_cli.evaluation.evaluate import run_eval  # torch loads only once the recipe's keys are valid
+    from xkd_cli.training.align import run_align  # torch loads only once the recipe's keys are valid
     from xkd_cli.training.distill import run_distill  # torch loads only once the recipe's keys are valid
+    from xkd_cli.training.reward_model import run_reward_model  # torch loads only once the recipe's keys are valid
     from xkd_cli.training.gen_teacher import run_gen_teacher  # torch loads only once the recipe's keys are valid
     from xkd_cli.training.sft import run_sft  # torch loads only once the recipe's keys are valid
 
@@ -120,7 +128,8 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
     for task, task_name in tasks.items():  # task: what --task would say (a built-in name or a task file)
         roles, sft_cfgs = {}, {}
         black_box = "api_model" in gen_options or "api_base" in gen_options
-        needs_local_teacher = not black_box or any(METHODS.get(m).needs_teacher_model for m in methods)
+        needs_local_teacher = bool(methods) and (not black_box or any(METHODS.get(m).needs_teacher_model
+                                                                       for m in methods))
         students: dict[int, str] = {}  # seed -> its SFT student run (seed_students)
         for role in ("teacher", "student") if needs_local_teacher else ("student",):
             given = sft_options[role]
@@ -210,14 +219,57 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
                                     note=f"sweep {param}={value}{_seed_note(seed)}",
                                     record={**record, "seed": seed, "seed_group": name})
 
+        def add_preference(key: str, cls: type[PreferenceTrainingConfig], run: Callable[..., dict], prefix: str,
+                           model: Callable[[int | None], str]) -> None:
+            for method in preference_methods[key]:
+                for seed in seeds or [None]:
+                    name = f"{prefix}-{method}" + ("" if seed is None else f"-seed-{seed}")
+                    given = _own_options(cls, method, preference_options[key])
+                    cfg = make_config(cls, {"model": model(seed), **given, "task": task, "method": method,
+                                            "name": name, **({} if seed is None else {"seed": seed})})
+                    steps.append(Step(cls.COMMAND, task_name, name, cfg, run, note=method + _seed_note(seed),
+                                      record={} if seed is None else {"seed": seed, "seed_group": f"{prefix}-{method}"}))
+                    roles.setdefault(f"{prefix}-{method}", name)  # what judge means by it: its first seed's run
+                    if key == "align":
+                        evaluated.append(name)
+                        aligned.append(name)
+
+        student_model = sft_options["student"].get("model") or "tiny-t5-small"
+        aligned: list[str] = []
+        add_preference("reward_model", RewardModelConfig, run_reward_model, "rm", lambda seed: student_model)
+        add_preference("align", AlignConfig, run_align, "align", lambda seed: students.get(seed, roles["student"]))
+
+        scored = {roles["student"], *students.values(), *aligned} if recipe.align_reward_model else set()
         for name in evaluated:
-            cfg = make_config(EvalConfig, {**eval_options, "task": task, "model": name})
+            scorer = {"reward_model": roles[f"rm-{recipe.align_reward_model}"]} if name in scored else {}
+            cfg = make_config(EvalConfig, {**eval_options, "task": task, "model": name, **scorer})
             steps.append(Step("eval", task_name, name, cfg, run_eval))
 
         for kind, given in extra_options.items():
             if given:
                 steps.append(_extra_step(kind, task, task_name, dict(given), roles))
     return steps
+
+
+def _check_shared(cls: type[PreferenceTrainingConfig], shared: dict, methods: list[str], key: str) -> None:
+    """A shared section's method-specific option that none of the recipe's methods of that command reads is refused,
+    as the distill section's is; each method's own options are checked when its config is built."""
+    for method in methods:
+        if method not in cls.METHODS:
+            raise XKDError(f"pipeline key '{key}_methods' names {method!r}: use {', '.join(cls.METHODS)}.")
+    if not methods:
+        return
+    unread = [name for name in shared if all(name in inapplicable_method_options(cls, m, shared) for m in methods)]
+    if unread:
+        readers = [m for m, reads in cls.METHODS.items() if unread[0] in reads]
+        raise XKDError(f"pipeline section '{key}' sets {unread[0]}, which none of its methods ({', '.join(methods)}) "
+                       f"reads: it applies to {', '.join(readers)}; drop it or add one of those methods.")
+
+
+def _own_options(cls: type[PreferenceTrainingConfig], method: str, shared: dict) -> dict:
+    """A shared section's options less those ``method`` does not read."""
+    unread = inapplicable_method_options(cls, method, shared)
+    return {k: v for k, v in shared.items() if k not in unread}
 
 
 def _seed_note(seed: int | None) -> str:
@@ -253,7 +305,8 @@ def _state(step: Step, runs_root: Path) -> tuple[str, list[str]]:
     if record.get("status") != "completed":
         from xkd_cli.training.checkpoint.resume import resumable_checkpoint  # torch: only for an unfinished run
 
-        resumable = step.kind in ("sft", "distill") and resumable_checkpoint(path, step.config) is not None
+        resumable = step.kind in ("sft", "distill", "reward-model", "align") and \
+            resumable_checkpoint(path, step.config) is not None
         return ("resume" if resumable else "stale"), []
     previous = read_json(path / "config.json") if (path / "config.json").is_file() else {}
     wanted = to_dict(step.config)

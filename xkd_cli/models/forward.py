@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from xkd_cli.data.batches import Batch
@@ -17,3 +20,16 @@ def forward(model, batch: Batch, *, hidden: bool = False) -> tuple[torch.Tensor,
     out = model(**batch.inputs, output_hidden_states=hidden, use_cache=False, logits_to_keep=batch.keep)
     states = out.hidden_states[-1][:, -batch.keep:] if hidden else None
     return out.logits[:, -batch.keep:], states
+
+
+@contextlib.contextmanager
+def evaluating(*modules: torch.nn.Module) -> Iterator[None]:
+    """Run the body with ``modules`` in eval mode (no dropout), each put back in the mode it was in."""
+    modes = [module.training for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)

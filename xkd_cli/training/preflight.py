@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from xkd_cli.core.errors import XKDError
-from xkd_cli.core.workspace import find_runs
+from xkd_cli.core.workspace import find_runs, is_run, run_path_or_none
 from xkd_cli.data.tasks import TASKS, Task, split_file
 from xkd_cli.data.taskfile import task_of
 from xkd_cli.models.references import check_hub_model, resolve_model
@@ -37,10 +37,11 @@ def check_task(cfg: Any) -> Task:
     return task
 
 
-def check_models(refs: list[str | None], task: str, root: Path) -> None:
-    """Each model named resolves (builtin, run, directory, hub id), and a hub id can be had: reachable or cached."""
+def check_models(refs: list[str | None], task: str, root: Path, *, answers_ok: bool = False) -> None:
+    """Each model named resolves (builtin, run, directory, hub id), and a hub id can be had: reachable or cached.
+    ``answers_ok``: a run of the task that holds answers but no model (best-of-n) passes too (eval scores it)."""
     for ref in refs:
-        if ref:
+        if ref and not (answers_ok and (run := run_path_or_none(root, task, ref)) is not None and is_run(run)):
             source, location = resolve_model(ref, task=task, runs_dir=root)
             if source == "hub":
                 check_hub_model(ref, location)

@@ -9,6 +9,7 @@ from xkd_cli import __version__
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.workspace import read_json, write_json, write_text
 from xkd_cli.data.taskfile import get_task
+from xkd_cli.experiments.report.alignment import build_alignment, build_reward_models
 from xkd_cli.experiments.report.collect import collect_runs, task_dirs
 from xkd_cli.experiments.report.differences import build_differences, draw_differences
 from xkd_cli.experiments.report.figures import FIGURES_DIR, build_diversity, build_figures, draw_figure
@@ -42,7 +43,9 @@ def build_report(root: Path, task: str | None = None, output: Path | None = None
     differences = build_differences(root, tasks, runs, missing)
     figures = build_figures(root, tasks, runs, table1, missing)
     diversity = build_diversity(root, out_dir, tasks, runs)
-    evaluated = any(cell for row in table1["rows"] for cell in row["cells"].values()) or figures
+    reward_models = build_reward_models(root, tasks, runs, missing)
+    alignment = build_alignment(root, tasks, runs, judge_rows, missing)
+    evaluated = any(cell for row in table1["rows"] for cell in row["cells"].values()) or figures or reward_models
     if not evaluated:
         names = sorted({m["run"] for m in missing})
         hint = (f"evaluate them first, e.g. `xkd eval --model {names[0]} --task {missing[0]['task']}`" if names
@@ -61,6 +64,7 @@ def build_report(root: Path, task: str | None = None, output: Path | None = None
     report = {"xkd": __version__, "runs_dir": str(root.resolve()), "output": str(out_dir.resolve()),
               "tasks": tasks, "table1": table1, "judge": judge_rows, "differences": differences,
               "difference_figures": difference_figures, "figures": figures, "diversity": diversity,
+              "reward_models": reward_models, "alignment": alignment,
               "missing": missing,
               "files": {key: str(out_dir / name) for key, name in FILES.items()}}
     write_csvs(report, out_dir)

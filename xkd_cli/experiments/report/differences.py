@@ -56,6 +56,27 @@ def _scores(run: RunInfo, root: Path, task: str, missing: list[dict[str, Any]]) 
     return {row["id"]: row["stats"] for row in read_rows(path, repair=False)}, relative(path, root)
 
 
+def paired_difference(root: Path, task: str, pairs: dict[Any, tuple[RunInfo, RunInfo]],
+                      missing: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The headline metric's difference X − B over ``pairs`` (seed → (run X, run B)) with its 95% paired-bootstrap
+    interval, on the example ids every pair evaluated; None when no pair has per-example scores."""
+    loaded = []
+    for seed, (run_x, run_b) in pairs.items():
+        sx, sb = _scores(run_x, root, task, missing), _scores(run_b, root, task, missing)
+        if sx and sb:
+            loaded.append((seed, run_x, run_b, sx, sb))
+    if not loaded:
+        return None
+    ids = [i for i in loaded[0][3][0] if all(i in l[3][0] and i in l[4][0] for l in loaded)]
+    if not ids:
+        return None
+    headline = greedy_eval(loaded[0][1], root)["metric"]
+    xs = np.array([[l[3][0][i] for i in ids] for l in loaded])
+    bs = np.array([[l[4][0][i] for i in ids] for l in loaded])
+    return {"metric": headline, **paired_bootstrap(xs, bs, headline), "seed_values": [l[0] for l in loaded],
+            "runs": [[l[1].name, l[2].name] for l in loaded], "sources": [[l[3][1], l[4][1]] for l in loaded]}
+
+
 def build_differences(root: Path, tasks: list[str], runs: dict[str, list[RunInfo]],
                       missing: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
@@ -74,26 +95,11 @@ def build_differences(root: Path, tasks: list[str], runs: dict[str, list[RunInfo
                 point = ", ".join(filter(None, [f"{sweep.get('param')}={sweep.get('value')}", fixed_pairs(sweep.get("set"))]))
                 candidates.append((x, b, f" ({point})", pairs))
         for x, b, point, pairs in candidates:
-            loaded = []
-            for seed, (run_x, run_b) in pairs.items():
-                sx, sb = _scores(run_x, root, task, missing), _scores(run_b, root, task, missing)
-                if sx and sb:
-                    loaded.append((seed, run_x, run_b, sx, sb))
-            if not loaded:
-                continue
-            ids = [i for i in loaded[0][3][0] if all(i in l[3][0] and i in l[4][0] for l in loaded)]
-            if not ids:
-                continue
-            headline = greedy_eval(loaded[0][1], root)["metric"]
-            xs = np.array([[l[3][0][i] for i in ids] for l in loaded])
-            bs = np.array([[l[4][0][i] for i in ids] for l in loaded])
-            boot = paired_bootstrap(xs, bs, headline)
-            rows.append({"task": task, "method": x, "baseline": b,
-                         "label": f"{METHODS.get(x).paper_name}{point} − {METHODS.get(b).paper_name}",
-                         "point": point.strip(" ()") or None, "metric": headline,
-                         **boot, "seed_values": [l[0] for l in loaded],
-                         "runs": [[l[1].name, l[2].name] for l in loaded],
-                         "sources": [[l[3][1], l[4][1]] for l in loaded]})
+            found = paired_difference(root, task, pairs, missing)
+            if found is not None:
+                rows.append({"task": task, "method": x, "baseline": b,
+                             "label": f"{METHODS.get(x).paper_name}{point} − {METHODS.get(b).paper_name}",
+                             "point": point.strip(" ()") or None, **found})
     return rows
 
 

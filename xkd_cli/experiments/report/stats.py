@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from xkd_cli.evaluation.example_scores import headline_from_stats
+from xkd_cli.evaluation.preference import wilson_interval
 
 LEVEL = 0.95
 REPLICATES = 2000
@@ -67,14 +68,12 @@ def paired_bootstrap(x: np.ndarray, b: np.ndarray, headline: str, *, replicates:
 
 
 def wilson(successes: float, n: int, level: float = LEVEL) -> tuple[float, float] | None:
-    """Wilson score interval of a proportion, in percent; None when nothing was counted."""
+    """Wilson score interval of a proportion (:func:`~xkd_cli.evaluation.preference.wilson_interval`), in percent;
+    None when nothing was counted."""
     if not n:
         return None
-    z = _z(level)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+    low, high = wilson_interval(successes, n, z=_z(level))
+    return 100.0 * low, 100.0 * high
 
 
 def _z(level: float) -> float:
