@@ -116,7 +116,8 @@ def test_example_parses_and_its_references_resolve(where, argv):
         assert (ROOT / recipe).is_file(), f"{where}: `xkd {' '.join(argv)}` names a missing recipe {recipe}"
     made = _made_runs()
     for model in _flag_values(argv, MODEL_FLAGS):
-        if model in made or model in HUB_ALIASES or model.startswith("./"):
+        if model in made or model in HUB_ALIASES or model.startswith("./") or \
+                (model.startswith("runs/") and Path(model).name in made):  # a run's folder in the default ./runs
             continue
         assert resolve_model(model)[0] in ("builtin", "hub"), f"{where}: unknown model {model}"
 
