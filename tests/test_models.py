@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 from xkd_cli.models import loading as models
 from xkd_cli.core.errors import XKDError
 from xkd_cli.models.loaded_model import LoadedModel, count_parameters, model_vocab_size
-from xkd_cli.models.loading import HUB_ALIASES, load_model, resolve_model, save_model
+from xkd_cli.models.loading import load_model, save_model
+from xkd_cli.models.references import HUB_ALIASES, resolve_model
 from xkd_cli.models.tokenizers import check_same_tokenizer, load_tokenizer
 from xkd_cli.models.zoo import BUILTIN_MODELS, build_tiny_model, builtin_tokenizer
 

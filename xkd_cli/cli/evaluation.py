@@ -12,6 +12,7 @@ from xkd_cli.core.ui import emit, out, paths, table
 from xkd_cli.core.workspace import runs_root
 from xkd_cli.data.taskfile import task_of
 from xkd_cli.evaluation.reward_runs import locate_reward_model
+from xkd_cli.training.preflight import check_models, check_task
 
 STEERING = ("recipe", "runs_dir", "overwrite", "json")
 
@@ -48,6 +49,7 @@ def eval_(flags: dict[str, Any], *, recipe, runs_dir, overwrite, json) -> None:
     """Generate on the task's evaluation split and score it (ROUGE, BLEU or accuracy)."""
     root = runs_root(runs_dir)
     cfg = make_config(EvalConfig, flags, recipe=recipe, runs_root=root)
+    check_models([cfg.model], check_task(cfg).name, root, answers_ok=True)
     reward_model_of(cfg, root)
     from xkd_cli.evaluation.evaluate import run_eval  # torch and transformers load only once the options are valid
 
@@ -119,6 +121,7 @@ def diversity(flags: dict[str, Any], *, recipe, runs_dir, overwrite, json) -> No
     'diversity'): diversity.csv, .json, .png, .svg. --overwrite also regenerates the evaluations."""
     root = runs_root(runs_dir)
     cfg = make_config(DiversityConfig, flags, recipe=recipe, runs_root=root)
+    check_models(list(cfg.models), check_task(cfg).name, root)
     from xkd_cli.evaluation.diversity import run_diversity  # torch and transformers load only once the options are valid
 
     emit(run_diversity(cfg, runs_root=root, overwrite=overwrite), as_json=json, render=render_diversity)

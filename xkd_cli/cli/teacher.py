@@ -10,6 +10,7 @@ from xkd_cli.config.defaults import make_config
 from xkd_cli.config.generation import GenTeacherConfig
 from xkd_cli.core.ui import emit, out, paths, table
 from xkd_cli.core.workspace import runs_root
+from xkd_cli.training.preflight import check_models, check_task, default_model_run
 
 EPILOG = ("Examples:\n\n  xkd gen-teacher --task synth-sum --num-samples 2\n\n"
           "  xkd gen-teacher --teacher sft-t5-large --task xsum --limit 1000 --num-samples 10\n\n"
@@ -22,6 +23,9 @@ def gen_teacher(flags: dict[str, Any], *, recipe, runs_dir, overwrite, json) -> 
     """Sample teacher responses on the training prompts (the dataset for seqkd / seqxkd); resumable."""
     root = runs_root(runs_dir)
     cfg = make_config(GenTeacherConfig, flags, recipe=recipe, runs_root=root)
+    task = check_task(cfg).name
+    if not cfg.black_box:
+        check_models([cfg.teacher or default_model_run(root, task, "teacher", "--teacher")], task, root)
     from xkd_cli.training.gen_teacher import run_gen_teacher  # torch and transformers load only once the options are valid
 
     emit(run_gen_teacher(cfg, runs_root=root, overwrite=overwrite), as_json=json, render=render_gen_teacher)

@@ -16,8 +16,9 @@ from xkd_cli.config.training import DistillConfig, SFTConfig, TrainingConfig
 from xkd_cli.core.ui import emit, out, paths, table
 from xkd_cli.core.workspace import runs_root
 from xkd_cli.core.errors import XKDError
-from xkd_cli.data.tasks import TASKS, split_file
+from xkd_cli.data.tasks import TASKS
 from xkd_cli.training.checkpoint.resume import find_resume
+from xkd_cli.training.preflight import check_distill_models, check_models, check_task
 
 TRAINING_STEERING = ("recipe", "resume", "processes", "runs_dir", "overwrite", "json")
 
@@ -80,10 +81,11 @@ def reward_model(flags: dict[str, Any], *, recipe, resume, processes, runs_dir, 
          render=render_reward_model)
 
 
-ALIGN_EPILOG = ("Examples:\n\n  xkd align --model runs/synth-sum/sft-tiny-t5-small --task synth-sum-pref --method dpo\n\n"
-                "  xkd align --model runs/synth-sum/sft-tiny-t5-small --task synth-sum-pref --method ava-p --lam 0.01\n\n"
+ALIGN_EPILOG = ("Examples:\n\n  xkd sft --model tiny-t5-small --task synth-sum-pref --name policy\n\n"
+                "  xkd align --model policy --task synth-sum-pref --method dpo\n\n"
+                "  xkd align --model policy --task synth-sum-pref --method ava-p --lam 0.01\n\n"
                 "  xkd align --model tiny-gpt-small --task prefs.yaml --method ava-d --eval-every 50\n\n"
-                "  xkd eval align-dpo-sft-tiny-t5-small --task synth-sum-pref")
+                "  xkd eval --model align-dpo-policy --task synth-sum-pref")
 
 
 @config_command(AlignConfig, *TRAINING_STEERING, first=("model", "method", "task", "name", "data", "recipe"))
@@ -110,11 +112,15 @@ def _refuse_without_pairs(cfg: PreferenceTrainingConfig) -> None:
 
 
 def _refuse_early(cfg: TrainingConfig, kind: str, root: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refusals that need no model, made before torch and transformers load (seconds): an existing or unresumable
-    run, a missing --data path. The engine makes the same checks again; they are cheap."""
-    find_resume(root, cfg.task, cfg.run_name(), kind=kind, cfg=cfg, overwrite=overwrite, resume=resume)
-    if cfg.data:
-        split_file(Path(cfg.data).expanduser(), "train")
+    """Refusals that need no model, made before torch and transformers load (seconds): an unknown task, a bad task
+    file or data row, an existing or unresumable run, a model that cannot be found, distill's missing SFT runs.
+    The engine makes the same checks again; they are cheap."""
+    task = check_task(cfg).name
+    find_resume(root, task, cfg.run_name(), kind=kind, cfg=cfg, overwrite=overwrite, resume=resume)
+    if isinstance(cfg, DistillConfig):
+        check_distill_models(cfg, task, root)
+    else:
+        check_models([cfg.model], task, root)
 
 
 def _launch_processes(processes: int | None, cfg: TrainingConfig) -> None:

@@ -48,3 +48,10 @@ def hub_unreachable() -> str | None:
     if datasets_config is not None:
         datasets_config.HF_HUB_OFFLINE = datasets_config.HF_DATASETS_OFFLINE = True
     return reason
+
+
+def hub_offline() -> str | None:
+    """Why nothing can be downloaded from the hub now (offline mode asked for, or the hub unreachable), else None."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE:
+        return "offline mode is on (HF_HUB_OFFLINE)"
+    return hub_unreachable()

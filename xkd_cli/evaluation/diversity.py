@@ -32,7 +32,7 @@ from xkd_cli.core.workspace import Run, create_run, now, open_run, run_path, wri
 from xkd_cli.data.taskfile import task_of
 from xkd_cli.evaluation.evaluate import run_eval
 from xkd_cli.evaluation.plots import Series, metric_label, plot_curves
-from xkd_cli.models.loading import resolve_model
+from xkd_cli.models.references import resolve_model
 
 KIND = "diversity"
 FILES = {"csv": "diversity.csv", "json": "diversity.json", "png": "diversity.png", "svg": "diversity.svg"}

@@ -34,6 +34,7 @@ from xkd_cli.config.pipeline import PipelineConfig, Sweep, names, names_problem
 from xkd_cli.config.training import DistillConfig, SFTConfig, inapplicable_options
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.taskfile import get_task, is_task_path, task_from_mapping
+from xkd_cli.models.references import resolve_model
 from xkd_cli.core.ui import console
 from xkd_cli.core.workspace import RUN_RECORD, open_run, read_json, read_record, run_path
 from xkd_cli.config.methods import METHOD_OPTIONS, METHODS, methods_reading
@@ -117,7 +118,6 @@ def plan(recipe_path: str | Path, runs_root: Path) -> list[Step]:
     for key, cls in (("reward_model", RewardModelConfig), ("align", AlignConfig)):
         _check_shared(cls, preference_options[key], preference_methods[key], key)
     from xkd_cli.evaluation.evaluate import run_eval  # torch loads only once the recipe's keys are valid
-    from xkd_cli.models.loading import resolve_model  # torch loads only once the recipe's keys are valid
     from xkd_cli.training.align import run_align  # torch loads only once the recipe's keys are valid
     from xkd_cli.training.distill import run_distill  # torch loads only once the recipe's keys are valid
     from xkd_cli.training.reward_model import run_reward_model  # torch loads only once the recipe's keys are valid

@@ -15,9 +15,9 @@ from typing import Any, Iterator
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.models.loaded_model import LoadedModel
+from xkd_cli.models.references import ADAPTER_CONFIG
 from xkd_cli.models.tokenizers import load_tokenizer
 
-ADAPTER_CONFIG = "adapter_config.json"
 BASE_RECORD = "xkd_adapter.json"
 
 
@@ -27,10 +27,6 @@ def quiet_peft() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
-
-
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
 def write_base_record(directory: Path, base: dict[str, Any]) -> None:

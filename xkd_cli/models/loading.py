@@ -16,7 +16,6 @@ Saved models are plain transformers checkpoints (safetensors + tokenizer files) 
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import shutil
@@ -39,24 +38,15 @@ from transformers import (
 from xkd_cli.config.core import DTYPES
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.hub import hub_unreachable
-from xkd_cli.core.workspace import RUN_RECORD, is_run, read_record, run_model_dir, run_path_or_none
-from xkd_cli.models.adapters import attach_adapter, base_reference, is_adapter_dir, write_base_record
+from xkd_cli.models.adapters import attach_adapter, base_reference, write_base_record
 from xkd_cli.models.load_errors import hub_errors, remote_code_error, short_error
 from xkd_cli.models.loaded_model import LoadedModel, set_generation_ids
 from xkd_cli.models.quantization import quantization_config, release_checkpoint_mapping
+from xkd_cli.models.references import is_adapter_dir, resolve_model
 from xkd_cli.models.tokenizers import load_tokenizer
-from xkd_cli.models.zoo import BUILTIN_MODELS, build_tiny_model
+from xkd_cli.models.zoo import build_tiny_model
 
 SOURCES = ("builtin", "run", "path", "hub")
-
-HUB_ALIASES: dict[str, str] = {
-    "t5-small": "google-t5/t5-small",
-    "t5-base": "google-t5/t5-base",
-    "t5-large": "google-t5/t5-large",
-    "t5-xl": "google/t5-v1_1-xl",
-}
-"""Short names for the paper's T5 models. The hub moved the original checkpoints under ``google-t5/``;
-there is no v1.0 "xl" (the 3B model is ``t5-3b``), so ``t5-xl`` means the v1.1 XL checkpoint."""
 
 # The --dtype names (declared with the option, in config/core.py) and what each loads as.
 TORCH_DTYPES: dict[str, torch.dtype | str] = dict(zip(DTYPES, (torch.float32, torch.bfloat16, torch.float16, "auto"),
@@ -64,92 +54,6 @@ TORCH_DTYPES: dict[str, torch.dtype | str] = dict(zip(DTYPES, (torch.float32, to
 
 # transformers renamed from_pretrained's ``torch_dtype`` to ``dtype`` in 4.56 (the old name warns in 5.x).
 _DTYPE_KWARG = "dtype" if version.parse(transformers.__version__) >= version.parse("4.56") else "torch_dtype"
-
-
-# ---------------------------------------------------------------------------------------------
-# Resolving a reference
-# ---------------------------------------------------------------------------------------------
-
-
-def _looks_like_path(ref: str) -> bool:
-    """True for strings that can only be meant as a filesystem path.
-
-    A hub id ``org/name`` also contains "/", so a single inner slash is not enough: a path is
-    anything absolute, starting with "." or "~", with a trailing or repeated separator, or with
-    a separator hub ids never use (backslash on Windows).
-    """
-    if ref.startswith(("/", ".", "~")) or ref.endswith("/"):
-        return True
-    if any(sep in ref for sep in (os.sep, os.altsep) if sep and sep != "/"):
-        return True
-    return ref.count("/") > 1
-
-
-def _valid_names_text() -> str:
-    aliases = ", ".join(f"{a} (= {h})" for a, h in HUB_ALIASES.items())
-    return (
-        f"builtin models: {', '.join(BUILTIN_MODELS.names())}; aliases: {aliases}; "
-        "a run name of the task, a local model directory (with config.json, or a LoRA adapter) or a hub id "
-        "'org/name' also works"
-    )
-
-
-def _is_model_dir(path: Path) -> bool:
-    """A full checkpoint (config.json) or a LoRA adapter (adapter_config.json, loaded onto its base)."""
-    return (path / "config.json").is_file() or is_adapter_dir(path)
-
-
-def _not_a_model_run(ref: str, run_dir: Path) -> XKDError:
-    """A run that holds no model (gen-teacher samples, an eval, a judge...) named where a model is expected."""
-    kind = read_record(run_dir / RUN_RECORD).get("kind")
-    return XKDError(f"{ref!r} is an xkd {kind} run ({run_dir}), which holds no model: pass an sft or distill run, "
-                    "a model directory or a built-in model name")
-
-
-def resolve_model(ref: str, *, task: str | None = None, runs_dir: Path | None = None) -> tuple[str, str]:
-    """Turn what the user typed into ``(source, location)`` without loading anything.
-
-    Order: builtin name, run of ``task`` (``<runs_dir>/<task>/<ref>/model``), existing local
-    directory, alias, hub id. Builtins come first so a stray local folder called ``tiny-t5-small``
-    cannot change what a recipe means; run names before paths so a run is found from any working
-    directory. A path that does not exist is an error rather than a hub lookup, so a typo gives a
-    clear message instead of a network error. Run lookup needs both ``task`` and ``runs_dir``.
-    """
-    ref = ref.strip()
-    if not ref:
-        raise XKDError(f"empty model name: pass one of the {_valid_names_text()}")
-    if ref in BUILTIN_MODELS:
-        return "builtin", ref
-    may_name_run = task is not None and runs_dir is not None and not _looks_like_path(ref) and "/" not in ref
-    run_dir = run_path_or_none(Path(runs_dir), task, ref) if may_name_run else None
-    if run_dir is not None:
-        if _is_model_dir(run_model_dir(run_dir)):
-            return "run", str(run_model_dir(run_dir).resolve())
-        if is_run(run_dir):
-            raise _not_a_model_run(ref, run_dir)
-    local = Path(ref).expanduser()
-    if local.exists():
-        if local.is_dir() and is_run(local):  # an xkd run directory: its model/, if it has one
-            if _is_model_dir(run_model_dir(local)):
-                return "path", str(run_model_dir(local).resolve())
-            raise _not_a_model_run(ref, local)
-        if local.is_dir() and _is_model_dir(local):
-            return "path", str(local.resolve())
-        raise XKDError(
-            f"{ref!r} is not a model directory (no config.json or adapter_config.json in it): pass a directory "
-            "written by `xkd train`/`save_pretrained`, or a model name"
-        )
-    if _looks_like_path(ref):
-        raise XKDError(f"no such model directory: {ref!r}; check the path, or pass a model name")
-    if ref in HUB_ALIASES:
-        return "hub", HUB_ALIASES[ref]
-    if "/" in ref:
-        return "hub", ref
-    candidates = BUILTIN_MODELS.names() + list(HUB_ALIASES)
-    close = difflib.get_close_matches(ref, candidates, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    runs_hint = f" (no run {ref!r} for task {task!r})" if task is not None and runs_dir is not None else ""
-    raise XKDError(f"unknown model {ref!r}{runs_hint}.{hint} Valid: {_valid_names_text()}.")
 
 
 # ---------------------------------------------------------------------------------------------

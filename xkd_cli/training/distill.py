@@ -23,7 +23,7 @@ from xkd_cli.config.checks import quantization_of
 from xkd_cli.config.training import DistillConfig
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.runtime import resolve_device
-from xkd_cli.core.workspace import Run, find_runs
+from xkd_cli.core.workspace import Run
 from xkd_cli.data.taskfile import task_of
 from xkd_cli.data.tasks import Example
 from xkd_cli.models.chat import check_same_prompts, use_chat_template
@@ -37,15 +37,8 @@ from xkd_cli.training.distributed import current as current_processes
 from xkd_cli.training.gen_teacher import load_teacher_data
 from xkd_cli.training.lifecycle import load_split, run_training
 from xkd_cli.training.methods import Setup, build
+from xkd_cli.training.preflight import default_model_run
 from xkd_cli.training.sources import EncodedSet
-
-
-def default_model_run(root: Path, task: str, role: str, flag: str) -> str:
-    found = find_runs(root, task, kind="sft", role=role)
-    if not found:
-        raise XKDError(f"no SFT'd {role} for task '{task}' in {root}: run `xkd sft --task {task} --role {role} "
-                       f"--model ...` first, or pass {flag}.")
-    return found[-1].name
 
 
 @dataclass

@@ -30,8 +30,10 @@ from xkd_cli.data.taskfile import task_of
 from xkd_cli.models.chat import use_chat_template
 from xkd_cli.evaluation.evaluate import predict
 from xkd_cli.models.generate import Sampling
-from xkd_cli.models.loading import load_model, resolve_model
+from xkd_cli.models.loading import load_model
+from xkd_cli.models.references import resolve_model
 from xkd_cli.models.tokenizers import tokenizer_fingerprint
+from xkd_cli.training.preflight import default_model_run
 
 KIND = "gen-teacher"
 SAMPLES_FILE = "samples.jsonl"
@@ -41,15 +43,6 @@ _WHITE_KEYS = ("task", "mode", "teacher_location", "data", "train_fraction", "li
                "max_input_len", "max_new_tokens", "temperature", "top_p", "seed", "quantization")
 _BLACK_KEYS = ("task", "mode", "teacher", "api_base", "data", "train_fraction", "limit", "num_samples",
                "max_new_tokens", "temperature", "top_p")
-
-
-def default_teacher(root: Path, task: str) -> str:
-    """The task's latest completed SFT run with role 'teacher'."""
-    found = find_runs(root, task, kind="sft", role="teacher")
-    if not found:
-        raise XKDError(f"no teacher for task '{task}' in {root}: run `xkd sft --role teacher --task {task} ...` "
-                       "first or pass --teacher")
-    return found[-1].name
 
 
 def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool = False,
@@ -67,7 +60,7 @@ def run_gen_teacher(cfg: GenTeacherConfig, *, runs_root: Path, overwrite: bool =
         settings = {**common, "mode": "black-box", "teacher": client.model, "api_base": public_url(client.base_url)}
         keys, teacher_info = _BLACK_KEYS, {**client.describe(), "tokenizer": "api"}
     else:
-        teacher = cfg.teacher or default_teacher(runs_root, task.name)
+        teacher = cfg.teacher or default_model_run(runs_root, task.name, "teacher", "--teacher")
         _, location = resolve_model(teacher, task=task.name, runs_dir=runs_root)
 
         settings = {**common, "mode": "white-box", "teacher": teacher, "teacher_location": location,
