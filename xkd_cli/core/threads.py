@@ -7,8 +7,10 @@ not running while the others spin on the cores that are free: on a 2-core machin
 several times slower than one after the other. Not spinning at all (``OMP_WAIT_POLICY=PASSIVE``) fixes that
 but costs a wake-up per parallel region, which slowed a tiny SFT's training loop alone by half. A spin of
 1,000 iterations (``GOMP_SPINCOUNT=1000``, the spin libgomp itself uses when a process has more threads than
-cores) kept one job alone as fast as the default and two at once as fast as passive waiting
-(docs/benchmarks.md, "Two jobs on one CPU").
+cores) shares the CPU as well as passive waiting (two tiny SFT jobs at once: 1.26x one alone, against 2.7x)
+and costs a job alone less, though not nothing: 10-30% of a tiny model's training loop on an idle machine,
+where a spin long enough to cost nothing alone is as slow as the default when shared (docs/benchmarks.md,
+"Two jobs on one CPU"). xkd takes the trade for the shared case.
 
 The OpenMP runtime reads the setting once, when it is loaded, i.e. when torch is imported. So the entry
 points call :func:`yield_when_waiting` before anything imports torch (``xkd`` / ``python -m xkd_cli``,
