@@ -94,7 +94,7 @@ def test_white_box_end_to_end_resumes_and_refuses_other_settings(xkd, runs):
 
 def test_no_teacher_run_is_a_clear_error(xkd, runs):
     err = one_line_error(xkd("gen-teacher", "--task", "synth-sum", "--limit", "2"))
-    assert "xkd sft --role teacher" in err and "--teacher" in err
+    assert "xkd sft --task synth-sum --role teacher" in err and "--teacher" in err
     assert not (runs / "synth-sum").exists()
 
 
