@@ -456,17 +456,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("torch", "transformers", "trl", "xkd"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return found
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -476,8 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frameworks", default="xkd,trl", help="comma-separated subset of xkd,trl")
     parser.add_argument("--configs", default=None,
                         help=f"comma-separated subset of {','.join(c.name for c in CONFIGS)} (default all)")
-    for key, value in asdict(Settings()).items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None, help=f"default {value}")
+    workers.add_settings_options(parser, Settings)
     parser.add_argument("--timeout", type=int, default=1800, help="seconds one worker may take")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -485,8 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
 
-    overrides = {k: getattr(args, k) for k in asdict(Settings()) if getattr(args, k) is not None}
-    settings = Settings(**{**(QUICK if args.quick else {}), **overrides})
+    settings = workers.settings_from(args, Settings, QUICK if args.quick else None)
     if settings.steps <= settings.warmup:
         parser.error(f"--steps ({settings.steps}) must exceed --warmup ({settings.warmup})")
     repeats = args.repeats or (1 if args.quick else 3)
@@ -521,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {name: {fw: aggregate(r) for fw, r in by.items()} for name, by in runs.items()}
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "settings": asdict(settings), "repeats": repeats,
               "machine": f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f} at the end",
-              "versions": versions(), "command": " ".join(["python bench/gkd_vs_trl.py", *(argv or sys.argv[1:])]),
+              "versions": workers.versions("torch", "transformers", "trl", "xkd"),
+              "command": " ".join(["python bench/gkd_vs_trl.py", *(argv or sys.argv[1:])]),
               "results": results, "comparisons": comparisons(results, runs), "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gkd_vs_trl.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -195,17 +195,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("torch", "transformers", "xkd"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return found
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -214,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke test: tiny step counts, two seeds")
     parser.add_argument("--frameworks", default="xkd,trl", help="comma-separated subset of xkd,trl")
     parser.add_argument("--trl-path", default=None, help="folder holding a trl with trl.experimental.minillm")
-    for key, value in asdict(Settings()).items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=None, help=f"default {value}")
+    workers.add_settings_options(parser, Settings)
     parser.add_argument("--timeout", type=int, default=3600, help="seconds one command may take")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -223,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_trl(json.loads(args.worker))))
         return 0
 
-    overrides = {k: getattr(args, k) for k in asdict(Settings()) if getattr(args, k) is not None}
-    settings = Settings(**{**(QUICK if args.quick else {}), **overrides})
+    settings = workers.settings_from(args, Settings, QUICK if args.quick else None)
     seeds = [int(s) for s in settings.seeds.split(",")]
     frameworks = [f for f in args.frameworks.split(",") if f]
     runs, t = args.runs, args.timeout
@@ -272,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
               "metric": "ROUGE-2" if settings.task.startswith("synth-sum") else "headline metric",
               "machine": f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f} at the end, "
                          f"{time.perf_counter() - began:.0f} s in all",
-              "versions": {**versions(), **({"trl": trl_version} if trl_version else {})},
+              "versions": {**workers.versions("torch", "transformers", "xkd"),
+                           **({"trl": trl_version} if trl_version else {})},
               "command": " ".join(["python bench/minillm_vs_trl.py", *(argv if argv is not None else sys.argv[1:])]),
               "results": results}
     args.out.mkdir(parents=True, exist_ok=True)

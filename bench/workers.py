@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: one measurement per fresh worker process, and resetting its
-resident-memory peak.
+"""What the benchmark scripts share: one measurement per fresh worker process, resetting its resident-memory
+peak, command-line options for a script's settings dataclass, and the package versions a report records.
 
 Each script re-runs itself with ``--worker SPEC_JSON`` and reads the worker's result from the last JSON
 line it prints: a fresh process gives a clean ``ru_maxrss`` / ``VmHWM``, and the parent never imports
@@ -8,11 +8,14 @@ torch (Linux carries a parent's peak into its children's ``ru_maxrss``).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,3 +45,29 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def add_settings_options(parser: argparse.ArgumentParser, settings: type) -> None:
+    """One ``--name`` option per field of the ``settings`` dataclass, typed like its default; not given: None."""
+    for field in fields(settings):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
+                            help=f"default {field.default}")
+
+
+def settings_from(args: argparse.Namespace, settings: type, quick: dict[str, Any] | None) -> Any:
+    """``settings`` from its defaults, then ``quick``'s values (``--quick``), then the options given."""
+    given = {f.name: getattr(args, f.name) for f in fields(settings) if getattr(args, f.name) is not None}
+    return settings(**{**(quick or {}), **given})
+
+
+def versions(*packages: str) -> dict[str, str]:
+    """The installed versions of ``packages``, for a report's record (one that is not installed is left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in packages:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found

@@ -145,7 +145,8 @@ def test_cheap_examples_run(xkd, runs, argv):
 # README gives them, added where it leaves the default); a pipeline is planned (--dry-run), not run.
 CUT = {"--max-steps": "2", "--limit": "4", "--num-samples": "2", "--eval-pairs": "4", "--batch-size": "4"}
 CUT_ADDED = {"sft": ("--max-steps", "--batch-size"), "distill": ("--max-steps", "--batch-size"),
-             "reward-model": ("--max-steps", "--batch-size", "--eval-pairs"), "eval": ("--limit",),
+             "reward-model": ("--max-steps", "--batch-size", "--eval-pairs"), "align": ("--max-steps", "--batch-size"),
+             "best-of-n": ("--limit",), "eval": ("--limit",),
              "gen-teacher": ("--limit",), "diversity": ("--limit",), "reward": ("--limit",)}
 # What the test does not run, and why.
 NOT_RUN = {

@@ -15,7 +15,7 @@ from xkd_cli.config.checks import choice, in_range
 from xkd_cli.config.core import option
 from xkd_cli.config.defaults import ALIGN_DEFAULTS, REWARD_MODEL_DEFAULTS, TaskDefaults
 from xkd_cli.config.fields import MODEL
-from xkd_cli.config.training import TrainingConfig
+from xkd_cli.config.training import TrainingConfig, given_text
 from xkd_cli.core.hparams import HPARAMS, RESPONSE_REWARDS, hparam_problems
 from xkd_cli.core.workspace import slug
 
@@ -92,7 +92,7 @@ def inapplicable_method_options(cls: type[PreferenceTrainingConfig], method: str
         if values.get(name) is None or name in read:
             continue
         readers = [m for m, reads in cls.METHODS.items() if name in reads]
-        found[name] = (f"--{name.replace('_', '-')} {values[name]} has no effect on {method}: "
+        found[name] = (f"{given_text(name, values[name])} has no effect on {method}: "
                        f"it applies to {' and '.join(readers)} only; drop it, or use --method {readers[0]}")
     return found
 

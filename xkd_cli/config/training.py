@@ -132,7 +132,7 @@ def _method_default(option: str) -> str:
     return f" (default: {METHOD_DEFAULTS[option]}; {', '.join(readers)} only)"
 
 
-def _given(name: str, value: Any) -> str:
+def given_text(name: str, value: Any) -> str:
     """How an option was given, for messages: ``--mix 0.4``, ``--no-whiten``."""
     flag = name.replace("_", "-")
     if isinstance(value, bool):
@@ -156,7 +156,7 @@ def inapplicable_options(method: Method, values: dict[str, Any]) -> dict[str, st
     for name in METHOD_OPTIONS:
         if values.get(name) is None or name in read:
             continue
-        given = _given(name, values[name])
+        given = given_text(name, values[name])
         if name in method.options:  # beta
             why = "--cross-tokenizer uld, whose distance is ULD's" if values.get("cross_tokenizer") == "uld" else \
                 f"--divergence {values.get('divergence') or method.default_divergence}"

@@ -20,6 +20,7 @@ ADAPTER_CONFIG = "adapter_config.json"  # what peft writes in a LoRA adapter's d
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
+
 HUB_ALIASES: dict[str, str] = {
     "t5-small": "google-t5/t5-small",
     "t5-base": "google-t5/t5-base",

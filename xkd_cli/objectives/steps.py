@@ -245,8 +245,6 @@ class MiniLLMObjective(_Stateless):
     policy updates on the same rollouts (:class:`~xkd_cli.training.sources.TeacherMixed`, ``--ppo-epochs``)
     reuse them, so their ratio moves away from 1 and the clip engages."""
 
-    STATS = ("tokens", "reward", "ratio", "ratio_sq", "clipped", "samples", "length", "distinct")
-
     def __init__(self, student: LoadedModel, teacher: LoadedModel, *, vocab_size: int, params: MiniLLMParams,
                  fused_head: str = "on"):
         self.student, self.teacher, self.vocab_size, self.params = student, teacher, vocab_size, params
