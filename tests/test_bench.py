@@ -137,9 +137,12 @@ def test_shared_cpu_quick(tmp_path):
     proc = run_script("bench/shared_cpu.py", "--quick", "--workloads", "tiny-sft", "--out", tmp_path)
     report = json.loads((tmp_path / "shared_cpu.json").read_text())
     work = report["workloads"]["tiny-sft"]
-    assert [(r["setting"], r["jobs"]) for r in work["runs"]] == [("default", 1), ("default", 2), ("xkd", 1), ("xkd", 2)]
+    assert [(r["setting"], r["kind"]) for r in work["runs"]] == [("default", "alone"), ("default", "pair"),
+                                                                   ("xkd", "alone"), ("xkd", "pair")]
     for row in work["runs"]:
-        assert len(row["train_s"]) == len(row["job_wall_s"]) == row["jobs"]
+        assert len(row["train_s"]) == len(row["job_wall_s"]) == len(row["waits"]) == row["jobs"]
+        # how each job's threads waited, from its run record: the default is untouched; xkd chose one of two
+        assert set(row["waits"]) <= ({"default"} if row["setting"] == "default" else {"default", "spin-1000"})
         assert max(row["job_wall_s"]) == pytest.approx(row["wall_s"], abs=0.05) and row["cpu_s_per_job"] > 0
         assert row["other_cores"] >= 0 and row["load_start"] >= 0
     assert {"cost_alone", "cost_alone_train", "gain_shared", "cost_alone_idle"} <= set(work["summary"]["xkd"])

@@ -15,7 +15,7 @@ from xkd_cli import __version__
 from xkd_cli.cli import evaluation, experiments, reward, teacher, training
 from xkd_cli.cli.options import SWITCH
 from xkd_cli.core.errors import Interrupted, StopRequested, XKDError, debug_enabled
-from xkd_cli.core.threads import yield_when_waiting
+from xkd_cli.core.threads import share_cpu_fairly
 from xkd_cli.core.workspace import stop_note
 
 class _HelpFlag:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:  # not the main thread: Ctrl-C stays as it is
         previous = None
     try:
-        yield_when_waiting()  # the console script did this already; here for main() called in-process
+        share_cpu_fairly()  # the console script did this already; here for main() called in-process
         _quiet_libraries()
         app(args=argv, standalone_mode=True)
     except Interrupted as exc:  # training stopped at a checkpoint: its message says where

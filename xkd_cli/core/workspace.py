@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from xkd_cli import __version__
 from xkd_cli.core.errors import XKDError
-from xkd_cli.core.threads import wait_settings
+from xkd_cli.core import threads
 
 RUNS_ENV = "XKD_RUNS_DIR"
 RUN_RECORD = "run.json"
@@ -115,7 +115,8 @@ def environment() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "platform": platform.platform(),
         "git_commit": git_commit(),
-        "openmp_wait": wait_settings(),  # how torch's threads wait (xkd_cli.core.threads); times depend on it
+        "openmp_wait": threads.wait_settings(),  # how torch's threads wait (xkd_cli.core.threads); times depend on it
+        "cores_busy_elsewhere": threads.measured_elsewhere,  # what that choice was made from (None: not measured)
     }
 
 

@@ -37,6 +37,7 @@ import torch
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.core.runtime import launched
+from xkd_cli.core.threads import yield_when_waiting
 
 
 FSDP_ENV = "ACCELERATE_USE_FSDP"  # what ``accelerate launch`` sets for a config with ``distributed_type: FSDP``
@@ -228,4 +229,6 @@ def relaunch(processes: int, argv: Sequence[str]) -> int:
     if processes > 1:
         command.append("--multi_gpu")  # Accelerate's name for "data parallel"; it uses gloo when there is no GPU
     command += ["-m", "xkd_cli", *argv]
-    return subprocess.call(command)
+    env = dict(os.environ)
+    yield_when_waiting(env)  # the processes share the CPU by construction: their threads must not spin on it
+    return subprocess.call(command, env=env)
