@@ -17,7 +17,8 @@ from xkd_cli.models.forward import forward
 from xkd_cli.models.head import HeadLogits, output_head, recognise_head
 from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.objectives.ava import AVAParams, DPOParams, dpo_sum, sequence_logprob
-from xkd_cli.objectives.chunked import kd_sum, nll_sum, nll_term, token_logprobs
+from xkd_cli.objectives import chunked
+from xkd_cli.objectives.chunked import kd_sum, nll_sum, nll_term, term_columns, token_logprobs
 from xkd_cli.objectives.divergences import (DivergenceParams, divergence_sum, divergence_term, teacher_topk,
                                             topk_divergence_term)
 from xkd_cli.objectives.experiential import ExperientialParams, kd_experiential_sum, q_term
@@ -81,6 +82,54 @@ def test_token_logprobs_and_no_grad_path_take_head_logits():
           token_logprobs(_made(student), labels, vocab_size=VOCAB))
     with torch.no_grad():
         close(nll_sum(student, labels, vocab_size=VOCAB).total, nll_sum(_made(student), labels, vocab_size=VOCAB).total)
+
+
+def _count_late_passes(monkeypatch):
+    """How many times the backward makes the chunks' logits again (chunked._late_gradients is called)."""
+    calls = []
+    late = chunked._late_gradients
+    monkeypatch.setattr(chunked, "_late_gradients", lambda *a, **k: calls.append(1) or late(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("lam,late_passes", [(0.0, 0), (0.4, 1)])
+def test_a_summed_kd_column_takes_its_gradient_in_the_forward(monkeypatch, lam, late_passes):
+    """The KD sum's gradient is taken while the forward has each chunk's logits: its backward makes no logits
+    again (neither the student's nor the teacher's), unless F_ex's Q column needs them (λ > 0). Values and
+    gradients are those of the made logits."""
+    student, teacher, labels = _head_case(softcap=0.7)
+    mu, log_sigma = torch.zeros(labels.shape), torch.zeros(labels.shape)
+    leaves = [student.hidden, student.weight, student.bias]
+    term = divergence_term("jsd", teacher, beta=0.3)
+    calls = _count_late_passes(monkeypatch)
+    kd, ex = kd_experiential_sum(term, student, labels, mu, log_sigma, lam=lam, vocab_size=VOCAB, chunk_size=4)
+    fused = torch.autograd.grad(kd.total * 0.3 + ex.total, leaves)
+    assert len(calls) == late_passes
+    s = _made(student)
+    kd, ex = kd_experiential_sum(divergence_term("jsd", _made(teacher), beta=0.3), s, labels, mu, log_sigma, lam=lam,
+                                 vocab_size=VOCAB, chunk_size=4)
+    for a, b in zip(fused, torch.autograd.grad(kd.total * 0.3 + ex.total, leaves)):
+        close(a, b)
+    calls.clear()
+    torch.autograd.grad(kd_sum(nll_term(), student, labels, vocab_size=VOCAB).total, leaves)
+    assert not calls
+
+
+def test_a_summed_column_with_an_uneven_upstream_still_gets_its_gradient(monkeypatch):
+    """A column said to be summed but weighted position by position goes through the backward's pass: the
+    gradient is still the made logits'."""
+    student, teacher, labels = _head_case()
+    leaves = [student.hidden, student.weight, student.bias]
+    calls = _count_late_passes(monkeypatch)
+    grads = []
+    for s in (student, _made(student)):
+        (values,), _ = term_columns([nll_term()], s, labels, vocab_size=VOCAB, chunk_size=3, summed=(0,))
+        weights = torch.linspace(0.1, 2.0, values.numel())
+        grads.append(torch.autograd.grad((values * weights).sum(), leaves))
+        assert len(calls) == 1  # made again in the backward (made logits have no early path: always so)
+        calls.clear()
+    for a, b in zip(*grads):
+        close(a, b)
 
 
 def test_nonfinite_teacher_rows_are_refused_chunk_by_chunk():

@@ -74,11 +74,15 @@ class HeadLogits(NamedTuple):
         """The logits (``N x V``, the model's dtype) of ``N x H`` rows of ``hidden``: the model's own operations
         in its own order and dtype (:func:`head_logits`)."""
         logits = head_logits(hidden_rows, self.weight, self.bias, self.softcap)
+        self.check(logits)
+        return logits
+
+    def check(self, logits: Tensor) -> None:
+        """Raise :attr:`nonfinite_error` if some row of ``logits`` holds a NaN or +inf (where it is set)."""
         if self.nonfinite_error is not None:
             peak = logits.detach().amax(-1) if logits.shape[-1] else logits.new_zeros(0)
             if torch.isnan(peak).any() or torch.isposinf(peak).any():
                 raise XKDError(self.nonfinite_error)
-        return logits
 
     def at(self, flat: Tensor) -> Tensor:
         """The logits at flat positions ``b*T + t`` (``N x V``), without gradient."""

@@ -146,7 +146,11 @@ def kd_experiential_sum(
     check_hparams(lam=lam, gamma=gamma, tau=tau)
     check_reward_shapes(labels, mu, log_sigma)
     terms = [q_term(tau)] if term is None else [term, q_term(tau)]
-    columns, idx = term_columns(terms, student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size)
+    # The KD column is only summed. At λ = 0 the Q column has no gradient, and the KD column's, taken in the
+    # forward, is all (the baseline's own, bit for bit); at λ > 0 the backward's pass for Q gives it anyway.
+    summed = (0,) if term is not None and lam == 0 else ()
+    columns, idx = term_columns(terms, student_logits, labels, vocab_size=vocab_size, chunk_size=chunk_size,
+                                summed=summed)
     kd = None if term is None else TokenSum(columns[0].sum(), valid_mask(labels).sum())
     q = scatter_positions(columns[-1], idx, labels.shape)  # B x T, 0 at ignored positions (never read: m_td)
     return kd, experiential_from_q(q, labels, mu, log_sigma, lam=lam, gamma=gamma)
