@@ -17,7 +17,7 @@ from xkd_cli.models.forward import forward
 from xkd_cli.models.head import HeadLogits, output_head, recognise_head
 from xkd_cli.models.loaded_model import LoadedModel
 from xkd_cli.objectives.ava import AVAParams, DPOParams, dpo_sum, sequence_logprob
-from xkd_cli.objectives import chunked
+from xkd_cli.objectives import row_pass
 from xkd_cli.objectives.chunked import kd_sum, nll_sum, nll_term, term_columns, token_logprobs
 from xkd_cli.objectives.divergences import (DivergenceParams, divergence_sum, divergence_term, teacher_topk,
                                             topk_divergence_term)
@@ -85,10 +85,10 @@ def test_token_logprobs_and_no_grad_path_take_head_logits():
 
 
 def _count_late_passes(monkeypatch):
-    """How many times the backward makes the chunks' logits again (chunked._late_gradients is called)."""
+    """How many times the backward makes the chunks' logits again (row_pass.late_gradients is called)."""
     calls = []
-    late = chunked._late_gradients
-    monkeypatch.setattr(chunked, "_late_gradients", lambda *a, **k: calls.append(1) or late(*a, **k))
+    late = row_pass.late_gradients
+    monkeypatch.setattr(row_pass, "late_gradients", lambda *a, **k: calls.append(1) or late(*a, **k))
     return calls
 
 

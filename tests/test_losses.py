@@ -15,7 +15,7 @@ import torch
 
 from xkd_cli.core.errors import XKDError
 from xkd_cli.data.batches import IGNORE
-from xkd_cli.objectives import chunked, reference
+from xkd_cli.objectives import chunked, reference, row_pass
 from xkd_cli.objectives.divergences import _R_BOUND, _log_mix_ratio  # private: the guarded path, spelled out
 from xkd_cli.objectives.divergences import (
     DIVERGENCES,
@@ -248,8 +248,8 @@ def test_default_chunking_follows_the_vocabulary(monkeypatch):
     ref = divergence_sum("jsd", s, t, labels, chunk_size=10**6).total
     calls = []
     monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 22)  # 22 // V = 2 rows per chunk
-    rows = chunked._RowPlan.rows
-    monkeypatch.setattr(chunked._RowPlan, "rows", lambda plan, i, xs: calls.append(len(plan.chunks[i][0])) or rows(plan, i, xs))
+    rows = row_pass.RowPlan.rows
+    monkeypatch.setattr(row_pass.RowPlan, "rows", lambda plan, i, xs: calls.append(len(plan.chunks[i][0])) or rows(plan, i, xs))
     out = divergence_sum("jsd", s, t, labels).total  # forward: one call per chunk
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     assert calls and max(calls) == 2 and sum(calls) == int(valid_mask(labels).sum())
