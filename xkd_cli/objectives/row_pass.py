@@ -102,9 +102,8 @@ class ChunkedRows(torch.autograd.Function):
         upstream, taken = grad_values, {}
         if ctx.early is not None:
             columns = grad_values if grad_values.dim() == 2 else grad_values[:, None]
-            uniform = [c for c in ctx.early
-                       if columns.shape[0] == 0 or bool((columns[:, c] == columns[0, c]).all())]
-            taken = {c: (columns[0, c] if columns.shape[0] else columns.new_zeros(())) for c in uniform}
+            first = columns[0] if len(columns) else columns.new_zeros(columns.shape[1])
+            taken = {c: first[c] for c in ctx.early if bool((columns[:, c] == first[c]).all())}
             if taken:
                 rest = columns.clone()
                 rest[:, list(taken)] = 0
@@ -179,14 +178,8 @@ def early_gradients(plan: RowPlan, tensors: Sequence[Tensor], wanted: list[Sourc
         # Outside the graph: projected inside it, the gradient would be kept by the weight's graph chunk by chunk.
         for c, grads in found.items():
             for src, g, (h, weight) in zip(wanted, grads, heads):
-                if g is None:
-                    continue
-                if src.start in early[c]:
-                    early[c][src.start][where] = (g @ weight.to(g.dtype)).float()  # N x H
-                if src.start + 1 in early[c]:
-                    early[c][src.start + 1].addmm_(g.t().float(), h.float())  # V x H, in place
-                if src.start + 2 in early[c]:
-                    early[c][src.start + 2] += g.float().sum(0)
+                if g is not None:
+                    project(g, h, weight, where, src.start, early[c])
         if values is None:  # one buffer for every chunk's values, made before the chunks' big tensors come and go:
             # small tensors made between them kept the allocator from giving their memory back (RSS + 1.4 GiB)
             values = out.new_empty((sum(len(c) for c, _ in plan.chunks), *out.shape[1:]))
@@ -201,14 +194,14 @@ def late_gradients(plan: RowPlan, tensors: Sequence[Tensor], wanted: list[Source
     """The backward pass: each chunk's rows made again, their gradient for ``grad_values`` taken and written
     into the inputs' gradients (class docstring)."""
     grads: list[Tensor | None] = [None] * len(tensors)
-    sums: dict[int, Tensor] = {}  # weight / bias gradients, summed over the chunks
+    sums: dict[int, Tensor] = {}  # fused heads' gradients: hidden states by row, weight / bias summed over chunks
     for src in wanted:
         if src.head is None:
             grads[src.start] = torch.zeros_like(tensors[src.start])
             continue
         hidden, weight, bias = tensors[src.start:src.start + 3]
         if needs[src.start]:
-            grads[src.start] = torch.zeros_like(hidden)
+            sums[src.start] = torch.zeros_like(hidden)
         for k, t in ((src.start + 1, weight), (src.start + 2, bias)):
             if needs[k]:
                 sums[k] = torch.zeros_like(t, dtype=torch.float32)
@@ -229,16 +222,22 @@ def late_gradients(plan: RowPlan, tensors: Sequence[Tensor], wanted: list[Source
                     grads[src.start][where] = g.to(grads[src.start].dtype)
                 continue
             h, weight = next(head_grads)
-            if g is None:
-                continue
-            if grads[src.start] is not None:
-                grads[src.start][where] = (g @ weight.to(g.dtype)).to(grads[src.start].dtype)  # N x H
-            if src.start + 1 in sums:
-                sums[src.start + 1].addmm_(g.t().float(), h.float())  # V x H, in place
-            if src.start + 2 in sums:
-                sums[src.start + 2] += g.float().sum(0)
+            if g is not None:
+                project(g, h, weight, where, src.start, sums)
         del leaves, out, found, heads  # free this chunk's rows and gradients before the next chunk's
         offset += len(chunk)
     for k, total in sums.items():
         grads[k] = total.to(tensors[k].dtype)
     return grads
+
+
+def project(g: Tensor, h: Tensor, weight: Tensor, where, start: int, into: dict[int, Tensor]) -> None:
+    """Write a chunk's pre-cap logits gradient ``g`` (``N x V``) through the head into the buffers ``into``
+    has, by index of the head's tensors from ``start``: the hidden rows' z̄·W (``N x H``, in the buffer's
+    dtype), the weight's z̄ᵀ·h and the bias's Σ z̄ (added, float32)."""
+    if start in into:
+        into[start][where] = (g @ weight.to(g.dtype)).to(into[start].dtype)  # N x H
+    if start + 1 in into:
+        into[start + 1].addmm_(g.t().float(), h.float())  # V x H, in place
+    if start + 2 in into:
+        into[start + 2] += g.float().sum(0)
